@@ -28,7 +28,9 @@ def _gradcheck(args: argparse.Namespace) -> int:
 
 
 def _add_gradcheck(sub) -> None:
-    p = sub.add_parser("gradcheck", help="compare EP/CEP gradients with the implicit-differentiation reference")
+    p = sub.add_parser(
+        "gradcheck", help="compare EP/CEP gradients with the implicit-differentiation reference"
+    )
     p.add_argument("--arch", required=True, choices=list(NETWORKS))
     p.add_argument("--width", type=float, default=1 / 16, help="channel multiplier (default 1/16)")
     p.add_argument("--estimator", choices=VARIANTS, default="cep")

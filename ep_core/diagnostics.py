@@ -40,7 +40,9 @@ def pattern_changes(
 ) -> int:
     """Number of hidden units whose clip state differs between `a` and `b`, plus max-pool windows whose
     argmax differs. Zero means both states lie on the same smooth piece of the energy."""
-    clip = sum(int((pa != pb).sum()) for pa, pb in zip(clip_pattern(net, a), clip_pattern(net, b), strict=True))
+    clip = sum(
+        int((pa != pb).sum()) for pa, pb in zip(clip_pattern(net, a), clip_pattern(net, b), strict=True)
+    )
     pool = sum(
         int((ia != ib).sum()) for ia, ib in zip(pool_indices(net, x, a), pool_indices(net, x, b), strict=True)
     )

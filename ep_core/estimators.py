@@ -117,7 +117,9 @@ class EquilibriumProp:
     def free_phase(
         self, net: HopfieldNetwork, x: torch.Tensor, states: States | None = None, drive=None
     ) -> tuple[States, RelaxStats]:
-        return relax(net, x, states, iterations=self.free_iterations, order=self.order, tol=self.tol, drive=drive)
+        return relax(
+            net, x, states, iterations=self.free_iterations, order=self.order, tol=self.tol, drive=drive
+        )
 
     def estimate(
         self, net: HopfieldNetwork, x: torch.Tensor, y: torch.Tensor, states: States | None = None
@@ -138,7 +140,13 @@ class EquilibriumProp:
         def nudged(beta, start, x_, target_, drive_) -> tuple[States, RelaxStats]:
             nudge = Nudge(target_, beta, self.cost)
             return relax(
-                net, x_, start, iterations=self.nudge_iterations, order=groups, nudge=nudge, tol=self.tol,
+                net,
+                x_,
+                start,
+                iterations=self.nudge_iterations,
+                order=groups,
+                nudge=nudge,
+                tol=self.tol,
                 drive=drive_,
             )
 
@@ -148,7 +156,11 @@ class EquilibriumProp:
         elif self.batch_phases:
             betas = torch.cat([x.new_full((B, 1), b1), x.new_full((B, 1), b2)])
             both, stats["nudged"] = nudged(
-                betas, _cat(free, free), torch.cat([x, x]), torch.cat([target, target]), _expand_drive(drive, 2)
+                betas,
+                _cat(free, free),
+                torch.cat([x, x]),
+                torch.cat([target, target]),
+                _expand_drive(drive, 2),
             )
             s1, s2 = [t[:B] for t in both], [t[B:] for t in both]
             nudged_states = (s1, s2)

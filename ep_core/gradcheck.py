@@ -77,7 +77,9 @@ class GradcheckReport:
             f"{100 * self.active_fraction:.1f}% of hidden units unclipped; loss {self.loss:.6f}",
         ]
         if self.pattern_changes:
-            lines.append("warning: the nudges changed the active set; lower --beta for a bias-only comparison")
+            lines.append(
+                "warning: the nudges changed the active set; lower --beta for a bias-only comparison"
+            )
         return "\n".join(lines)
 
 
@@ -128,7 +130,9 @@ def run_gradcheck(
     for name, g in reference.grads.items():
         e = estimate.grads[name]
         cosine = torch.nn.functional.cosine_similarity(e.flatten(), g.flatten(), dim=0).item()
-        tensors.append(TensorCheck(name, list(g.shape), cosine, ((e - g).norm() / g.norm()).item(), g.norm().item()))
+        tensors.append(
+            TensorCheck(name, list(g.shape), cosine, ((e - g).norm() / g.norm()).item(), g.norm().item())
+        )
         diff_sq += (e - g).pow(2).sum().item()
         ref_sq += g.pow(2).sum().item()
     return GradcheckReport(

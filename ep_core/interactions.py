@@ -38,7 +38,9 @@ class Interaction(nn.Module):
 
     kind = "interaction"
 
-    def __init__(self, name: str, pre: int, post: int, pre_shape: tuple[int, ...], post_shape: tuple[int, ...]):
+    def __init__(
+        self, name: str, pre: int, post: int, pre_shape: tuple[int, ...], post_shape: tuple[int, ...]
+    ):
         super().__init__()
         self.name = name
         self.pre = pre
@@ -82,7 +84,9 @@ class ConvInteraction(Interaction):
 
     kind = "conv"
 
-    def __init__(self, name, pre, post, pre_shape, post_shape, gain: float, kernel: int, stride: int, padding: int):
+    def __init__(
+        self, name, pre, post, pre_shape, post_shape, gain: float, kernel: int, stride: int, padding: int
+    ):
         super().__init__(name, pre, post, pre_shape, post_shape)
         c_in, h_in, w_in = self.pre_shape
         c_out, h_out, w_out = self.post_shape
@@ -170,7 +174,7 @@ def bias_phi(bias: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 def bias_grad(s: torch.Tensor) -> torch.Tensor:
-    """Σ over the batch and all spatial positions of s (the authors' convention: a sum, not a mean, over H·W)."""
+    """Σ over the batch and all positions of s (the authors' convention: a sum, not a mean, over H·W)."""
     if s.dim() == 2:
         return s.sum(dim=0)
     return s.sum(dim=(0, *range(2, s.dim())))

@@ -259,14 +259,16 @@ def hopfield_resnet(
             edges.extend(e for e in order if skips or not e.skip)
             block_in, block_c, size = b, ch, size_b
     layers.append(Layer("out", (num_classes,), block_c * 9))
-    edges.append(EdgeSpec(f"{layers[block_in].name}_to_out", block_in, len(layers) - 1, "dense", RESNET_DENSE_GAIN))
+    edges.append(
+        EdgeSpec(f"{layers[block_in].name}_to_out", block_in, len(layers) - 1, "dense", RESNET_DENSE_GAIN)
+    )
     if arch is None:
         arch = f"hopfield_resnet{blocks}" if skips else f"hopfield_plain_resnet{blocks}"
     return HopfieldNetwork(arch, layers, edges, **kwargs)
 
 
 def hopfield_resnet13(**kwargs) -> HopfieldNetwork:
-    """The authors' Hopfield-ResNet13 (`ConvHopfieldResEnergy32`): 12 conv + 1 dense couplings, 9 free states."""
+    """The authors' Hopfield-ResNet13 (`ConvHopfieldResEnergy32`): 12 conv + 1 dense edges, 9 free states."""
     return hopfield_resnet(blocks=4, skips=True, arch="hopfield_resnet13", **kwargs)
 
 

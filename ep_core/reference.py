@@ -78,7 +78,10 @@ def reference_gradients(
     hidden = masks[:-1]
     active = sum(m.sum() for m in hidden) / sum(m.numel() for m in hidden)
     return ReferenceGradient(
-        grads={n: (torch.zeros_like(p) if g is None else g.detach()) for (n, p), g in zip(params.items(), grads, strict=True)},
+        grads={
+            n: (torch.zeros_like(p) if g is None else g.detach())
+            for (n, p), g in zip(params.items(), grads, strict=True)
+        },
         loss=loss.item(),
         cg_iterations=iterations,
         cg_residual=residual,

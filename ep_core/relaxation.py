@@ -88,7 +88,9 @@ def _check_states(net: HopfieldNetwork, x: torch.Tensor, states: Sequence[torch.
         raise ValueError(f"{net.arch} has {net.num_layers} free layers, got {len(states)} state tensors")
     for layer, s in zip(net.layers, states, strict=True):
         if tuple(s.shape) != (x.shape[0], *layer.shape):
-            raise ValueError(f"state {layer.name}: expected {(x.shape[0], *layer.shape)}, got {tuple(s.shape)}")
+            raise ValueError(
+                f"state {layer.name}: expected {(x.shape[0], *layer.shape)}, got {tuple(s.shape)}"
+            )
 
 
 def relative_change(new: Sequence[torch.Tensor], old: Sequence[torch.Tensor]) -> torch.Tensor:
