@@ -49,7 +49,45 @@ def _add_gradcheck(sub) -> None:
     p.set_defaults(func=_gradcheck)
 
 
-SUBCOMMANDS: list[Callable] = [_add_gradcheck]
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import train
+
+    return train(load_config(args.config, args.set), args.out)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one network (resumes if DIR holds a checkpoint)")
+    p.add_argument("--config", help="YAML run configuration (sections data, model, ep, optim, train)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (created; resumed if present)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key, e.g. --set ep.beta=0.2",
+    )
+    p.set_defaults(func=_train)
+
+
+def _download(args: argparse.Namespace) -> int:
+    from .datasets import download
+
+    where = download(args.dataset, args.data_dir)
+    print(f"{args.dataset} is ready under {where}")
+    return 0
+
+
+def _add_download(sub) -> None:
+    p = sub.add_parser(
+        "download", help="fetch a dataset once into a data directory (training never downloads)"
+    )
+    p.add_argument("--dataset", required=True, help="cifar10, cifar100 or fashion_mnist")
+    p.add_argument("--data-dir", default="data")
+    p.set_defaults(func=_download)
+
+
+SUBCOMMANDS: list[Callable] = [_add_train, _add_download, _add_gradcheck]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,14 +49,20 @@ def pattern_changes(
     return clip + pool
 
 
-def layer_statistics(net: HopfieldNetwork, states: Sequence[torch.Tensor]) -> dict[str, float]:
-    """Mean activity (mean |s|) of every free layer and, for hidden layers, the fraction of units at 0
-    (`saturation_low`, the authors' 'Saturation') and at their cap α (`saturation_high`)."""
-    stats: dict[str, float] = {}
+def layer_statistic_names(net: HopfieldNetwork) -> list[str]:
+    names = [f"activity.{layer.name}" for layer in net.layers]
+    names += [f"saturation_low.{layer.name}" for layer in net.layers[:-1]]
+    names += [f"saturation_high.{layer.name}" for layer in net.layers[:-1]]
+    return names
+
+
+def layer_statistics(net: HopfieldNetwork, states: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One tensor (on the states' device, no synchronisation) in the order of `layer_statistic_names`:
+    mean |s| of every free layer, then for hidden layers the fraction of units at 0 (`saturation_low`,
+    the authors' 'Saturation') and the fraction at their cap α (`saturation_high`)."""
     alphas = net.alphas.tolist()
-    for k, (layer, s) in enumerate(zip(net.layers, states, strict=True)):
-        stats[f"activity.{layer.name}"] = s.abs().mean().item()
-        if k < len(alphas):
-            stats[f"saturation_low.{layer.name}"] = (s <= 0).float().mean().item()
-            stats[f"saturation_high.{layer.name}"] = (s >= alphas[k]).float().mean().item()
-    return stats
+    hidden = list(zip(states[:-1], alphas, strict=True))
+    values = [s.abs().mean() for s in states]
+    values += [(s <= 0).to(s.dtype).mean() for s, _ in hidden]
+    values += [(s >= a).to(s.dtype).mean() for s, a in hidden]
+    return torch.stack(values)

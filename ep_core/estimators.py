@@ -14,6 +14,7 @@ with per-example coefficients ∓1/((β₂ − β₁)·B).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,7 @@ class GradientEstimate:
     loss: float  # batch-mean cost at the free state
     grad_norm: float  # global L2 norm before clipping
     output: torch.Tensor = field(repr=False)  # free-phase output state (B, n_out)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of the free and nudged phases
 
     def write_to(self, net: HopfieldNetwork) -> None:
         """Store the estimate in each parameter's `.grad`."""
@@ -70,6 +72,13 @@ def clip_global_norm(grads: dict[str, torch.Tensor], max_norm: float | None) -> 
         for g in grads.values():
             g.mul_(scale)
     return total.item()
+
+
+def device_clock(device: torch.device) -> float:
+    """perf_counter after the device has finished its queued work, so phase timings are honest on GPUs."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _cat(a: States, b: States) -> States:
@@ -114,13 +123,6 @@ class EquilibriumProp:
     def nudges(self) -> tuple[float, float]:
         return (-self.beta, self.beta) if self.variant == "cep" else (0.0, self.beta)
 
-    def free_phase(
-        self, net: HopfieldNetwork, x: torch.Tensor, states: States | None = None, drive=None
-    ) -> tuple[States, RelaxStats]:
-        return relax(
-            net, x, states, iterations=self.free_iterations, order=self.order, tol=self.tol, drive=drive
-        )
-
     def estimate(
         self, net: HopfieldNetwork, x: torch.Tensor, y: torch.Tensor, states: States | None = None
     ) -> GradientEstimate:
@@ -129,10 +131,12 @@ class EquilibriumProp:
         net.check_input(x)
         target = one_hot(y, net.num_classes, x.dtype)
         groups = update_groups(net, self.order)
+        t0 = device_clock(x.device)
         drive = input_drive(net, x)
         free, free_stats = relax(
             net, x, states, iterations=self.free_iterations, order=groups, tol=self.tol, drive=drive
         )
+        t1 = device_clock(x.device)
         b1, b2 = self.nudges
         B = x.shape[0]
         stats = {"free": free_stats}
@@ -176,4 +180,5 @@ class EquilibriumProp:
             grads = parameter_gradients(net, torch.cat([x, x]), _cat(s1, s2), coefficient)
             grad_norm = clip_global_norm(grads, self.clip_norm)
             loss = cost_value(self.cost, free[-1], target).mean().item()
-        return GradientEstimate(grads, free, nudged_states, stats, loss, grad_norm, free[-1])
+        seconds = {"free": t1 - t0, "nudged": device_clock(x.device) - t1}
+        return GradientEstimate(grads, free, nudged_states, stats, loss, grad_norm, free[-1], seconds)

@@ -1,0 +1,33 @@
+# ep-core: `make demo` and `make test` set up .venv on first use (a few minutes), then run.
+PYTHON ?= python3
+VENV ?= .venv
+# PyPI's torch 2.14.1 is a CUDA build; override (e.g. TORCH_PINS=) to keep a torch you already have.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(VENV)/bin
+
+.PHONY: setup test lint demo gradcheck clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(strip $(TORCH_PINS)),$(BIN)/pip install --quiet $(TORCH_PINS))
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check ep_core tests
+	$(BIN)/ruff format --check ep_core tests
+
+test: lint
+	$(BIN)/python -m pytest -q --durations=10 tests
+
+demo: setup
+	$(BIN)/ep-core train --config configs/demo_digits.yaml --out runs/demo
+
+gradcheck: setup
+	$(BIN)/ep-core gradcheck --arch hopfield_resnet13 --width 0.0625 --estimator cep --beta 0.001 --dtype float64
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,385 @@
+"""`ep-core train`: one reproducible, resumable, self-describing training run.
+
+Everything that can reject a run (config, dataset files, model, per-tensor lists) is checked before the
+output directory is touched. A run then checkpoints every `train.checkpoint_every` epochs and whenever
+SIGTERM/SIGINT arrives (at the next batch boundary, mid-epoch included); re-running the same command
+resumes from the checkpoint and produces the same history and weights as an uninterrupted run (the data
+order and augmentation of every batch are functions of (seed, epoch, batch) alone). `metrics.json` is
+written last, with status completed, diverged or failed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from .backprop import build_bp_network
+from .checkpoint import StopRequest, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from .config import BP_ARCHS, ConfigError, RunConfig, dump_config, resolve
+from .datasets import Data, load_data
+from .learners import BPLearner, DivergenceError, EPLearner, StepResult
+from .networks import build_network
+from .optimization import build_optimizer, build_scheduler
+from .provenance import device_description, git_commit, package_versions
+from .records import initial_scales, write_history, write_json, write_weight_records
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_CONFIG, EXIT_DIVERGED = 0, 1, 2, 3
+CHECKPOINT, METRICS, HISTORY, MODEL, CONFIG = (
+    "checkpoint.pt",
+    "metrics.json",
+    "history.csv",
+    "model.pt",
+    "config.yaml",
+)
+# Keys that do not change what a run computes: a resumed run may differ in them.
+OPERATIONAL_KEYS = {"data.data_dir", "data.num_workers", "train.device", "train.checkpoint_every"}
+BEST_TEST_PROTOCOL = (
+    "best test accuracy over epochs (the paper's optimistic protocol: selected on the test set)"
+)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {name!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available here")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device: {name!r} is not supported; valid: auto, cpu, cuda, cuda:N")
+    return device
+
+
+@dataclass
+class Setup:
+    config: RunConfig
+    device: torch.device
+    data: Data
+    model: nn.Module
+    learner: EPLearner | BPLearner
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scales: dict[str, float]
+
+
+def prepare(config: RunConfig) -> Setup:
+    """Build everything a run needs; raises ConfigError/ValueError before anything is written."""
+    config = resolve(config)
+    device = resolve_device(config.train.device)
+    d, m = config.data, config.model
+    synthetic = {"n_train": d.synthetic_train, "n_test": d.synthetic_test} if d.name == "synthetic" else None
+    data = load_data(
+        d.name, data_dir=d.data_dir, preset=d.preset, augment=d.augment, val_size=d.val_size,
+        split_seed=d.split_seed, device=device, num_workers=d.num_workers, synthetic=synthetic,
+    )  # fmt: skip
+    info = data.info
+    torch.manual_seed(config.train.seed)  # weight initialisation
+    shape = {"in_channels": info.in_channels, "num_classes": info.num_classes, "input_size": info.input_size}
+    if m.arch in BP_ARCHS:
+        model = build_bp_network(m.arch, width=m.width, **shape)
+    else:
+        extra = {"blocks": m.blocks} if m.arch == "hopfield_resnet" else {}
+        model = build_network(
+            m.arch, width=m.width, activation=m.activation, alpha_seed=config.train.seed,
+            alpha_range=tuple(m.alpha_range), gains=m.gains, **shape, **extra,
+        )  # fmt: skip
+    model = model.to(device)
+    scales = initial_scales(model)
+    learner = BPLearner(model, config) if m.arch in BP_ARCHS else EPLearner(model, config)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, config.train.epochs)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the authors; results are not bit-reproducible on GPUs
+    return Setup(config, device, data, model, learner, optimizer, scheduler, scales)
+
+
+def _config_differences(saved: dict, current: RunConfig) -> list[str]:
+    flat_saved = {f"{s}.{k}": v for s, sec in saved.items() for k, v in sec.items()}
+    return [
+        f"{k}: {flat_saved.get(k)!r} != {v!r}"
+        for k, v in current.flat().items()
+        if k not in OPERATIONAL_KEYS and flat_saved.get(k) != v
+    ]
+
+
+class Accumulator:
+    """Running sums over one epoch's batches; a plain dict inside checkpoints."""
+
+    def __init__(self, state: dict | None = None):
+        self.state = state or {"batches": 0, "n": 0, "loss_sum": 0.0, "correct": 0, "seconds": {},
+                               "scalars": {}, "layer_stats": None, "elapsed": 0.0}  # fmt: skip
+
+    def add(self, step: StepResult, n: int) -> None:
+        s = self.state
+        s["batches"] += 1
+        s["n"] += n
+        s["loss_sum"] += step.loss_sum
+        s["correct"] += step.correct
+        for group, values in (("seconds", step.seconds), ("scalars", step.scalars)):
+            for k, v in values.items():
+                s[group][k] = s[group].get(k, 0.0) + float(v)
+        if step.layer_stats is not None:
+            stats = step.layer_stats.detach().double().cpu()
+            s["layer_stats"] = stats if s["layer_stats"] is None else s["layer_stats"] + stats
+
+    def row(self, layer_names: list[str]) -> dict[str, Any]:
+        s, b = self.state, max(self.state["batches"], 1)
+        row: dict[str, Any] = {
+            "train_loss": s["loss_sum"] / max(s["n"], 1),
+            "train_acc": 100.0 * s["correct"] / max(s["n"], 1),
+        }
+        row |= {f"{k}_seconds": v for k, v in s["seconds"].items()}
+        row |= {k: v / b for k, v in s["scalars"].items()}
+        if s["layer_stats"] is not None:
+            row |= dict(zip(layer_names, (s["layer_stats"] / b).tolist(), strict=True))
+        return row
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; process lifetime peak
+
+
+def _summary(rows: list[dict], status: str) -> dict[str, Any]:
+    final = rows[-1] if rows else {}
+    out: dict[str, Any] = {
+        "status": status,
+        "epochs_completed": len(rows),
+        "final": {k: final.get(k) for k in ("epoch", "train_loss", "train_acc", "val_acc", "test_acc")},
+        "best_val": None,
+        "best_test_over_epochs": None,
+    }
+    with_val = [r for r in rows if r.get("val_acc") is not None]
+    if with_val:
+        best = max(with_val, key=lambda r: r["val_acc"])  # first epoch among ties
+        out["best_val"] = {"epoch": best["epoch"], "val_acc": best["val_acc"], "test_acc": best["test_acc"]}
+    if rows:
+        best = max(rows, key=lambda r: r["test_acc"])
+        out["best_test_over_epochs"] = {
+            "epoch": best["epoch"],
+            "test_acc": best["test_acc"],
+            "protocol": BEST_TEST_PROTOCOL,
+        }
+    return out
+
+
+class Run:
+    def __init__(self, setup: Setup, out: Path):
+        self.s = setup
+        self.out = out
+        self.history: list[dict[str, Any]] = []
+        self.epoch, self.next_batch = 0, 0
+        self.acc = Accumulator()
+        self.warm: list[torch.Tensor] | None = None
+        self.elapsed_before = 0.0
+        self.started = time.perf_counter()
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        s = self.s
+        return {
+            "format": 1, "config": s.config.to_dict(), "epoch": self.epoch, "next_batch": self.next_batch,
+            "accumulator": self.acc.state, "model": s.model.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(), "rng": rng_states(),
+            "warm_states": None if self.warm is None else [t.cpu() for t in self.warm],
+            "history": self.history, "elapsed": self.elapsed(), "initial_scales": s.scales,
+        }  # fmt: skip
+
+    def save(self) -> None:
+        save_checkpoint(self.out / CHECKPOINT, self.state())
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        s = self.s
+        s.model.load_state_dict(ckpt["model"])
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+        s.scheduler.load_state_dict(ckpt["scheduler"])
+        restore_rng_states(ckpt["rng"])
+        self.epoch, self.next_batch = ckpt["epoch"], ckpt["next_batch"]
+        self.acc = Accumulator(ckpt["accumulator"])
+        self.warm = None if ckpt["warm_states"] is None else [t.to(s.device) for t in ckpt["warm_states"]]
+        self.history = ckpt["history"]
+        self.elapsed_before = ckpt["elapsed"]
+        s.scales = ckpt["initial_scales"]
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    # --- the loop ------------------------------------------------------------------------------------------
+
+    def train_epoch(self, stop: StopRequest) -> bool:
+        """Train from `next_batch` to the end of the epoch; False if stopped by a signal."""
+        s, cfg = self.s, self.s.config.train
+        total = s.data.num_train_batches(cfg.batch_size)
+        if cfg.max_batches is not None:
+            total = min(total, cfg.max_batches)
+        if self.next_batch == 0:
+            self.warm = None  # the authors' states are reset when the batch size changes after evaluation
+        batches = s.data.train_batches(
+            epoch=self.epoch, batch_size=cfg.batch_size, seed=cfg.seed, start=self.next_batch
+        )
+        bar = _progress_bar(total, self.next_batch, f"epoch {self.epoch + 1}/{cfg.epochs}")
+        t_epoch = time.perf_counter() - self.acc.state["elapsed"]
+        for x, y in batches:
+            if self.next_batch >= total:
+                break
+            step = s.learner.train_step(x, y, s.optimizer, self.warm)
+            self.warm = step.carry
+            self.acc.add(step, x.shape[0])
+            self.next_batch += 1
+            self.acc.state["elapsed"] = time.perf_counter() - t_epoch
+            if bar is not None:
+                st = self.acc.state
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{st['loss_sum'] / st['n']:.4f}", acc=f"{100 * st['correct'] / st['n']:.1f}"
+                )
+            if stop:
+                break
+        if bar is not None:
+            bar.close()
+        return not stop
+
+    def finish_epoch(self) -> dict[str, Any]:
+        s, cfg = self.s, self.s.config.train
+        t0 = time.perf_counter()
+        lr = s.optimizer.param_groups[0]["lr"]
+        s.scheduler.step()
+        row: dict[str, Any] = {"epoch": self.epoch + 1, **self.acc.row(s.learner.layer_stat_names), "lr": lr}
+        if s.data.num_val:
+            val = s.learner.evaluate(s.data.eval_batches("val", cfg.eval_batch_size))
+            row |= {"val_loss": val["loss"], "val_acc": val["acc"]}
+        test = s.learner.evaluate(s.data.eval_batches("test", cfg.eval_batch_size))
+        row |= {"test_loss": test["loss"], "test_acc": test["acc"]}
+        if "residual" in test:
+            row["eval_residual"] = test["residual"]
+        if not math.isfinite(test["loss"]):
+            raise DivergenceError(f"non-finite test loss after epoch {self.epoch + 1}")
+        row["epoch_seconds"] = self.acc.state["elapsed"] + time.perf_counter() - t0
+        row["peak_memory_mb"] = _peak_memory_mb(s.device)
+        if s.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(s.device)
+        return row
+
+    def metrics(self, status: str, message: str | None = None) -> dict[str, Any]:
+        s = self.s
+        model = s.model
+        return {
+            **_summary(self.history, status),
+            "message": message,
+            "wall_seconds": self.elapsed(),
+            "peak_memory_mb": max(
+                (r["peak_memory_mb"] for r in self.history), default=_peak_memory_mb(s.device)
+            ),
+            "seed": s.config.train.seed,
+            "alphas": model.alphas.tolist() if hasattr(model, "alphas") else None,
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "device": device_description(s.device),
+            "git_commit": git_commit(),
+            "versions": package_versions(),
+            "config": s.config.to_dict(),
+        }
+
+
+def _progress_bar(total: int, initial: int, description: str):
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=description, leave=False, dynamic_ncols=True)
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    parts = [
+        f"epoch {row['epoch']}/{epochs}",
+        f"train_loss {row['train_loss']:.4f}",
+        f"train_acc {row['train_acc']:.2f}",
+    ]
+    if "val_acc" in row:
+        parts.append(f"val_acc {row['val_acc']:.2f}")
+    parts += [f"test_acc {row['test_acc']:.2f}", f"lr {row['lr']:.3g}", f"{row['epoch_seconds']:.1f}s"]
+    return "  ".join(parts)
+
+
+def train(config: RunConfig, out: str | Path) -> int:
+    """Run (or resume, or recognise as done) the training run in `out`. Returns the process exit status."""
+    out = Path(out)
+    setup = prepare(config)  # may raise ConfigError/ValueError: nothing written yet
+    config = setup.config
+    metrics_path = out / METRICS
+    ckpt_path = out / CHECKPOINT
+    if (out / CONFIG).exists() or ckpt_path.exists():
+        saved = yaml.safe_load((out / CONFIG).read_text()) if (out / CONFIG).exists() else None
+        differences = _config_differences(saved, config) if saved else []
+        if differences:
+            raise ConfigError(
+                f"{out} holds a run with another configuration ({differences[0]}); use another --out"
+            )
+    if metrics_path.exists():
+        previous = json.loads(metrics_path.read_text())
+        if previous.get("status") == "completed":
+            log(f"{out}: already completed (test_acc {previous['final']['test_acc']:.2f}); nothing to do")
+            return EXIT_COMPLETED
+        metrics_path.unlink()  # a failed/diverged run is retried from its last checkpoint
+
+    run = Run(setup, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG).write_text(dump_config(config))
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, map_location=setup.device)
+        run.restore(ckpt)
+        log(f"{out}: resuming at epoch {run.epoch + 1}, batch {run.next_batch}")
+    epochs = config.train.epochs
+    try:
+        with StopRequest() as stop:
+            while run.epoch < epochs:
+                if not run.train_epoch(stop):
+                    run.save()
+                    where = f"epoch {run.epoch + 1}, batch {run.next_batch}"
+                    log(f"{out}: stopped by signal {stop.signal}; checkpoint saved at {where}")
+                    return 128 + int(stop.signal)
+                row = run.finish_epoch()
+                run.history.append(row)
+                write_history(out / HISTORY, run.history)
+                print(_epoch_line(row, epochs), flush=True)
+                run.epoch, run.next_batch, run.acc = run.epoch + 1, 0, Accumulator()
+                if run.epoch % config.train.checkpoint_every == 0 or stop:
+                    run.save()
+                if stop:
+                    log(f"{out}: stopped by signal {stop.signal}; checkpoint saved after epoch {run.epoch}")
+                    return 128 + int(stop.signal)
+    except DivergenceError as error:
+        message = f"diverged in epoch {run.epoch + 1}, batch {run.next_batch + 1}: {error}"
+        write_json(metrics_path, run.metrics("diverged", message))
+        log(f"ep-core train: {message}")
+        return EXIT_DIVERGED
+    except Exception as error:  # recorded as failed, then reported with its traceback
+        traceback.print_exc()
+        write_json(metrics_path, run.metrics("failed", f"{type(error).__name__}: {error}"))
+        return EXIT_FAILED
+    save_checkpoint(out / MODEL, setup.model.state_dict())
+    write_weight_records(out, setup.model, setup.scales)
+    write_json(metrics_path, run.metrics("completed"))
+    ckpt_path.unlink(missing_ok=True)
+    final = run.history[-1]
+    log(f"{out}: completed {epochs} epochs, test_acc {final['test_acc']:.2f}, {run.elapsed():.0f}s")
+    return EXIT_COMPLETED
