@@ -87,7 +87,33 @@ def _add_download(sub) -> None:
     p.set_defaults(func=_download)
 
 
-SUBCOMMANDS: list[Callable] = [_add_train, _add_download, _add_gradcheck]
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .benchmark import run_benchmark
+
+    result = run_benchmark(
+        args.arch, width=args.width, batch_size=args.batch_size, free_iterations=args.free_iterations,
+        nudge_iterations=args.nudge_iterations, repeats=args.repeats, device=args.device,
+    )  # fmt: skip
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.format())
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time one CEP training step (per relaxation iteration) beside backprop")
+    p.add_argument("--arch", default="hopfield_resnet13", choices=list(NETWORKS))
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--free-iterations", type=int, default=4)
+    p.add_argument("--nudge-iterations", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_bench)
+
+
+SUBCOMMANDS: list[Callable] = [_add_train, _add_download, _add_gradcheck, _add_bench]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -159,6 +159,11 @@ def _coerce(value: Any, option: Any) -> Any:
     if option is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else _NO
     if option is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string: accept the spelling
+            try:
+                value = float(value)
+            except ValueError:
+                return _NO
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         return _NO

@@ -43,6 +43,12 @@ def test_explicit_values_win_over_auto_and_overrides_parse_yaml(tmp_path):
     )
     assert (c.ep.beta, c.optim.lr, c.ep.clip_norm, c.ep.warm_start) == (0.25, [0.1, 0.2], None, False)
     assert c.flat()["ep.beta"] == 0.25 and c.flat()["data.name"] == "digits"
+    # YAML 1.1 reads 1e-3 as a string; number keys accept it, and still reject words and infinities.
+    assert build_config({"optim": {"lr": "1e-3", "weight_decay": ["5e-4", 1]}}).optim.lr == 1e-3
+    assert build_config({}, ["optim.weight_decay=[5e-4, 1]"]).optim.weight_decay == [5e-4, 1.0]
+    for bad in ("fast", "inf", "nan"):
+        with pytest.raises(ConfigError, match=r"optim\.lr: expected a number"):
+            build_config({}, [f"optim.lr={bad}"])
 
 
 @pytest.mark.parametrize(

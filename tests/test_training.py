@@ -1,0 +1,254 @@
+"""Training runs: outputs, determinism, resume after kill -9 and SIGTERM, divergence, bad configs."""
+
+import importlib.metadata
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from ep_core.config import build_config
+from ep_core.records import HISTORY_MEASUREMENTS
+from ep_core.training import train
+
+# A fast EP run: tiny Hopfield-ResNet13 on synthetic data, 8 batches per epoch.
+FAST = {
+    "data": {"name": "synthetic", "synthetic_train": 128, "synthetic_test": 64, "val_size": 32},
+    "model": {"arch": "hopfield_resnet13", "width": 0.0625},
+    "ep": {"free_iterations": 6, "nudge_iterations": 3, "eval_iterations": 6},
+    "train": {"epochs": 3, "batch_size": 12, "eval_batch_size": 64, "device": "cpu"},
+}
+
+
+def fast_config(*overrides: str):
+    return build_config(FAST, list(overrides))
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ep_core.cli", *args], capture_output=True, text=True, **kwargs
+    )
+
+
+def as_set_args(values: dict) -> list[str]:
+    return [
+        arg
+        for s, sec in values.items()
+        for k, v in sec.items()
+        for arg in ("--set", f"{s}.{k}={json.dumps(v)}")
+    ]
+
+
+def deterministic_history(run: Path) -> pd.DataFrame:
+    history = pd.read_csv(run / "history.csv")
+    return history.drop(columns=[c for c in history.columns if c in HISTORY_MEASUREMENTS])
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    pd.testing.assert_frame_equal(deterministic_history(a), deterministic_history(b), check_exact=True)
+    wa = torch.load(a / "model.pt", weights_only=True)
+    wb = torch.load(b / "model.pt", weights_only=True)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert train(fast_config(), out) == 0
+    return out
+
+
+def test_a_run_writes_its_records(reference_run):
+    out = reference_run
+    assert {p.name for p in out.iterdir()} == {
+        "config.yaml", "history.csv", "metrics.json", "model.pt", "weights_summary.csv", "weights_histograms.json",
+    }  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs_completed"] == 3
+    assert metrics["config"]["ep"]["beta"] == 0.15 and metrics["config"]["optim"]["lr"] == 0.03  # resolved
+    assert metrics["seed"] == 0 and metrics["alphas"] == [6.0] * 8
+    assert metrics["num_parameters"] > 0 and metrics["wall_seconds"] > 0 and metrics["peak_memory_mb"] > 0
+    assert metrics["versions"]["torch"] == importlib.metadata.version("torch")
+    assert metrics["git_commit"] is None or len(metrics["git_commit"]) >= 40
+    assert "optimistic" in metrics["best_test_over_epochs"]["protocol"]
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    best = history.loc[history["val_acc"].idxmax()]
+    assert metrics["best_val"] == {
+        "epoch": int(best["epoch"]),
+        "val_acc": best["val_acc"],
+        "test_acc": best["test_acc"],
+    }
+    for column in ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_seconds", "free_seconds",
+                   "nudged_seconds", "peak_memory_mb", "free_residual", "free_iterations", "nudged_residual",
+                   "nudged_iterations", "activity.h4b", "saturation_low.h1a", "saturation_high.h1a"):  # fmt: skip
+        assert column in history.columns
+    assert history["free_iterations"].eq(6).all() and history["nudged_iterations"].eq(3).all()
+    # Cosine schedule over 3 epochs from 0.03 to 2e-6, stepped after each epoch.
+    assert history["lr"].tolist() == pytest.approx(
+        [0.03, 0.03 * 0.75 + 2e-6 * 0.25, 0.03 * 0.25 + 2e-6 * 0.75], rel=1e-6
+    )
+    summary = pd.read_csv(out / "weights_summary.csv")
+    assert len(summary) == 22 and set(summary["kind"]) == {"bias", "weight"}
+    assert summary["frac_below_0.1_init"].between(0, 1).all() and (summary["init_rms"] > 0).all()
+    histograms = json.loads((out / "weights_histograms.json").read_text())
+    assert sum(histograms["edges.h4b_to_out.weight"]["counts"]) == 10 * 32 * 4
+    config = (out / "config.yaml").read_text()
+    assert "beta: 0.15" in config and "preset: authors_ep" in config
+
+
+def test_same_seed_same_history_and_a_completed_run_is_not_redone(reference_run, tmp_path):
+    assert train(fast_config(), tmp_path / "again") == 0
+    assert_same_run(reference_run, tmp_path / "again")
+    before = (tmp_path / "again" / "metrics.json").read_text()
+    result = cli("train", "--out", str(tmp_path / "again"), *as_set_args(FAST))
+    assert result.returncode == 0 and "already completed" in result.stderr
+    assert (tmp_path / "again" / "metrics.json").read_text() == before
+    other = train(fast_config("train.seed=1"), tmp_path / "seed1")
+    assert other == 0 and not deterministic_history(tmp_path / "seed1").equals(
+        deterministic_history(reference_run)
+    )
+
+
+def _wait_for(predicate, process, timeout=120.0):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _history_rows(out: Path) -> int:
+    try:
+        return len(pd.read_csv(out / "history.csv"))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return 0
+
+
+# 40 batches of 6 per epoch (~1 s on 2 cores), so a kill lands inside an epoch.
+SLOW_EPOCHS = {
+    **FAST,
+    "data": {**FAST["data"], "synthetic_train": 272},
+    "train": {**FAST["train"], "epochs": 4, "batch_size": 6},
+}
+
+
+@pytest.fixture(scope="module")
+def slow_reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("slow") / "run"
+    assert train(build_config(SLOW_EPOCHS), out) == 0
+    return out
+
+
+def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, slow_reference):
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "ep_core.cli", "train", "--out", str(out), *as_set_args(SLOW_EPOCHS)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: _history_rows(out) >= 2 and (out / "checkpoint.pt").exists(), process)
+    time.sleep(0.4)  # into epoch 3
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert _history_rows(out) < 4 and not (out / "metrics.json").exists()
+    resumed = cli("train", "--out", str(out), *as_set_args(SLOW_EPOCHS))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at epoch" in resumed.stderr
+    assert_same_run(slow_reference, out)
+
+
+def test_sigterm_checkpoints_mid_epoch_and_the_rerun_finishes_identically(tmp_path, slow_reference):
+    out = tmp_path / "terminated"
+    args = [sys.executable, "-m", "ep_core.cli", "train", "--out", str(out), *as_set_args(SLOW_EPOCHS)]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _history_rows(out) >= 1, process)
+    time.sleep(0.4)  # into epoch 2
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "checkpoint saved at epoch 2, batch" in stderr
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["next_batch"] > 0  # mid-epoch: 0-based epoch 1
+    assert checkpoint["warm_states"] is not None and len(checkpoint["history"]) == 1
+    assert not (out / "metrics.json").exists()
+    resumed = cli("train", "--out", str(out), *as_set_args(SLOW_EPOCHS))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at epoch 2, batch" in resumed.stderr
+    assert_same_run(slow_reference, out)
+
+
+def test_a_diverging_run_is_recorded_as_diverged(tmp_path):
+    out = tmp_path / "boom"
+    result = cli(
+        "train", "--out", str(out), *as_set_args(FAST), "--set", "optim.lr=1e12", "--set", "ep.clip_norm=null"
+    )
+    assert result.returncode == 3, result.stderr
+    assert "diverged in epoch 1" in result.stderr and "non-finite" in result.stderr
+    assert "Traceback" not in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and "non-finite" in metrics["message"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["ep.bta=0.1"], "unknown key ep.bta; valid keys in ep:"),
+        (["train.epochs=many"], "train.epochs: expected an integer, got 'many'"),
+        (
+            ["optim.lr=[0.1, 0.2, 0.3]"],
+            "optim.lr: hopfield_resnet13 has 22 parameter tensors (biases.h1a ... edges.h4b_to_out.weight), got 3 values",
+        ),
+        (["data.name=imagenet"], "data.name: 'imagenet' is not allowed; valid choices: cifar10"),
+        (["model.arch=transformer"], "model.arch: 'transformer' is not allowed; valid choices: vgg5"),
+        (
+            ["model.activation=gelu"],
+            "model.activation: 'gelu' is not allowed; valid choices: relu6, relu1, relu_random",
+        ),
+        (
+            ["data.name=cifar10", "data.data_dir=/nonexistent"],
+            "cifar10 not found under /nonexistent: run 'ep-core download --dataset cifar10 --data-dir /nonexistent'",
+        ),
+        (["model.gains=[0.5]"], "gains: hopfield_resnet13 has 13 edges, got 1 gains"),
+        (["data.val_size=10000"], "val_size"),
+    ],
+)
+def test_bad_configs_are_one_line_errors_and_write_nothing(tmp_path, overrides, message):
+    out = tmp_path / "run"
+    sets = [a for o in overrides for a in ("--set", o)]
+    result = cli("train", "--out", str(out), *as_set_args(FAST), *sets)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_an_existing_run_with_another_configuration_is_refused(reference_run):
+    result = cli("train", "--out", str(reference_run), *as_set_args(FAST), "--set", "ep.beta=0.3")
+    assert result.returncode == 2
+    assert "holds a run with another configuration (ep.beta: 0.15 != 0.3)" in result.stderr
+
+
+def test_per_tensor_learning_rates_reach_the_right_tensors(tmp_path):
+    lrs = [0.01 * (i + 1) for i in range(22)]
+    from ep_core.training import prepare
+
+    setup = prepare(fast_config(f"optim.lr={lrs}", "optim.weight_decay=0.0"))
+    names = [n for n, _ in setup.model.named_parameters()]
+    assert [g["name"] for g in setup.optimizer.param_groups] == names
+    assert [g["lr"] for g in setup.optimizer.param_groups] == lrs
+    assert names[:9] == [
+        f"biases.{n}" for n in ("h1a", "h1b", "h2a", "h2b", "h3a", "h3b", "h4a", "h4b", "out")
+    ]
+
+
+def test_backprop_baselines_train(tmp_path):
+    for arch in ("resnet13", "vgg5_bp"):
+        out = tmp_path / arch
+        assert train(fast_config(f"model.arch={arch}", "train.epochs=2"), out) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and metrics["config"]["optim"]["optimizer"] in ("adam", "sgd")
+        history = pd.read_csv(out / "history.csv")
+        assert "free_seconds" not in history.columns and history["train_loss"].iloc[-1] < 2.3
