@@ -12,6 +12,13 @@ from .networks import NETWORKS
 from .schedule import ORDERS
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def _gradcheck(args: argparse.Namespace) -> int:
     from .gradcheck import report_json, run_gradcheck
 
@@ -19,6 +26,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
         args.arch, width=args.width, estimator=args.estimator, beta=args.beta, dtype=args.dtype,
         input_size=args.input_size, batch_size=args.batch_size, seed=args.seed, order=args.order,
         activation=args.activation, cost=args.cost, tol=args.tol, max_iterations=args.max_iterations,
+        sweep=args.sweep,
     )  # fmt: skip
     print(report_json(report) if args.json else report.format())
     if args.min_cosine is not None and report.min_cosine < args.min_cosine:
@@ -42,9 +50,13 @@ def _add_gradcheck(sub) -> None:
     p.add_argument("--order", choices=ORDERS, default="coloring")
     p.add_argument("--activation", default="relu6", help="relu6, relu1 or relu_random")
     p.add_argument("--cost", default="mse", help="mse or cross_entropy")
-    p.add_argument("--tol", type=float, default=1e-13, help="relative residual every phase relaxes to")
+    p.add_argument("--tol", type=float, default=1e-14, help="relative residual every phase relaxes to")
     p.add_argument("--max-iterations", type=int, default=20_000)
     p.add_argument("--min-cosine", type=float, default=None, help="exit 1 if any tensor's cosine is below")
+    p.add_argument(
+        "--sweep", type=_floats, default=(), metavar="B1,B2,...",
+        help="also measure EP and CEP error at these betas and fit the bias slopes (expect ~1 and ~2)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_gradcheck)
 

@@ -9,6 +9,8 @@ set (a clip boundary crossed or a max-pool argmax flipped), which makes a finite
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -48,6 +50,10 @@ class GradcheckReport:
     min_cosine: float = field(init=False)
     max_rel_error: float = field(init=False)
     total_rel_error: float = 0.0
+    # Optional β sweep: per β and estimator the total relative error and active-set changes, and the fitted
+    # log-log slope of error against β over the sweep points without active-set changes (≈1 EP, ≈2 CEP).
+    sweep: list[dict] = field(default_factory=list)
+    slopes: dict[str, float | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.min_cosine = min(t.cosine for t in self.tensors)
@@ -80,6 +86,15 @@ class GradcheckReport:
             lines.append(
                 "warning: the nudges changed the active set; lower --beta for a bias-only comparison"
             )
+        if self.sweep:
+            lines.append(f"{'beta':>10} {'EP rel.err':>12} {'changes':>8} {'CEP rel.err':>12} {'changes':>8}")
+            for row in self.sweep:
+                lines.append(
+                    f"{row['beta']:>10.3g} {row['ep']:>12.3e} {row['ep_changes']:>8} "
+                    f"{row['cep']:>12.3e} {row['cep_changes']:>8}"
+                )
+            fitted = ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in self.slopes.items())
+            lines.append(f"fitted log-log slope of error vs beta (expect ~1 for EP, ~2 for CEP): {fitted}")
         return "\n".join(lines)
 
 
@@ -96,10 +111,11 @@ def run_gradcheck(
     order: str = "coloring",
     activation: str = "relu6",
     cost: str = "mse",
-    tol: float = 1e-13,
+    tol: float = 1e-14,
     max_iterations: int = 20_000,
     in_channels: int = 3,
     num_classes: int = 10,
+    sweep: Sequence[float] = (),
 ) -> GradcheckReport:
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
@@ -108,10 +124,16 @@ def run_gradcheck(
         "input_size": input_size, "batch_size": batch_size, "seed": seed, "order": order,
         "activation": activation, "cost": cost, "tol": tol,
     }  # fmt: skip
-    ep = EquilibriumProp(
-        beta=beta, variant=estimator, free_iterations=max_iterations, nudge_iterations=max_iterations,
-        order=order, cost=cost, tol=tol,
-    )  # fmt: skip
+
+    def estimator_at(variant: str, b: float) -> EquilibriumProp:
+        return EquilibriumProp(
+            beta=b, variant=variant, free_iterations=max_iterations, nudge_iterations=max_iterations,
+            order=order, cost=cost, tol=tol,
+        )  # fmt: skip
+
+    ep = estimator_at(estimator, beta)
+    for b in sweep:
+        estimator_at("cep", b)  # validates every β before any work
     torch.manual_seed(seed)
     net = build_network(
         arch, in_channels=in_channels, num_classes=num_classes, input_size=input_size, width=width,
@@ -135,6 +157,19 @@ def run_gradcheck(
         )
         diff_sq += (e - g).pow(2).sum().item()
         ref_sq += g.pow(2).sum().item()
+
+    def total_error(est) -> float:
+        num = sum((est.grads[n] - g).pow(2).sum() for n, g in reference.grads.items())
+        return math.sqrt(num.item() / ref_sq)
+
+    rows = []
+    for b in sweep:
+        row: dict = {"beta": b}
+        for variant in ("ep", "cep"):
+            est = estimator_at(variant, b).estimate(net, x, y, free)
+            row[variant] = total_error(est)
+            row[f"{variant}_changes"] = sum(pattern_changes(net, x, free, s) for s in est.nudged_states)
+        rows.append(row)
     return GradcheckReport(
         settings=settings,
         tensors=tensors,
@@ -149,7 +184,20 @@ def run_gradcheck(
         active_fraction=reference.active_fraction,
         loss=reference.loss,
         total_rel_error=(diff_sq / ref_sq) ** 0.5,
+        sweep=rows,
+        slopes={variant: _fitted_slope(rows, variant) for variant in ("ep", "cep")} if rows else {},
     )
+
+
+def _fitted_slope(rows: list[dict], variant: str) -> float | None:
+    """Least-squares slope of log(error) against log(β) over the rows where the nudges left the active set
+    unchanged (a crossing is a jump, not bias); None with fewer than two such rows."""
+    points = [(math.log(r["beta"]), math.log(r[variant])) for r in rows if r[f"{variant}_changes"] == 0]
+    if len(points) < 2:
+        return None
+    mx = sum(p[0] for p in points) / len(points)
+    my = sum(p[1] for p in points) / len(points)
+    return sum((px - mx) * (py - my) for px, py in points) / sum((px - mx) ** 2 for px, _ in points)
 
 
 def report_json(report: GradcheckReport) -> str:

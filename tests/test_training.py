@@ -252,3 +252,34 @@ def test_backprop_baselines_train(tmp_path):
         assert metrics["status"] == "completed" and metrics["config"]["optim"]["optimizer"] in ("adam", "sgd")
         history = pd.read_csv(out / "history.csv")
         assert "free_seconds" not in history.columns and history["train_loss"].iloc[-1] < 2.3
+
+
+@pytest.mark.parametrize(
+    ("dataset", "arch", "preset", "classes"),
+    [
+        ("cifar10", "hopfield_resnet13", "authors_ep", 10),  # DataLoader + RandAugment path
+        ("cifar100", "resnet13", "authors_bp_resnet", 100),
+        ("fashion_mnist", "vgg5", "authors_ep", 10),  # on-device path, 1 channel
+    ],
+)
+def test_training_on_torchvision_format_files(tmp_path, dataset, arch, preset, classes):
+    from test_datasets import _write_cifar10, _write_cifar100, _write_fmnist
+
+    root = tmp_path / "data"
+    {"cifar10": _write_cifar10, "cifar100": _write_cifar100, "fashion_mnist": _write_fmnist}[dataset](root)
+    config = fast_config(
+        f"data.name={dataset}", f"data.data_dir={root}", "data.val_size=0", "data.num_workers=1",
+        f"model.arch={arch}", "train.epochs=1", "train.max_batches=2", "train.batch_size=8",
+    )  # fmt: skip
+    out = tmp_path / "run"
+    assert train(config, out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["config"]["data"]["preset"] == preset
+    assert metrics["best_val"] is None and metrics["final"]["val_acc"] is None
+    state = torch.load(out / "model.pt", weights_only=True)
+    head = {
+        "hopfield_resnet13": "edges.h4b_to_out.weight",
+        "resnet13": "head.weight",
+        "vgg5": "edges.h4_to_out.weight",
+    }
+    assert state[head[arch]].shape[0] == classes

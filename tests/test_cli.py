@@ -1,0 +1,86 @@
+"""The `ep-core` command line: gradcheck, bench, download, and the README's Python example."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ep_core.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--width", "0.0625", "--input-size", "16", "--batch-size", "2"]
+
+
+def test_gradcheck_json_report(capsys):
+    assert main(["gradcheck", "--arch", "hopfield_resnet13", *SMALL, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["tensors"]) == 22 and report["settings"]["estimator"] == "cep"
+    assert report["min_cosine"] >= 0.999 and report["max_rel_error"] <= 1e-2
+    assert report["free_residual"] <= 1e-14 and report["pattern_changes"] == 0
+
+
+def test_gradcheck_table_sweep_and_exit_status(capsys):
+    # β small enough that no unit of this tiny VGG5 batch crosses a clip boundary (1e-3 flips one).
+    args = ["gradcheck", "--arch", "vgg5", *SMALL, "--estimator", "ep", "--beta", "1e-4"]
+    assert main([*args, "--sweep", "2e-4,1e-4", "--min-cosine", "0.99"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"min cosine 0\.99\d+", out) and "edges.h1_to_h2.weight" in out
+    slope = float(re.search(r"ep (\d\.\d\d), cep", out).group(1))
+    assert slope == pytest.approx(1.0, abs=0.1)
+    assert main([*args, "--min-cosine", "1.5"]) == 1
+    assert "min cosine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["gradcheck", "--arch", "vgg5", "--beta", "0"],
+            "ep-core gradcheck: error: centered EP needs beta > 0",
+        ),
+        (
+            ["gradcheck", "--arch", "vgg5", "--width", "-1"],
+            "ep-core gradcheck: error: width must be a positive number",
+        ),
+        (["gradcheck", "--arch", "vgg9"], "argument --arch: invalid choice: 'vgg9'"),
+        (
+            ["gradcheck", "--arch", "vgg5", "--activation", "elu"],
+            "unknown activation 'elu'; valid choices: relu6",
+        ),
+        (["gradcheck", "--arch", "vgg5", "--sweep", "a,b"], "expected comma-separated numbers"),
+        (
+            ["download", "--dataset", "imagenet"],
+            "ep-core download: error: unknown dataset 'imagenet'; valid choices: cifar10",
+        ),
+    ],
+)
+def test_bad_command_lines_are_one_line_errors(args, message):
+    result = subprocess.run([sys.executable, "-m", "ep_core.cli", *args], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_measures_cep_and_its_backprop_twin(capsys):
+    assert main(["bench", "--width", "0.0625", "--batch-size", "2", "--repeats", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["arch"] == "hopfield_resnet13" and result["free_iterations"] == 4
+    assert result["step_ms"] > result["free_ms_per_iteration"] * 4 > 0
+    assert result["bp_step_ms"] > 0 and result["nudged_ms_per_iteration"] > 0
+
+
+def test_download_of_bundled_data_needs_no_network(tmp_path, capsys):
+    assert main(["download", "--dataset", "digits", "--data-dir", str(tmp_path)]) == 0
+    assert "digits is ready" in capsys.readouterr().out
+
+
+def test_the_readme_python_example_runs():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Python API\s+```python\n(.*?)```", text, re.S).group(1)
+    result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first.startswith("120 ") and first.endswith("torch.Size([8, 10])")
+    assert second.startswith("loss ") and "'nudged': RelaxStats(iterations=50" in second
