@@ -37,7 +37,7 @@ class GradientEstimate:
     loss: float  # batch-mean cost at the free state
     grad_norm: float  # global L2 norm before clipping
     output: torch.Tensor = field(repr=False)  # free-phase output state (B, n_out)
-    seconds: dict[str, float] = field(default_factory=dict)  # wall time of the free and nudged phases
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time: free, nudged phases, gradient
 
     def write_to(self, net: HopfieldNetwork) -> None:
         """Store the estimate in each parameter's `.grad`."""
@@ -174,11 +174,12 @@ class EquilibriumProp:
             stats["nudged"] = RelaxStats(max(st1.iterations, st2.iterations), max(st1.residual, st2.residual))
             nudged_states = (s1, s2)
 
+        t2 = device_clock(x.device)
         scale = 1.0 / ((b2 - b1) * B)
         coefficient = torch.cat([x.new_full((B,), scale), x.new_full((B,), -scale)])
         with torch.no_grad():
             grads = parameter_gradients(net, torch.cat([x, x]), _cat(s1, s2), coefficient)
             grad_norm = clip_global_norm(grads, self.clip_norm)
             loss = cost_value(self.cost, free[-1], target).mean().item()
-        seconds = {"free": t1 - t0, "nudged": device_clock(x.device) - t1}
+        seconds = {"free": t1 - t0, "nudged": t2 - t1, "gradient": device_clock(x.device) - t2}
         return GradientEstimate(grads, free, nudged_states, stats, loss, grad_norm, free[-1], seconds)

@@ -26,7 +26,9 @@ from torch import nn
 
 from .checkpoint import atomic_write_text
 
-HISTORY_MEASUREMENTS = ("epoch_seconds", "free_seconds", "nudged_seconds", "step_seconds", "peak_memory_mb")
+HISTORY_MEASUREMENTS = (
+    "epoch_seconds", "free_seconds", "nudged_seconds", "gradient_seconds", "step_seconds", "peak_memory_mb",
+)  # fmt: skip
 NEAR_ZERO_FRACTIONS = (1e-3, 1e-2, 1e-1)
 HISTOGRAM_BINS = 100
 

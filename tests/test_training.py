@@ -85,7 +85,7 @@ def test_a_run_writes_its_records(reference_run):
         "test_acc": best["test_acc"],
     }
     for column in ("train_loss", "train_acc", "val_acc", "test_acc", "lr", "epoch_seconds", "free_seconds",
-                   "nudged_seconds", "peak_memory_mb", "free_residual", "free_iterations", "nudged_residual",
+                   "nudged_seconds", "gradient_seconds", "peak_memory_mb", "free_residual", "free_iterations", "nudged_residual",
                    "nudged_iterations", "activity.h4b", "saturation_low.h1a", "saturation_high.h1a"):  # fmt: skip
         assert column in history.columns
     assert history["free_iterations"].eq(6).all() and history["nudged_iterations"].eq(3).all()
