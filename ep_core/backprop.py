@@ -14,20 +14,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .networks import BASE_CHANNELS
+from .networks import check_geometry, scaled_channels
 
 BP_NETWORKS = ("resnet13", "vgg5_bp")
-
-
-def _channels(width: float) -> list[int]:
-    if not width > 0:
-        raise ValueError(f"width must be a positive number, got {width!r}")
-    return [max(1, round(c * width)) for c in BASE_CHANNELS]
-
-
-def _check(input_size: int) -> None:
-    if input_size < 16 or input_size % 16:
-        raise ValueError(f"input_size must be a multiple of 16 (four 2x downsamplings), got {input_size}")
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
@@ -39,10 +28,10 @@ class ResNet13(nn.Module):
         self, *, in_channels: int = 3, num_classes: int = 10, input_size: int = 32, width: float = 1.0
     ):
         super().__init__()
-        _check(input_size)
+        check_geometry(in_channels, num_classes, input_size)
         self.arch = "resnet13"
         blocks, c_prev = [], in_channels
-        for c in _channels(width):
+        for c in scaled_channels(width):
             blocks.append(
                 nn.ModuleDict(
                     {
@@ -69,11 +58,11 @@ class VGG5BP(nn.Module):
         self, *, in_channels: int = 3, num_classes: int = 10, input_size: int = 32, width: float = 1.0
     ):
         super().__init__()
-        _check(input_size)
+        check_geometry(in_channels, num_classes, input_size)
         self.arch = "vgg5_bp"
         layers: list[nn.Module] = []
         c_prev = in_channels
-        for c in _channels(width):
+        for c in scaled_channels(width):
             conv = nn.Conv2d(c_prev, c, 3, padding=1, bias=False)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             layers += [conv, nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]

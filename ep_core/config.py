@@ -252,6 +252,8 @@ def validate(c: RunConfig) -> RunConfig:
         raise ConfigError(
             f"model.alpha_range: must be [low, high] with 0 <= low < high, got {c.model.alpha_range}"
         )
+    if c.model.gains is not None and c.model.arch in BP_ARCHS:
+        raise ConfigError(f"model.gains: applies to the EP networks only, not {c.model.arch}")
     if c.train.max_batches is not None and c.train.max_batches < 1:
         raise ConfigError(f"train.max_batches: must be >= 1 or null, got {c.train.max_batches}")
     for key in ("clip_norm", "tol"):

@@ -167,13 +167,14 @@ class HopfieldNetwork(nn.Module):
 # --- builders ------------------------------------------------------------------------------------------
 
 
-def _channels(width: float) -> list[int]:
+def scaled_channels(width: float) -> list[int]:
+    """The four stages' channels, 128-256-512-512 times `width` (at least 1 each)."""
     if not (width > 0 and math.isfinite(width)):
         raise ValueError(f"width must be a positive number, got {width!r}")
     return [max(1, round(c * width)) for c in BASE_CHANNELS]
 
 
-def _check_geometry(in_channels: int, num_classes: int, input_size: int) -> None:
+def check_geometry(in_channels: int, num_classes: int, input_size: int) -> None:
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     if num_classes < 2:
@@ -186,8 +187,8 @@ def vgg5(
     *, in_channels: int = 3, num_classes: int = 10, input_size: int = 32, width: float = 1.0, **kwargs
 ) -> HopfieldNetwork:
     """The authors' VGG5 (`ConvHopfieldEnergy32`): four conv3×3 + 2×2 max-pool couplings and a dense head."""
-    _check_geometry(in_channels, num_classes, input_size)
-    c = _channels(width)
+    check_geometry(in_channels, num_classes, input_size)
+    c = scaled_channels(width)
     size = input_size
     layers = [Layer("x", (in_channels, size, size), 0)]
     prev_c = in_channels
@@ -232,8 +233,8 @@ def hopfield_resnet(
     """
     if not isinstance(blocks, int) or blocks < 1:
         raise ValueError(f"blocks must be a positive integer, got {blocks!r}")
-    _check_geometry(in_channels, num_classes, input_size)
-    c = _channels(width)
+    check_geometry(in_channels, num_classes, input_size)
+    c = scaled_channels(width)
     size = input_size
     layers = [Layer("x", (in_channels, size, size), 0)]
     edges: list[EdgeSpec] = []

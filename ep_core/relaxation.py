@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .costs import check_cost, cost_grad
+from .interactions import bias_view
 from .networks import HopfieldNetwork
 from .schedule import Groups, update_groups
 
@@ -50,7 +51,7 @@ def input_drive(net: HopfieldNetwork, x: torch.Tensor) -> list[torch.Tensor]:
     computed once per batch and shared by all phases. Entry k−1 belongs to layer k."""
     drive = []
     for k, layer in enumerate(net.layers, start=1):
-        d = net.biases[layer.name].view(1, -1, *([1] * (len(layer.shape) - 1)))
+        d = bias_view(net.biases[layer.name], layer.shape)
         for edge in net.incoming[k]:
             if edge.pre == 0:
                 d = edge.drive_post(x) + d

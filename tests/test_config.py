@@ -74,6 +74,10 @@ def test_explicit_values_win_over_auto_and_overrides_parse_yaml(tmp_path):
         (["model.alpha_range=[5, 1]"], "model.alpha_range: must be [low, high]"),
         (["nope.x=1"], "unknown section 'nope'"),
         (["beta=0.1"], "--set expects section.key=value"),
+        (
+            ["model.arch=resnet13", "model.gains=[0.5]"],
+            "model.gains: applies to the EP networks only, not resnet13",
+        ),
     ],
 )
 def test_bad_values_are_one_line_errors_naming_the_key(overrides, message):

@@ -283,3 +283,32 @@ def test_training_on_torchvision_format_files(tmp_path, dataset, arch, preset, c
         "vgg5": "edges.h4_to_out.weight",
     }
     assert state[head[arch]].shape[0] == classes
+
+
+def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_in_logs(tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a new pty is 0x0
+    args = [sys.executable, "-m", "ep_core.cli", "train", "--out", str(tmp_path / "tty"), *as_set_args(FAST)]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    stdout, _ = process.communicate(timeout=120)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(master)
+    assert process.returncode == 0
+    assert b"epoch 1/3" in terminal and b"loss=" in terminal and b"acc=" in terminal  # tqdm postfix
+    lines = [line for line in stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"] and "test_acc" in lines[0]
