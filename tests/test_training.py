@@ -213,6 +213,7 @@ def test_a_diverging_run_is_recorded_as_diverged(tmp_path):
         ),
         (["model.gains=[0.5]"], "gains: hopfield_resnet13 has 13 edges, got 1 gains"),
         (["data.val_size=10000"], "val_size"),
+        (["train.device=cuda:0"] if not torch.cuda.is_available() else ["train.device=tpu"], "train.device:"),
     ],
 )
 def test_bad_configs_are_one_line_errors_and_write_nothing(tmp_path, overrides, message):
@@ -312,3 +313,47 @@ def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_in_logs(tmp_path
     assert b"epoch 1/3" in terminal and b"loss=" in terminal and b"acc=" in terminal  # tqdm postfix
     lines = [line for line in stdout.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"] and "test_acc" in lines[0]
+
+
+def test_an_unexpected_error_is_recorded_as_failed(tmp_path, monkeypatch, capsys):
+    from ep_core.learners import EPLearner
+
+    calls = {"n": 0}
+    original = EPLearner.train_step
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(EPLearner, "train_step", flaky)
+    out = tmp_path / "run"
+    assert train(fast_config(), out) == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "illegal memory access" in metrics["message"]
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setattr(EPLearner, "train_step", original)
+    assert train(fast_config(), out) == 0  # a failed run is retried, and this time completes
+    assert json.loads((out / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_warm_start_only_carries_states_of_the_same_batch_size(monkeypatch):
+    from ep_core.estimators import EquilibriumProp
+    from ep_core.training import prepare
+
+    setup = prepare(fast_config())
+    x, y = next(setup.data.train_batches(epoch=0, batch_size=12, seed=0))
+    first = setup.learner.train_step(x, y, setup.optimizer, None)
+    assert first.carry is not None and first.carry[0].shape[0] == 12
+    seen = []
+    original = EquilibriumProp.estimate
+
+    def recording(self, net, x, y, states=None):
+        seen.append(states)
+        return original(self, net, x, y, states)
+
+    monkeypatch.setattr(EquilibriumProp, "estimate", recording)
+    setup.learner.train_step(x, y, setup.optimizer, first.carry)  # same size: warm start
+    setup.learner.train_step(x[:5], y[:5], setup.optimizer, first.carry)  # the last, smaller batch: zeros
+    assert seen[0] is first.carry and seen[1] is None
