@@ -9,6 +9,7 @@ States are never stored here: they are tensors passed to and returned by `ep_cor
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ class HopfieldNetwork(nn.Module):
         if gains is not None:
             if len(gains) != len(edges):
                 raise ValueError(f"gains: {arch} has {len(edges)} edges, got {len(gains)} gains")
-            edges = [EdgeSpec(**{**e.__dict__, "gain": float(g)}) for e, g in zip(edges, gains, strict=True)]
+            edges = [dataclasses.replace(e, gain=float(g)) for e, g in zip(edges, gains, strict=True)]
         self.edge_specs = list(edges)
 
         self.biases = nn.ParameterDict()
