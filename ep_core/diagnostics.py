@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .interactions import ConvMaxPoolInteraction
 from .networks import HopfieldNetwork
@@ -26,13 +25,8 @@ def clip_pattern(net: HopfieldNetwork, states: Sequence[torch.Tensor]) -> list[t
 
 def pool_indices(net: HopfieldNetwork, x: torch.Tensor, states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     s = [x, *states]
-    out = []
     with torch.no_grad():
-        for edge in net.edges.values():
-            if isinstance(edge, ConvMaxPoolInteraction):
-                conv = F.conv2d(s[edge.pre], edge.weight, padding=1)
-                out.append(F.max_pool2d(conv, 2, return_indices=True)[1])
-    return out
+        return [e.argmax(s[e.pre]) for e in net.edges.values() if isinstance(e, ConvMaxPoolInteraction)]
 
 
 def pattern_changes(

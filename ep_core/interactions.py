@@ -139,7 +139,8 @@ class ConvMaxPoolInteraction(Interaction):
             cache[self.name] = (s_pre, indices)
         return pooled, indices
 
-    def _indices(self, s_pre, cache):
+    def argmax(self, s_pre, cache=None):
+        """The 2×2 pooling argmax of conv(s_pre), reused from `cache` while s_pre is the same tensor."""
         if cache is not None:
             hit = cache.get(self.name)
             if hit is not None and hit[0] is s_pre:
@@ -151,7 +152,7 @@ class ConvMaxPoolInteraction(Interaction):
 
     def unpool(self, s_post, s_pre, cache=None):
         """s_post scattered back to the argmax positions of conv(s_pre) (zeros elsewhere)."""
-        indices = self._indices(s_pre, cache)
+        indices = self.argmax(s_pre, cache)
         return F.max_unpool2d(s_post, indices, 2, output_size=self.conv_shape)
 
     def drive_pre(self, s_post, s_pre, cache=None):

@@ -45,7 +45,7 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -100,5 +100,5 @@ def weight_histograms(model: nn.Module) -> dict[str, dict[str, list[float]]]:
 
 
 def write_weight_records(out: Path, model: nn.Module, scales: dict[str, float]) -> None:
-    write_history(out / "weights_summary.csv", weight_summary(model, scales))
+    write_csv(out / "weights_summary.csv", weight_summary(model, scales))
     write_json(out / "weights_histograms.json", weight_histograms(model))

@@ -25,14 +25,21 @@ import yaml
 from torch import nn
 
 from .backprop import build_bp_network
-from .checkpoint import StopRequest, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from .checkpoint import (
+    StopRequest,
+    atomic_write_text,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
 from .config import BP_ARCHS, ConfigError, RunConfig, dump_config, resolve
 from .datasets import Data, load_data
 from .learners import BPLearner, DivergenceError, EPLearner, StepResult
 from .networks import build_network
 from .optimization import build_optimizer, build_scheduler
 from .provenance import device_description, git_commit, package_versions
-from .records import initial_scales, write_history, write_json, write_weight_records
+from .records import initial_scales, write_csv, write_json, write_weight_records
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CONFIG, EXIT_DIVERGED = 0, 1, 2, 3
 CHECKPOINT, METRICS, HISTORY, MODEL, CONFIG = (
@@ -343,7 +350,7 @@ def train(config: RunConfig, out: str | Path) -> int:
 
     run = Run(setup, out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG).write_text(dump_config(config))
+    atomic_write_text(out / CONFIG, dump_config(config))
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, map_location=setup.device)
         run.restore(ckpt)
@@ -359,7 +366,7 @@ def train(config: RunConfig, out: str | Path) -> int:
                     return 128 + int(stop.signal)
                 row = run.finish_epoch()
                 run.history.append(row)
-                write_history(out / HISTORY, run.history)
+                write_csv(out / HISTORY, run.history)
                 print(_epoch_line(row, epochs), flush=True)
                 run.epoch, run.next_batch, run.acc = run.epoch + 1, 0, Accumulator()
                 if run.epoch % config.train.checkpoint_every == 0 or stop:
