@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint demo gradcheck clean
+.PHONY: setup test lint demo demo-run gradcheck clean
 
 setup: $(VENV)/.installed
 
@@ -17,17 +17,30 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: setup
-	$(BIN)/ruff check ep_core tests
-	$(BIN)/ruff format --check ep_core tests
+	$(BIN)/ruff check ep_core tests workflow/scripts
+	$(BIN)/ruff format --check ep_core tests workflow/scripts
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/
 
 test: lint
 	$(BIN)/python -m pytest -q --durations=10 tests
 
+# The whole pipeline at demo scale (digits, CPU): every run, table, figure, MLflow, and the report.
 demo: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 --configfile configs/pipeline_demo.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 --configfile configs/pipeline_demo.yaml \
+		--report results/report.html
+	@echo
+	@echo "Results: $(CURDIR)/results (tables/, figures/, runs/; report.html)"
+	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow/mlflow.db --host 127.0.0.1"
+
+# One training run on digits, without the pipeline.
+demo-run: setup
 	$(BIN)/ep-core train --config configs/demo_digits.yaml --out runs/demo
 
 gradcheck: setup
 	$(BIN)/ep-core gradcheck --arch hopfield_resnet13 --width 0.0625 --estimator cep --beta 0.001 --dtype float64
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache .snakemake logs
+	find results -mindepth 1 ! -name README.md -delete

@@ -65,7 +65,18 @@ def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training import train
 
-    return train(load_config(args.config, args.set), args.out)
+    config = load_config(args.config, args.set)
+    tracker = None
+    if args.mlflow:
+        from pathlib import Path
+
+        from .tracking import RunTracker, init_tracking
+
+        source = Path(args.mlflow)
+        init = source if source.suffix == ".json" else init_tracking(args.mlflow, args.mlflow_experiment)
+        name = args.run_name or Path(args.out).name
+        tracker = RunTracker.from_file(init, name) if isinstance(init, Path) else RunTracker(init, name)
+    return train(config, args.out, tracker=tracker, threads=args.threads, diverged_ok=args.diverged_ok)
 
 
 def _add_train(sub) -> None:
@@ -78,6 +89,16 @@ def _add_train(sub) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a key, e.g. --set ep.beta=0.2",
+    )
+    p.add_argument(
+        "--mlflow", metavar="URI|INIT.json",
+        help="mirror the run to MLflow: a tracking URI (e.g. sqlite:///mlflow.db) or a pipeline's init.json",
+    )  # fmt: skip
+    p.add_argument("--mlflow-experiment", default="ep-core", help="experiment name with a tracking URI")
+    p.add_argument("--run-name", help="MLflow run name (default: the --out directory's name)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument(
+        "--diverged-ok", action="store_true", help="exit 0 when the run diverges (it is recorded as diverged)"
     )
     p.set_defaults(func=_train)
 

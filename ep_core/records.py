@@ -90,7 +90,8 @@ def weight_histograms(model: nn.Module) -> dict[str, dict[str, list[float]]]:
     out = {}
     for name, p in model.named_parameters():
         w = p.detach().double().flatten().cpu()
-        lo, hi = w.min().item(), w.max().item()
+        w = w[torch.isfinite(w)]  # a diverged run's weights may hold inf/NaN: histogram what is finite
+        lo, hi = (w.min().item(), w.max().item()) if w.numel() else (0.0, 0.0)
         if lo == hi:
             lo, hi = lo - 0.5, hi + 0.5
         counts = torch.histc(w, bins=HISTOGRAM_BINS, min=lo, max=hi)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -40,6 +41,7 @@ from .networks import build_network
 from .optimization import build_optimizer, build_scheduler
 from .provenance import device_description, git_commit, package_versions
 from .records import initial_scales, write_csv, write_json, write_weight_records
+from .tracking import RunTracker
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CONFIG, EXIT_DIVERGED = 0, 1, 2, 3
 CHECKPOINT, METRICS, HISTORY, MODEL, CONFIG = (
@@ -198,6 +200,7 @@ class Run:
         self.warm: list[torch.Tensor] | None = None
         self.elapsed_before = 0.0
         self.started = time.perf_counter()
+        self.mlflow_run_id: str | None = None
 
     # --- checkpoints ---------------------------------------------------------------------------------------
 
@@ -210,6 +213,7 @@ class Run:
             "scheduler": s.scheduler.state_dict(), "rng": rng_states(),
             "warm_states": None if self.warm is None else [t.cpu() for t in self.warm],
             "history": self.history, "elapsed": self.elapsed(), "initial_scales": s.scales,
+            "mlflow_run_id": self.mlflow_run_id,
         }  # fmt: skip
 
     def save(self) -> None:
@@ -227,6 +231,7 @@ class Run:
         self.history = ckpt["history"]
         self.elapsed_before = ckpt["elapsed"]
         s.scales = ckpt["initial_scales"]
+        self.mlflow_run_id = ckpt.get("mlflow_run_id")
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -304,6 +309,8 @@ class Run:
             "git_commit": git_commit(),
             "versions": package_versions(),
             "config": s.config.to_dict(),
+            "mlflow_run_id": self.mlflow_run_id,
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         }
 
 
@@ -327,9 +334,38 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
-def train(config: RunConfig, out: str | Path) -> int:
-    """Run (or resume, or recognise as done) the training run in `out`. Returns the process exit status."""
+RECORDS = (CONFIG, HISTORY, METRICS, "weights_summary.csv", "weights_histograms.json")
+
+
+def _write_records(run: Run, status: str, message: str | None, tracker: RunTracker | None) -> None:
+    """The run's closing files, metrics.json last; a diverged run gets every file a completed one has
+    (its weights as they were when it diverged), a failed one only history and metrics."""
+    out = run.out
+    write_csv(out / HISTORY, run.history)
+    if status != "failed":
+        save_checkpoint(out / MODEL, run.s.model.state_dict())
+        write_weight_records(out, run.s.model, run.s.scales)
+    metrics = run.metrics(status, message)
+    write_json(out / METRICS, metrics)
+    if tracker is not None:
+        tracker.finish(metrics, out, list(RECORDS))
+
+
+def train(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    tracker: RunTracker | None = None,
+    threads: int | None = None,
+    diverged_ok: bool = False,
+) -> int:
+    """Run (or resume, or recognise as done) the training run in `out`. Returns the process exit status.
+
+    `tracker` mirrors the run to MLflow; `threads` sets torch's CPU threads; with `diverged_ok` a diverged
+    run writes all its records and exits 0 (a pipeline counts it as a result, not a crash)."""
     out = Path(out)
+    if threads is not None:
+        torch.set_num_threads(threads)
     setup = prepare(config)  # may raise ConfigError/ValueError: nothing written yet
     config = setup.config
     metrics_path = out / METRICS
@@ -355,6 +391,8 @@ def train(config: RunConfig, out: str | Path) -> int:
         ckpt = load_checkpoint(ckpt_path, map_location=setup.device)
         run.restore(ckpt)
         log(f"{out}: resuming at epoch {run.epoch + 1}, batch {run.next_batch}")
+    if tracker is not None:
+        run.mlflow_run_id = tracker.start(config.flat(), resume_run_id=run.mlflow_run_id)
     epochs = config.train.epochs
     try:
         with StopRequest() as stop:
@@ -367,6 +405,8 @@ def train(config: RunConfig, out: str | Path) -> int:
                 row = run.finish_epoch()
                 run.history.append(row)
                 write_csv(out / HISTORY, run.history)
+                if tracker is not None:
+                    tracker.log_epoch(row)
                 print(_epoch_line(row, epochs), flush=True)
                 run.epoch, run.next_batch, run.acc = run.epoch + 1, 0, Accumulator()
                 if run.epoch % config.train.checkpoint_every == 0 or stop:
@@ -376,16 +416,14 @@ def train(config: RunConfig, out: str | Path) -> int:
                     return 128 + int(stop.signal)
     except DivergenceError as error:
         message = f"diverged in epoch {run.epoch + 1}, batch {run.next_batch + 1}: {error}"
-        write_json(metrics_path, run.metrics("diverged", message))
+        _write_records(run, "diverged", message, tracker)
         log(f"ep-core train: {message}")
-        return EXIT_DIVERGED
+        return EXIT_COMPLETED if diverged_ok else EXIT_DIVERGED
     except Exception as error:  # recorded as failed, then reported with its traceback
         traceback.print_exc()
-        write_json(metrics_path, run.metrics("failed", f"{type(error).__name__}: {error}"))
+        _write_records(run, "failed", f"{type(error).__name__}: {error}", tracker)
         return EXIT_FAILED
-    save_checkpoint(out / MODEL, setup.model.state_dict())
-    write_weight_records(out, setup.model, setup.scales)
-    write_json(metrics_path, run.metrics("completed"))
+    _write_records(run, "completed", None, tracker)
     ckpt_path.unlink(missing_ok=True)
     final = run.history[-1]
     log(f"{out}: completed {epochs} epochs, test_acc {final['test_acc']:.2f}, {run.elapsed():.0f}s")

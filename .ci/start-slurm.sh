@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Install and start a one-node SLURM cluster with a fake GPU on this machine (Debian), for the test of
+# the pipeline's SLURM path. Idempotent: returns at once when the cluster already answers.
+# Recipe and its pitfalls: shared/reference/pipeline.md §3 (munge is required; cgroup plugins do not
+# work in a sandbox; a gres.conf without File= leaves the node INVAL).
+set -euo pipefail
+
+if command -v sinfo >/dev/null && sinfo -h -o %t 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if ! command -v slurmctld >/dev/null; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    slurmctld slurmd slurm-client munge >/dev/null
+fi
+
+H=$(hostname -s)
+CPUS=$(nproc)
+$SUDO mkdir -p /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm /run/munge /etc/slurm
+$SUDO chown munge:munge /run/munge
+$SUDO chown -R slurm:slurm /var/lib/slurm /var/log/slurm
+$SUDO tee /etc/slurm/slurm.conf >/dev/null <<CONF
+ClusterName=localcluster
+SlurmctldHost=$H
+SlurmUser=slurm
+AuthType=auth/munge
+StateSaveLocation=/var/lib/slurm/slurmctld
+SlurmdSpoolDir=/var/lib/slurm/slurmd
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SwitchType=switch/none
+ReturnToService=2
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+MinJobAge=600
+GresTypes=gpu
+NodeName=$H CPUs=$CPUS RealMemory=8000 Gres=gpu:1 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+printf 'AutoDetect=off\nNodeName=%s Name=gpu File=/dev/null\n' "$H" | $SUDO tee /etc/slurm/gres.conf >/dev/null
+
+pgrep -x munged >/dev/null || $SUDO runuser -u munge -- /usr/sbin/munged
+pgrep -x slurmctld >/dev/null || $SUDO /usr/sbin/slurmctld
+sleep 2
+pgrep -x slurmd >/dev/null || $SUDO /usr/sbin/slurmd
+for _ in $(seq 1 30); do
+  state=$(sinfo -h -o %t 2>/dev/null | head -1 || true)
+  case "$state" in
+    idle|mix|alloc) echo "SLURM cluster up: $(sinfo -h)"; exit 0 ;;
+    drain*|inval*|down*) $SUDO scontrol update nodename="$H" state=resume 2>/dev/null || true ;;
+  esac
+  sleep 1
+done
+echo "SLURM did not come up; see /var/log/slurm" >&2
+exit 1

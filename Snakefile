@@ -1,0 +1,28 @@
+# Reproduction pipeline for "Scaling Equilibrium Propagation to Deeper Neural Network Architectures".
+# The grid (which runs, which studies, which settings) is config.yaml; all logic lives in ep_core.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: f"{workflow.basedir}/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/tracking.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/profile.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

@@ -1,0 +1,125 @@
+"""The pipeline's job grid (ep_core.grid): what config.yaml and the demo config expand to."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ep_core import grid
+from ep_core.config import build_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(*files: str) -> dict:
+    """config.yaml, then each --configfile merged over it the way Snakemake does (recursive update)."""
+
+    def merge(base: dict, extra: dict) -> dict:
+        out = dict(base)
+        for key, value in extra.items():
+            out[key] = (
+                merge(out[key], value)
+                if isinstance(value, dict) and isinstance(out.get(key), dict)
+                else value
+            )
+        return out
+
+    config: dict = {}
+    for name in ("config.yaml", *files):
+        config = merge(config, yaml.safe_load((ROOT / name).read_text()))
+    return config
+
+
+def test_the_paper_grid():
+    config = load()
+    runs = grid.validate_grid(config)
+    main = grid.runs_of_kind(config, "main")
+    # 3 datasets x 2 EP archs x relu6 + 2 datasets x 2 BP archs, 3 seeds each.
+    assert len(main) == (3 * 2 + 2 * 2) * 3
+    activation = grid.runs_of_kind(config, "activation_ablation")
+    assert len(activation) == 2 * 3 * 3 and {r.activation for r in activation} == {
+        "relu6",
+        "relu1",
+        "relu_random",
+    }
+    residual = grid.runs_of_kind(config, "residual_ablation")
+    assert {r.arch for r in residual} == {"hopfield_resnet13", "hopfield_plain13"}
+    # Runs shared by studies are trained once: cifar10 relu6 vgg5/HR13 belong to main and both ablations.
+    assert len(runs) == len(set(main) | set(activation) | set(residual)) == 30 + 12 + 3
+    assert grid.datasets_to_download(config) == ["cifar10", "cifar100", "fashion_mnist"]
+    assert len(grid.profile_specs(config)) == 2 * 3 * 3 + 3
+
+
+def test_run_settings_are_layered_and_resolve_to_the_papers_values():
+    config = load()
+    hr13 = grid.RunSpec("cifar100", "hopfield_resnet13", "relu1", 2)
+    c = build_config({}, grid.run_overrides(config, hr13))
+    assert (c.data.name, c.model.arch, c.model.activation, c.train.seed) == (
+        "cifar100",
+        "hopfield_resnet13",
+        "relu1",
+        2,
+    )
+    assert (c.train.epochs, c.train.batch_size, c.ep.free_iterations, c.ep.nudge_iterations) == (
+        300,
+        128,
+        120,
+        50,
+    )
+    assert c.ep.beta is None  # resolved per dataset at run time: 0.15 for CIFAR-100
+    bp = build_config({}, grid.run_overrides(config, grid.RunSpec("cifar10", "resnet13", "relu", 0)))
+    assert bp.model.arch == "resnet13" and bp.model.activation == "relu6"  # BP ignores the EP activation key
+    assert (
+        hr13.path == "cifar100/hopfield_resnet13/relu1/seed2"
+        and hr13.name == "cifar100-hopfield_resnet13-relu1-s2"
+    )
+
+
+def test_the_demo_grid_replaces_the_papers():
+    config = load("configs/pipeline_demo.yaml")
+    runs = grid.validate_grid(config)
+    assert {r.dataset for r in runs} == {"digits"} and grid.datasets_to_download(config) == []
+    assert len(grid.runs_of_kind(config, "main")) == 8 and len(runs) == 8 + 2 + 1
+    c = build_config({}, grid.run_overrides(config, runs[0]))
+    assert (c.train.epochs, c.model.width, c.ep.free_iterations, c.train.device) == (10, 0.0625, 30, "cpu")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"studies": {"main": {"kind": "main", "datasets": ["mnist"], "archs": ["vgg5"]}}},
+            "studies.main.datasets: 'mnist' is not allowed",
+        ),
+        (
+            {"studies": {"main": {"kind": "main", "datasets": ["digits"], "archs": ["vgg7"]}}},
+            "studies.main.archs: 'vgg7' is not allowed",
+        ),
+        (
+            {"studies": {"main": {"kind": "table", "datasets": ["digits"], "archs": ["vgg5"]}}},
+            "studies.main.kind: 'table' is not allowed",
+        ),
+        ({"settings": {"all": {"ep.bta": 0.1}}}, "unknown key ep.bta; valid keys in ep:"),
+        ({"settings": {"ep": {"optim.lr": "fast"}}}, "optim.lr: expected a number"),
+        ({"studies": {}}, "studies: the grid has no runs"),
+    ],
+)
+def test_bad_grids_name_the_problem(change, message):
+    config = {
+        "data_dir": "data",
+        "seeds": [0],
+        "studies": {"main": {"kind": "main", "datasets": ["digits"], "archs": ["vgg5"]}},
+    }
+    config.update(change)
+    with pytest.raises(grid.GridError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        grid.validate_grid(config)
+
+
+def test_profile_arguments():
+    config = load("configs/pipeline_demo.yaml")
+    specs = grid.profile_specs(config)
+    assert [s.name for s in specs][:2] == ["vgg5-w0.0625-b8", "vgg5-w0.0625-b32"]
+    deep = [s for s in specs if s.blocks]
+    assert [s.name for s in deep] == ["hopfield_resnet-d4-w0.125-b8", "hopfield_resnet-d6-w0.125-b8"]
+    args = grid.profile_args(config, deep[1])
+    assert args[:2] == ["--arch", "hopfield_resnet"] and args[-2:] == ["--blocks", "6"]

@@ -1,0 +1,230 @@
+"""The Snakemake workflow: config validation, the planned DAG, a tiny end-to-end run with MLflow, resume
+after a kill, a real SLURM run, and the linters."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_grid import load
+
+from ep_core import grid
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "pipeline" / "tiny.yaml"
+BIN = Path(sys.executable).parent
+
+
+def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}  # jobs call ep-core from this environment
+    return subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), *args],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout, **kwargs,
+    )  # fmt: skip
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Snakemake's 'Job stats' table of a dry run, as {rule: count}."""
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)
+        if m.group(1) != "job"
+    }
+
+
+def expected_counts(config: dict) -> dict[str, int]:
+    counts = {
+        "train": len(grid.all_runs(config)),
+        "profile": len(grid.profile_specs(config)),
+        "download": len(grid.datasets_to_download(config)),
+    }
+    return {rule: n for rule, n in counts.items() if n}
+
+
+@pytest.mark.parametrize("configfile", [None, "configs/pipeline_demo.yaml", "tests/pipeline/tiny.yaml"])
+def test_dry_run_plans_exactly_the_jobs_the_config_implies(tmp_path, configfile):
+    args = ["-n", "--cores", "2", "--directory", str(tmp_path)]
+    if configfile:
+        args += ["--configfile", str(ROOT / configfile)]
+    result = snakemake(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = job_counts(result.stdout)
+    config = load(*([configfile] if configfile else []))
+    for rule, n in expected_counts(config).items():
+        assert counts[rule] == n, (rule, counts)
+    # One-off rules: MLflow set-up and summary, the aggregations, the final target.
+    assert all(
+        counts[rule] == 1 for rule in counts if rule not in ("train", "profile", "download", "convergence")
+    )
+    assert counts["mlflow_init"] == 1 and counts["all"] == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"studies": {"main": {"kind": "main", "datasets": ["mnist"], "archs": ["vgg5"]}}},
+            "'mnist' is not one of",
+        ),
+        ({"sedes": [0]}, "Additional properties are not allowed ('sedes' was unexpected)"),
+        ({"settings": {"all": {"ep.bta": 0.1}}}, "unknown key ep.bta; valid keys in ep:"),
+        (
+            {"studies": {"main": {"kind": "main", "datasets": ["digits"], "archs": ["vgg5"], "seeds": [-1]}}},
+            "-1 is less than the minimum of 0",
+        ),
+    ],
+)
+def test_a_bad_workflow_config_fails_naming_the_problem(tmp_path, config, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(path))
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def _mlflow_runs(workdir: Path):
+    from mlflow.tracking import MlflowClient
+
+    init = json.loads((workdir / "results/mlflow/init.json").read_text())
+    client = MlflowClient(init["tracking_uri"])
+    children = client.search_runs(
+        [init["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{init['parent_run_id']}'"
+    )
+    return init, client, children
+
+
+def _assert_complete(workdir: Path, configfile: Path) -> None:
+    summary = snakemake(
+        "--summary", "--cores", "1", "--directory", str(workdir), "--configfile", str(configfile)
+    )
+    rows = [line.split("\t") for line in summary.stdout.splitlines()[1:] if "\t" in line]
+    assert rows and all(row[4] == "ok" for row in rows), [r for r in rows if r[4] != "ok"]
+    config = load(str(configfile.relative_to(ROOT)))
+    runs = grid.all_runs(config)
+    init, client, children = _mlflow_runs(workdir)
+    assert len(children) == len(runs) and all(c.info.status == "FINISHED" for c in children)
+    parent = client.get_run(init["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    by_id = {c.info.run_id: c for c in children}
+    for run in runs:
+        metrics = json.loads((workdir / "results/runs" / run.path / "metrics.json").read_text())
+        child = by_id[metrics["mlflow_run_id"]]
+        assert child.data.metrics["summary.final.test_acc"] == metrics["final"]["test_acc"]
+        assert child.data.params["train.seed"] == str(run.seed) and child.data.tags["dataset"] == run.dataset
+        history = client.get_metric_history(child.info.run_id, "test_acc")
+        assert [m.step for m in history] == list(range(1, metrics["epochs_completed"] + 1))
+
+
+@pytest.mark.slow
+def test_the_tiny_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
+    result = snakemake("--cores", "2", "--directory", str(tmp_path), "--configfile", str(TINY))
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_complete(tmp_path, TINY)
+    for name in ("tables/main.csv", "tables/main.md"):
+        assert (tmp_path / "results" / name).stat().st_size > 0
+    again = snakemake("--cores", "2", "--directory", str(tmp_path), "--configfile", str(TINY))
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def kill_config() -> dict:
+    """The tiny grid with a training run long enough (~48 batches) to be killed in the middle."""
+    config = yaml.safe_load(TINY.read_text())
+    config["settings"]["all"].update({"train.epochs": 6, "data.synthetic_train": 384, "train.batch_size": 8})
+    return config
+
+
+@pytest.mark.slow
+def test_a_killed_training_job_resumes_with_rerun_incomplete_in_the_same_mlflow_run(tmp_path):
+    configfile = tmp_path / "kill.yaml"
+    configfile.write_text(yaml.safe_dump(kill_config()))
+    run = grid.RunSpec("synthetic", "hopfield_resnet13", "relu6", 0)
+    target = f"results/runs/{run.path}/metrics.json"
+    run_dir = tmp_path / "results/runs" / run.path
+    # The target goes first: --configfile takes several values and would swallow it.
+    args = [str(BIN / "snakemake"), target, "--snakefile", str(ROOT / "Snakefile"), "--cores", "1",
+            "--directory", str(tmp_path), "--configfile", str(configfile)]  # fmt: skip
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    driver = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not ((run_dir / "checkpoint.pt").exists() and (run_dir / "history.csv").exists()):
+        assert driver.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its job, as a node failure would
+    driver.wait()
+    import torch
+
+    run_id = torch.load(run_dir / "checkpoint.pt", weights_only=True)["mlflow_run_id"]
+    assert run_id and not (run_dir / "metrics.json").exists()
+    assert (
+        snakemake(
+            "--unlock", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(configfile)
+        ).returncode
+        == 0
+    )
+    result = snakemake(target, "--cores", "1", "--rerun-incomplete", "--directory", str(tmp_path),
+                       "--configfile", str(configfile))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "logs/train" / f"{run.path}.log").read_text()
+    assert "resuming at epoch" in log
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["mlflow_run_id"] == run_id
+    _, client, children = _mlflow_runs(tmp_path)
+    assert [c.info.run_id for c in children] == [run_id] and children[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "test_acc")]
+    assert sorted(set(steps)) == list(range(1, 7))
+
+
+def _slurm_up() -> str | None:
+    if not shutil.which("sinfo"):
+        return "SLURM is not installed here (.ci/start-slurm.sh installs and starts a one-node cluster)"
+    state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    if state.returncode or not re.search(r"idle|mix|alloc", state.stdout):
+        return f"no SLURM node is up (sinfo: {state.stdout.strip() or state.stderr.strip()})"
+    return None
+
+
+@pytest.mark.slow
+def test_the_tiny_pipeline_through_a_real_slurm_cluster(tmp_path):
+    reason = _slurm_up()
+    if reason:
+        pytest.skip(reason)
+    result = snakemake(
+        "--profile", "slurm", "--directory", str(tmp_path), "--configfile", str(TINY),
+        # Test-only: our one-node cluster has no accounting database, one fake GPU and 2 CPUs.
+        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+        "--default-resources", "slurm_partition=debug", "runtime=10", "mem_mb=1000",
+        "--set-resources", "train:cpus_per_gpu=1", "profile:cpus_per_gpu=1", "--latency-wait", "5",
+        timeout=1200,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _assert_complete(tmp_path, TINY)
+    job_ids = set()
+    for run in grid.all_runs(load("tests/pipeline/tiny.yaml")):
+        metrics = json.loads((tmp_path / "results/runs" / run.path / "metrics.json").read_text())
+        assert metrics["slurm_job_id"], run.path  # the job ran inside a SLURM allocation
+        job_ids.add(metrics["slurm_job_id"])
+    listed = subprocess.run(
+        ["squeue", "--states=all", "-h", "-o", "%i"], capture_output=True, text=True
+    ).stdout.split()
+    assert job_ids <= set(listed) and len(job_ids) == len(grid.all_runs(load("tests/pipeline/tiny.yaml")))
+
+
+def test_the_workflow_passes_lint_and_snakefmt():
+    lint = snakemake("--lint")
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert fmt.returncode == 0, fmt.stderr
+    assert (ROOT / "slurm").resolve() == (ROOT / "profiles/slurm").resolve()  # `--profile slurm` as typed

@@ -1,0 +1,127 @@
+# Tables and figures, on the submit host. Inputs are the runs' files, so Snakemake (not MLflow) decides
+# what is stale; every function called here lives in ep_core.analysis.
+MAIN = grid.runs_of_kind(config, "main")
+ABLATIONS = grid.runs_of_kind(config, "activation_ablation") + grid.runs_of_kind(
+    config, "residual_ablation"
+)
+CONVERGENCE = grid.convergence_runs(config)
+PAIR = grid.weight_pair(config)
+PAPER = f"{workflow.basedir}/reference/paper_results.csv"
+
+
+def figure(name, caption, category):
+    return [
+        report(f"results/figures/{name}.png", caption=f"../report/{caption}.rst", category=category),
+        f"results/figures/{name}.pdf",
+    ]
+
+
+AGGREGATES = [
+    "results/tables/main.md",
+    "results/tables/ablations.md",
+    "results/figures/residual_ablation.png",
+    "results/tables/weights.md",
+    "results/figures/convergence.png",
+]
+if PROFILES:
+    AGGREGATES.append("results/tables/profiles.md")
+
+
+rule main_table:
+    input:
+        metrics=run_files(MAIN, "metrics.json"),
+        paper=PAPER,
+    output:
+        csv="results/tables/main.csv",
+        md=report(
+            "results/tables/main.md", caption="../report/main_table.rst", category="Paper table"
+        ),
+    log:
+        "logs/aggregate/main_table.log",
+    localrule: True
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/main_table.py"
+
+
+rule ablations:
+    input:
+        metrics=run_files(ABLATIONS, "metrics.json"),
+        history=run_files(ABLATIONS, "history.csv"),
+    output:
+        csv="results/tables/ablations.csv",
+        md=report(
+            "results/tables/ablations.md", caption="../report/ablations.rst", category="Ablations"
+        ),
+        residual=figure("residual_ablation", "residual_ablation", "Ablations"),
+        activation=figure("activation_ablation", "activation_ablation", "Ablations"),
+    log:
+        "logs/aggregate/ablations.log",
+    localrule: True
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/ablations.py"
+
+
+rule profiles:
+    input:
+        expand("results/profiles/{profile}.json", profile=PROFILES),
+    output:
+        csv="results/tables/profiles.csv",
+        md=report(
+            "results/tables/profiles.md", caption="../report/profiles.rst", category="Profiles"
+        ),
+        phases=figure("profile_phases", "profile_phases", "Profiles"),
+        batch=figure("profile_batch_size", "profile_scaling", "Profiles"),
+        width=figure("profile_width", "profile_scaling", "Profiles"),
+        depth=figure("profile_depth", "profile_scaling", "Profiles"),
+    log:
+        "logs/aggregate/profiles.log",
+    localrule: True
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/profiles.py"
+
+
+rule weights:
+    input:
+        summaries=run_files(MAIN, "weights_summary.csv"),
+        metrics=run_files(MAIN, "metrics.json"),
+        pair=run_files([run for run in PAIR or [] if run], "weights_histograms.json"),
+    output:
+        csv="results/tables/weights.csv",
+        md=report(
+            "results/tables/weights.md", caption="../report/weights.rst", category="Weights"
+        ),
+        profiles=figure("weights_by_depth", "weights_by_depth", "Weights"),
+        histograms=figure("weights_histograms", "weights_histograms", "Weights"),
+    log:
+        "logs/aggregate/weights.log",
+    localrule: True
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/weights.py"
+
+
+rule convergence:
+    input:
+        models=run_files(CONVERGENCE, "model.pt"),
+    output:
+        csv="results/convergence/traces.csv",
+        figure=figure("convergence", "convergence", "Convergence"),
+    log:
+        "logs/aggregate/convergence.log",
+    localrule: True
+    params:
+        iterations=config["convergence"]["iterations"],
+        orders=config["convergence"]["orders"],
+        batch_size=config["convergence"]["batch_size"],
+        data_dir=config["data_dir"],
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/convergence.py"

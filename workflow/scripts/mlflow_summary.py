@@ -1,0 +1,15 @@
+"""Rule mlflow_summary: close the pipeline's parent run once every training run has finished, and write
+what MLflow holds under it (run ids and statuses) next to the runs' own metrics.json."""
+
+import sys
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+
+import json
+from pathlib import Path
+
+from ep_core.tracking import summarise_parent
+
+init = json.loads(Path(snakemake.input.init).read_text())
+summary = summarise_parent(init, [Path(p) for p in snakemake.input.metrics])
+Path(snakemake.output[0]).write_text(json.dumps(summary, indent=2) + "\n")
