@@ -389,6 +389,7 @@ def test_phase_times_and_projection(benches):
     assert sparse["other_ms"] == 32.0
     legacy = b.loc["legacy"]
     assert (legacy["ep_step_ms"], legacy["bp_step_ms"], legacy["device_name"]) == (30.0, 3.0, "cpu")
+    assert legacy["bp_arch"] == "vgg5_bp" and pd.isna(b.loc["deep", "bp_arch"])
     assert math.isnan(legacy["ep_peak_memory_mb"]) and b.loc["deep", "depth"] == 25
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..benchmark import BP_TWIN
 from . import _markdown as md
 from ._figures import PALETTE, PathLike, figure, no_data
 from .runs import label
@@ -45,6 +46,10 @@ CIFAR10_TRAIN, PAPER_EPOCHS = 50_000, 300
 PAPER_MEMORY_MIB = {"hopfield_resnet13": 1612.0, "resnet13": 1324.0}
 PAPER_HOURS_AT_LEAST = {"hopfield_resnet13": 30.0}  # "over 30 hours" for 300 epochs
 PAPER_SETTING = {"width": 1.0, "batch_size": 128}
+
+
+def _is_paper_setting(row: pd.Series) -> bool:
+    return all(row[k] == v for k, v in PAPER_SETTING.items())
 
 
 def _number(value: object) -> float:
@@ -79,6 +84,8 @@ def read_benchmark(path: PathLike) -> dict[str, object]:
     for old, new in LEGACY.items():  # the flat format of the first `ep-core bench --json`
         if old in data and math.isnan(row[new]):  # type: ignore[arg-type]
             row[new] = _number(data[old])
+    if row["bp_arch"] is None and not math.isnan(row["bp_step_ms"]):  # type: ignore[arg-type]
+        row["bp_arch"] = BP_TWIN.get(str(row["arch"]))  # the flat format times the twin without naming it
     row["depth"] = _depth(str(row["arch"]), row["blocks"])  # type: ignore[arg-type]
     return row
 
@@ -135,7 +142,7 @@ def profile_table(
     table["projected_step_s"] = projected["step_ms"] / 1e3
     steps = np.ceil(train_examples / table["batch_size"]) * epochs
     table["projected_hours"] = table["projected_step_s"] * steps / 3600
-    paper = (table["width"] == PAPER_SETTING["width"]) & (table["batch_size"] == PAPER_SETTING["batch_size"])
+    paper = table.apply(_is_paper_setting, axis=1).astype(bool)
     table["paper_ep_memory_mib"] = table["arch"].map(PAPER_MEMORY_MIB).where(paper)
     table["paper_bp_memory_mib"] = table["bp_arch"].map(PAPER_MEMORY_MIB).where(paper)
     table["paper_hours_at_least"] = table["arch"].map(PAPER_HOURS_AT_LEAST).where(paper)
@@ -151,6 +158,7 @@ def profile_markdown(table: pd.DataFrame) -> str:
                 f"{a} / {b}" if isinstance(b, str) else a
                 for a, b in zip(table["arch"], table["bp_arch"], strict=True)
             ],
+            "depth": [md.number(d, 0) for d in table["depth"]],
             "width": [f"{w:g}" for w in table["width"]],
             "batch": [md.number(b, 0) for b in table["batch_size"]],
             "EP step (ms)": [md.number(v, 1) for v in table["ep_step_ms"]],
@@ -185,128 +193,163 @@ def write_profile_table(table: pd.DataFrame, csv_path: PathLike, md_path: PathLi
 
 
 def _devices(bench: pd.DataFrame) -> str:
-    return ", ".join(sorted(bench["device_name"].astype(str).unique())) or "unknown device"
+    return ", ".join(sorted(bench["device_name"].astype(str).unique())) or "no bench data"
 
 
-def _case_label(row: pd.Series, vary: list[str]) -> str:
-    parts = [label("arch", row["arch"])]
-    parts += [f"{'w' if k == 'width' else 'B'}={row[k]:g}" for k in ("width", "batch_size") if k in vary]
-    return "\n".join([parts[0], " ".join(parts[1:])]) if len(parts) > 1 else parts[0]
+def _case_label(row: pd.Series) -> str:
+    """'Hopfield-ResNet13  w=1 B=128' (a `hopfield_resnet` is named by its depth)."""
+    arch = row["arch"]
+    name = f"Hopfield-ResNet{row['depth']:g}" if arch == "hopfield_resnet" else label("arch", arch)
+    return f"{name}  w={row['width']:g} B={row['batch_size']:g}"
 
 
 def plot_step_phases(
     bench: pd.DataFrame, png: PathLike, pdf: PathLike | None = None, *, project: bool = True
 ) -> None:
-    """Stacked bars: seconds per CEP training step by phase, one bar per (architecture, width, batch size),
-    one panel per device; each bar is annotated with the hours 300 CIFAR-10 epochs take at that rate.
-    `project` scales the relaxation phases to the authors' 120 + 2 × 50 iterations (else as measured)."""
+    """Stacked horizontal bars: seconds per CEP training step by phase, one bar per bench file (architecture,
+    width, batch size), one panel per device; each bar is annotated with the hours 300 CIFAR-10 epochs take
+    at that rate. `project` scales the relaxation phases to the authors' 120 + 2 × 50 iterations (else as
+    measured)."""
     devices = sorted(bench["device_name"].astype(str).unique()) or [None]
     phases = phase_times(bench, PAPER_ITERATIONS if project else None)
     steps = np.ceil(CIFAR10_TRAIN / bench["batch_size"]) * PAPER_EPOCHS
     how = "projected to 120 free + 2 × 50 nudged iterations" if project else "at the bench's iteration counts"
     caption = (
-        f"Seconds per CEP training step, {how}; numbers above bars: hours for {PAPER_EPOCHS} epochs of "
-        f"CIFAR-10 at that rate (training steps only). Paper: Hopfield-ResNet13 takes over 30 h for 300 "
-        "epochs on one RTX 4090 / RTX 6000 Ada, much of it kernel-launch and synchronisation overhead."
+        f"Seconds per CEP training step, {how}; number at the end of a bar: hours for {PAPER_EPOCHS} epochs "
+        "of CIFAR-10 at that rate (training steps only, evaluation excluded). Paper: Hopfield-ResNet13 takes "
+        "over 30 h for 300 epochs on one RTX 4090 / RTX 6000 Ada, much of it kernel-launch and "
+        "synchronisation overhead."
     )
+    bars = [max(int((bench["device_name"] == d).sum()), 1) for d in devices]
+    panel = (7.5, 1.2 + 0.32 * sum(bars) / len(bars))  # each panel as tall as its bars need
     title = "Where a CEP training step spends its time"
-    with figure(png, pdf, ncols=len(devices), panel=(6.0, 4.0), title=title, caption=caption) as (_, axes):
+    layout = {"gridspec_kw": {"height_ratios": [1.2 / 0.32 + b for b in bars]}}
+    with figure(png, pdf, nrows=len(devices), panel=panel, title=title, caption=caption, **layout) as (
+        _,
+        axes,
+    ):
+        colors = dict(zip(PHASES, sns.color_palette(PALETTE, len(PHASES)), strict=True))
         for ax, device in zip(axes.flat, devices, strict=True):
-            rows = bench[bench["device_name"] == device].sort_values(["arch", "width", "batch_size"])
+            rows = bench[bench["device_name"] == device]
+            family = rows["arch"].str.rstrip("0123456789").rename("family")  # hopfield_resnet13 with its kin
+            rows = rows.join(family).sort_values(["family", "depth", "width", "batch_size"], kind="stable")
             if device is None or rows.empty:
                 no_data(ax, "no bench files")
                 continue
-            vary = [k for k in ("width", "batch_size") if rows[k].nunique() > 1] or ["batch_size"]
-            names = [_case_label(r, vary) for _, r in rows.iterrows()]
-            bottom = np.zeros(len(rows))
-            colors = sns.color_palette(PALETTE, len(PHASES))
-            for color, (column, phase) in zip(colors, PHASES.items(), strict=True):
+            y = np.arange(len(rows))[::-1]  # first case on top
+            left = np.zeros(len(rows))
+            for column, phase in PHASES.items():
                 seconds = phases.loc[rows.index, column].to_numpy(dtype=float) / 1e3
                 if np.all(np.isnan(seconds)):
                     continue
                 seconds = np.nan_to_num(seconds)
-                ax.bar(names, seconds, bottom=bottom, label=phase, color=color, width=0.7)
-                bottom += seconds
+                ax.barh(y, seconds, left=left, label=phase, color=colors[column], height=0.7)
+                left += seconds
             hours = phases.loc[rows.index, "step_ms"] / 1e3 * steps[rows.index] / 3600
-            for x, (top, h) in enumerate(zip(bottom, hours, strict=True)):
-                if np.isfinite(h):
-                    ax.annotate(f"{h:.3g} h", (x, top), ha="center", va="bottom", fontsize=7,
-                                xytext=(0, 2), textcoords="offset points")  # fmt: skip
-            ax.set(title=str(device), ylabel="seconds per training step", xlabel="")
-            ax.tick_params(axis="x", labelsize=7)
-            ax.legend(loc="upper left", fontsize=7)
+            for yy, end, h, (_, r) in zip(y, left, hours, rows.iterrows(), strict=True):
+                if not np.isfinite(h):
+                    continue
+                text = f"{h:.3g} h" if h < 100 else f"{h:,.0f} h"
+                if r["arch"] in PAPER_HOURS_AT_LEAST and _is_paper_setting(r):
+                    text += f" (paper: > {PAPER_HOURS_AT_LEAST[r['arch']]:g} h)"
+                ax.annotate(text, (end, yy), ha="left", va="center", fontsize=7, xytext=(3, 0),
+                            textcoords="offset points")  # fmt: skip
+            ax.set_yticks(y, [_case_label(r) for _, r in rows.iterrows()], fontsize=8)
+            ax.set_xlim(0, left.max() * 1.3 if left.max() > 0 else 1)
+            ax.set(title=str(device), xlabel="seconds per training step", ylabel="")
+            ax.grid(axis="y", visible=False)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="phase")
 
 
 X_LABELS = {"batch_size": "batch size", "width": "width multiplier (1 = 128-256-512-512 channels)",
             "depth": "depth (weight layers)"}  # fmt: skip
+HELD = {"width": 1.0, "batch_size": 128}  # the paper's setting, where the bench files have it
+DEPTH_FAMILY = ("hopfield_resnet13", "hopfield_resnet")
 
 
-def scaling_data(bench: pd.DataFrame, x: str) -> pd.DataFrame:
-    """Long rows (series, method, x, step_ms, peak_memory_mb) of EP and BP for one scaling axis. For depth,
-    only the Hopfield-ResNet family (hopfield_resnet13 and hopfield_resnet with any number of blocks)."""
+def _held_value(bench: pd.DataFrame, key: str) -> float:
+    """The value `key` is held at while another axis varies: the paper's, else the most common one."""
+    values = bench[key].dropna()
+    if (values == HELD[key]).any() or values.empty:
+        return HELD[key]
+    return float(values.mode().iloc[0])
+
+
+def scaling_data(bench: pd.DataFrame, x: str) -> tuple[pd.DataFrame, str]:
+    """Long rows (series, method, x, device_name, step_ms, peak_memory_mb), EP and BP, along one axis
+    (batch_size, width or depth) with the other two held fixed (the paper's width 1 and batch 128 where
+    present), and a phrase saying what is held. Depth compares the Hopfield-ResNet family
+    (hopfield_resnet13 and hopfield_resnet with any number of blocks); the other axes compare the named
+    architectures at their own depth."""
     if x not in X_LABELS:
         raise ValueError(f"x must be one of {', '.join(X_LABELS)}, got {x!r}")
-    if x == "depth":
-        bench = bench[bench["arch"].isin(["hopfield_resnet", "hopfield_resnet13"])]
-    vary = [k for k in ("width", "batch_size", "device_name", "dtype") if k != x and bench[k].nunique() > 1]
+    family = bench["arch"].isin(DEPTH_FAMILY) if x == "depth" else bench["arch"] != "hopfield_resnet"
+    bench = bench[family]
+    held = {k: _held_value(bench, k) for k in HELD if k != x}
+    for key, value in held.items():
+        bench = bench[bench[key] == value]
+    several = [k for k in ("device_name", "dtype") if bench[k].nunique() > 1]
     rows = []
     for _, r in bench.iterrows():
-        family = "Hopfield-ResNet" if x == "depth" else label("arch", r["arch"])
-        extra = " ".join(f"{k}={r[k]:g}" if isinstance(r[k], float) else str(r[k]) for k in vary)
-        suffix = f" ({extra})" if extra else ""
-        rows.append({"series": f"CEP {family}{suffix}", "method": "CEP", x: r[x],
+        where = " ".join(str(r[k]) for k in several)
+        suffix = f" ({where})" if where else ""
+        name = "Hopfield-ResNet" if x == "depth" else label("arch", r["arch"])
+        device = r["device_name"]
+        rows.append({"series": f"CEP {name}{suffix}", "method": "CEP", x: r[x], "device_name": device,
                      "step_ms": r["ep_step_ms"], "peak_memory_mb": r["ep_peak_memory_mb"]})  # fmt: skip
-        if isinstance(r["bp_arch"], str) or not math.isnan(r["bp_step_ms"]):
-            bp = "BP twin" if x == "depth" else label("arch", r["bp_arch"] or "BP")
-            rows.append({"series": f"BP {bp}{suffix}", "method": "BP", x: r[x],
-                         "step_ms": r["bp_step_ms"], "peak_memory_mb": r["bp_peak_memory_mb"]})  # fmt: skip
-    return pd.DataFrame(rows, columns=["series", "method", x, "step_ms", "peak_memory_mb"])
+        if isinstance(r["bp_arch"], str):
+            rows.append({"series": f"BP {label('arch', r['bp_arch'])}{suffix}", "method": "BP", x: r[x],
+                         "device_name": device, "step_ms": r["bp_step_ms"],
+                         "peak_memory_mb": r["bp_peak_memory_mb"]})  # fmt: skip
+    phrase = ", ".join(f"{'width' if k == 'width' else 'batch'} {v:g}" for k, v in held.items())
+    columns = ["series", "method", x, "device_name", "step_ms", "peak_memory_mb"]
+    return pd.DataFrame(rows, columns=columns), phrase
 
 
 def plot_ep_vs_bp(
     bench: pd.DataFrame, png: PathLike, pdf: PathLike | None = None, *, x: str = "batch_size"
 ) -> None:
-    """Two panels, step time (log scale) and peak device memory, against `x` (batch_size, width or depth),
-    CEP solid and BP dashed; the paper's memory at batch 128 (HR13 CEP 1612 MiB, BP ResNet13 1324 MiB) is
-    drawn as stars when x is the batch size."""
-    data = scaling_data(bench, x)
-    title = f"CEP vs backprop: cost against {X_LABELS[x].split(' (')[0]} — {_devices(bench)}"
+    """Two panels, step time (log scale) and peak device memory, against `x` (batch_size, width or depth)
+    with the other two held fixed, CEP solid and BP dashed; the paper's memory at batch 128 (HR13 CEP
+    1612 MiB, BP ResNet13 1324 MiB) is drawn as stars when x is the batch size at width 1."""
+    data, held = scaling_data(bench, x)
+    title = f"CEP vs backprop: cost against {X_LABELS[x].split(' (')[0]} ({held}) — {_devices(data)}"
+    paper_stars = x == "batch_size" and held == "width 1"
     caption = (
         "One CEP training step (free phase, −β and +β phases, gradient, update) at the bench's iteration "
         "counts vs one backprop step of the twin network on the same batch. Memory: peak allocated device "
         "memory (not measured on CPU)."
     )
+    if paper_stars:
+        caption += " Stars: the paper's measurement (RTX 4090 / RTX 6000 Ada)."
+    hue_order = list(dict.fromkeys(data["series"]))
+    panels = (("step_ms", "milliseconds per training step"), ("peak_memory_mb", "peak memory (MiB)"))
     with figure(png, pdf, ncols=2, panel=(5.0, 3.8), title=title, caption=caption) as (_, axes):
-        for ax, (column, ylabel) in zip(
-            axes.flat,
-            (("step_ms", "milliseconds per training step"), ("peak_memory_mb", "peak memory (MiB)")),
-            strict=True,
-        ):
+        for ax, (column, ylabel) in zip(axes.flat, panels, strict=True):
             points = data.dropna(subset=[column])
             if points.empty:
-                no_data(
-                    ax,
-                    f"no {ylabel.split(' (')[0]} in the bench files"
-                    + (" (CPU runs)" if column == "peak_memory_mb" else ""),
-                )
+                where = " (CPU runs)" if column == "peak_memory_mb" else ""
+                no_data(ax, f"no {ylabel.split(' (')[0]} in the bench files{where}")
             else:
                 sns.lineplot(
-                    points, x=x, y=column, hue="series", style="method", style_order=["CEP", "BP"],
-                    markers=True, dashes={"CEP": "", "BP": (4, 2)}, palette=PALETTE, ax=ax,
+                    points, x=x, y=column, hue="series", hue_order=hue_order, style="method",
+                    style_order=["CEP", "BP"], markers=True, dashes={"CEP": "", "BP": (4, 2)},
+                    palette=PALETTE, ax=ax, legend=ax is axes.flat[-1],
                 )  # fmt: skip
                 if column == "step_ms":
                     ax.set_yscale("log")
-            if column == "peak_memory_mb" and x == "batch_size":
+                if x in ("batch_size", "width"):
+                    ax.set_xscale("log", base=2)
+                    ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
+            if column == "peak_memory_mb" and paper_stars:
                 for arch, mib in PAPER_MEMORY_MIB.items():
                     ax.scatter(
                         [PAPER_SETTING["batch_size"]], [mib], marker="*", s=120, color="black", zorder=5
                     )
                     ax.annotate(
                         f"paper, {label('arch', arch)}: {mib:g} MiB", (PAPER_SETTING["batch_size"], mib),
-                        xytext=(-6, 4), textcoords="offset points", ha="right", fontsize=7,
+                        xytext=(-8, 0), textcoords="offset points", ha="right", va="center", fontsize=7,
                     )  # fmt: skip
-            if x in ("batch_size", "width") and not points.empty:
-                ax.set_xscale("log", base=2)
             ax.set(xlabel=X_LABELS[x], ylabel=ylabel)
             if ax.get_legend() is not None:
-                ax.legend(fontsize=7, title=None)
+                ax.legend(fontsize=7, title=None, loc="upper left", bbox_to_anchor=(1.02, 1.0))
