@@ -35,7 +35,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import BP_ARCHS, ConfigError, RunConfig, dump_config, resolve
-from .datasets import Data, load_data
+from .datasets import Data, DatasetInfo, load_data
 from .learners import BPLearner, DivergenceError, EPLearner, StepResult
 from .networks import build_network
 from .optimization import build_optimizer, build_scheduler
@@ -88,6 +88,20 @@ class Setup:
     scales: dict[str, float]
 
 
+def build_model(config: RunConfig, info: DatasetInfo) -> nn.Module:
+    """The run's network (EP or BP) at initialisation from the current torch RNG; also how analysis code
+    rebuilds a finished run's network before loading its model.pt."""
+    m = config.model
+    shape = {"in_channels": info.in_channels, "num_classes": info.num_classes, "input_size": info.input_size}
+    if m.arch in BP_ARCHS:
+        return build_bp_network(m.arch, width=m.width, **shape)
+    extra = {"blocks": m.blocks} if m.arch == "hopfield_resnet" else {}
+    return build_network(
+        m.arch, width=m.width, activation=m.activation, alpha_seed=config.train.seed,
+        alpha_range=tuple(m.alpha_range), gains=m.gains, **shape, **extra,
+    )  # fmt: skip
+
+
 def prepare(config: RunConfig) -> Setup:
     """Build everything a run needs; raises ConfigError/ValueError before anything is written."""
     config = resolve(config)
@@ -98,18 +112,8 @@ def prepare(config: RunConfig) -> Setup:
         d.name, data_dir=d.data_dir, preset=d.preset, augment=d.augment, val_size=d.val_size,
         split_seed=d.split_seed, device=device, num_workers=d.num_workers, synthetic=synthetic,
     )  # fmt: skip
-    info = data.info
     torch.manual_seed(config.train.seed)  # weight initialisation
-    shape = {"in_channels": info.in_channels, "num_classes": info.num_classes, "input_size": info.input_size}
-    if m.arch in BP_ARCHS:
-        model = build_bp_network(m.arch, width=m.width, **shape)
-    else:
-        extra = {"blocks": m.blocks} if m.arch == "hopfield_resnet" else {}
-        model = build_network(
-            m.arch, width=m.width, activation=m.activation, alpha_seed=config.train.seed,
-            alpha_range=tuple(m.alpha_range), gains=m.gains, **shape, **extra,
-        )  # fmt: skip
-    model = model.to(device)
+    model = build_model(config, data.info).to(device)
     scales = initial_scales(model)
     learner = BPLearner(model, config) if m.arch in BP_ARCHS else EPLearner(model, config)
     optimizer = build_optimizer(model, config.optim)

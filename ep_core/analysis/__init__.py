@@ -1,0 +1,56 @@
+"""Analysis of finished runs and benchmarks: the pipeline's tables and figures.
+
+Inputs are run directories written by `ep-core train --out DIR` and JSON files from `ep-core bench --json`;
+every figure is written as PNG and PDF (same stem) and every table as CSV and markdown. Functions take data
+frames built by the `load_*` functions, so each table or figure is a deterministic function of its files.
+"""
+
+from .ablations import ablation_table, plot_activation_ablation, plot_residual_ablation, write_ablation_table
+from .convergence import convergence_traces, evaluation_batch, load_network, plot_convergence, residual_trace
+from .profiles import (
+    load_benchmarks,
+    phase_times,
+    plot_ep_vs_bp,
+    plot_step_phases,
+    profile_table,
+    write_profile_table,
+)
+from .runs import load_history, load_runs
+from .tables import main_table, read_paper_results, write_table
+from .weights import (
+    load_weights,
+    plot_weight_histograms,
+    plot_weight_profiles,
+    weight_layers,
+    weight_table,
+    write_weight_table,
+)
+
+__all__ = [
+    "ablation_table",
+    "convergence_traces",
+    "evaluation_batch",
+    "load_benchmarks",
+    "load_history",
+    "load_network",
+    "load_runs",
+    "load_weights",
+    "main_table",
+    "phase_times",
+    "plot_activation_ablation",
+    "plot_convergence",
+    "plot_ep_vs_bp",
+    "plot_residual_ablation",
+    "plot_step_phases",
+    "plot_weight_histograms",
+    "plot_weight_profiles",
+    "profile_table",
+    "read_paper_results",
+    "residual_trace",
+    "weight_layers",
+    "weight_table",
+    "write_ablation_table",
+    "write_profile_table",
+    "write_table",
+    "write_weight_table",
+]

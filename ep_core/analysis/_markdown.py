@@ -1,0 +1,60 @@
+"""Plain-text rendering shared by the tables: number formats, markdown tables, writing CSV + markdown."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ..checkpoint import atomic_write_text
+
+DASH = "–"  # an absent value (no runs, no paper figure), distinct from a measured 0
+
+
+def missing(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def number(value: object, digits: int = 1, *, signed: bool = False) -> str:
+    if missing(value):
+        return DASH
+    return f"{float(value):+.{digits}f}" if signed else f"{float(value):.{digits}f}"
+
+
+def paper_number(value: object) -> str:
+    """A figure quoted from the paper, exactly as printed there (93.92, 90.3)."""
+    return DASH if missing(value) else f"{float(value):g}"
+
+
+def mean_std(mean: object, std: object, n: int, digits: int = 1) -> str:
+    """'92.1 ± 0.3 (n=3)'; one run has no spread: '92.1 (n=1)'; no runs: '–'."""
+    if n == 0 or missing(mean):
+        return DASH
+    if n == 1 or missing(std):
+        return f"{float(mean):.{digits}f} (n={n})"
+    return f"{float(mean):.{digits}f} ± {float(std):.{digits}f} (n={n})"
+
+
+def flag(value: object) -> str:
+    """A boolean finding: 'yes', 'no', or '–' when the data cannot decide."""
+    return DASH if missing(value) else ("yes" if bool(value) else "no")
+
+
+def to_markdown(cells: pd.DataFrame) -> str:
+    """A GitHub markdown table of already formatted string cells (pipes escaped)."""
+
+    def row(values) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
+    lines = [row(cells.columns), row(["---"] * len(cells.columns))]
+    lines += [row(r) for r in cells.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv_and_markdown(
+    frame: pd.DataFrame, csv_path: str | Path, md_path: str | Path, markdown: str
+) -> None:
+    """The full-precision table as CSV and its readable rendering as markdown, both written atomically."""
+    atomic_write_text(Path(csv_path), frame.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(Path(md_path), markdown)

@@ -1,0 +1,286 @@
+"""The paper's two ablations: skip connections (Hopfield-ResNet13 vs the same net without its four skips) and
+the clipped-ReLU cap (ReLU6 vs ReLU1 vs a random cap per layer).
+
+Curves are the mean over seeds with a ±1 standard-deviation band, of completed runs only; a legend entry
+says how many runs it averages and how many diverged or failed (not drawn). `ablation_table` states each
+finding as a boolean computed by a fixed rule (documented on the function), with <NA> when a variant has no
+completed run: the table never guesses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from . import _markdown as md
+from ._figures import PALETTE, PathLike, figure, no_data
+from .runs import COMPLETED, label
+
+RESIDUAL_VARIANTS = ("hopfield_resnet13", "hopfield_plain13")
+ACTIVATION_ORDER = ("relu6", "relu1", "relu_random")  # the paper's ranking, best first
+ACTIVATION_LABELS = {"relu6": "ReLU6 (α = 6)", "relu1": "ReLU1 (α = 1)", "relu_random": "random α per layer"}
+EP_ALGORITHMS = ("cep", "ep")
+FAILED = ("diverged", "failed")
+METRIC_LABELS = {
+    "train_loss": "training loss (mean per example)",
+    "test_acc": "test accuracy (%)",
+    "train_acc": "training accuracy (%)",
+    "val_acc": "validation accuracy (%)",
+}
+
+
+def _counts_label(name: str, runs: pd.DataFrame) -> str:
+    """'Hopfield-ResNet13 (3 runs; 1 diverged, not shown)' from one series' per-run statuses."""
+    ok = int((runs["status"] == COMPLETED).sum())
+    bad = int(runs["status"].isin(FAILED).sum())
+    text = f"{name} ({ok} run{'s' if ok != 1 else ''}"
+    return text + (f"; {bad} diverged/failed, not shown)" if bad else ")")
+
+
+def _width_suffix(frame: pd.DataFrame) -> pd.Series:
+    """' w=0.0625' when the data mix widths (so curves of different nets are never averaged), else ''."""
+    if frame["width"].nunique() <= 1:
+        return pd.Series("", index=frame.index)
+    return " w=" + frame["width"].map(lambda w: f"{w:g}")
+
+
+def _draw_series(ax, frame: pd.DataFrame, metric: str, series: str, order: list[str]) -> None:
+    runs = frame.drop_duplicates("run_dir")
+    names = {s: _counts_label(s, runs[runs[series] == s]) for s in order}
+    done = frame[frame["status"] == COMPLETED].assign(**{series: lambda f: f[series].map(names)})
+    hue_order = [names[s] for s in order]
+    if done.empty:
+        no_data(ax, "no completed runs:\n" + "\n".join(hue_order))
+        return
+    sns.lineplot(
+        done, x="epoch", y=metric, hue=series, hue_order=hue_order, errorbar="sd", estimator="mean",
+        palette=PALETTE, ax=ax, marker="o" if done["epoch"].nunique() < 15 else None, markersize=4,
+    )  # fmt: skip
+    ax.legend(title=None, loc="best")
+
+
+def residual_ablation_data(history: pd.DataFrame, *, activation: str = "relu6") -> pd.DataFrame:
+    """Epoch rows of EP runs of Hopfield-ResNet13 and Hopfield-Plain13 with the given activation."""
+    keep = (
+        history["table_arch"].isin(RESIDUAL_VARIANTS)
+        & history["algorithm"].isin(EP_ALGORITHMS)
+        & (history["activation"] == activation)
+    )
+    return history[keep]
+
+
+def activation_ablation_data(history: pd.DataFrame) -> pd.DataFrame:
+    """Epoch rows of EP runs with one of the three activations."""
+    keep = history["algorithm"].isin(EP_ALGORITHMS) & history["activation"].isin(ACTIVATION_ORDER)
+    return history[keep]
+
+
+def plot_residual_ablation(
+    history: pd.DataFrame,
+    png: PathLike,
+    pdf: PathLike | None = None,
+    *,
+    metric: str = "train_loss",
+    activation: str = "relu6",
+) -> None:
+    """Training loss vs epoch, Hopfield-ResNet13 against Hopfield-Plain13, one panel per dataset (and EP
+    estimator). `history` is `load_history(...)`; writes `png` and `pdf` (default: same stem)."""
+    data = residual_ablation_data(history, activation=activation)
+    data = data.assign(series=lambda f: f["table_arch"].map(lambda a: label("arch", a)) + _width_suffix(f))
+    panels = sorted(data.groupby(["dataset", "algorithm"]).groups) if not data.empty else [None]
+    caption = (
+        f"EP-trained networks ({activation}); mean over seeds, band ±1 s.d. Hopfield-Plain13 is "
+        "Hopfield-ResNet13 without its four 1×1 skip couplings. The paper: without skips the training "
+        "loss stays flat."
+    )
+    title = "Residual ablation: training loss"
+    with figure(png, pdf, ncols=len(panels), title=title, caption=caption) as (_, axes):
+        for ax, key in zip(axes.flat, panels, strict=True):
+            if key is None:
+                no_data(ax, "no EP runs of hopfield_resnet13 / hopfield_plain13")
+                continue
+            dataset, algorithm = key
+            frame = data[(data["dataset"] == dataset) & (data["algorithm"] == algorithm)]
+            order = sorted(frame["series"].unique(), key=lambda s: ("Plain" in s, s))
+            _draw_series(ax, frame, metric, "series", order)
+            ax.set(
+                title=f"{label('dataset', dataset)}, {label('algorithm', algorithm)}",
+                xlabel="epoch",
+                ylabel=METRIC_LABELS.get(metric, metric),
+            )
+
+
+def plot_activation_ablation(
+    history: pd.DataFrame, png: PathLike, pdf: PathLike | None = None, *, metric: str = "test_acc"
+) -> None:
+    """Test accuracy vs epoch per activation (ReLU6, ReLU1, random α), one panel per dataset × EP
+    architecture. `history` is `load_history(...)`; writes `png` and `pdf` (default: same stem)."""
+    data = activation_ablation_data(history)
+    data = data.assign(series=lambda f: f["activation"].map(ACTIVATION_LABELS) + _width_suffix(f))
+    datasets = sorted(data["dataset"].unique()) or [None]
+    archs = sorted(data["table_arch"].unique()) or [None]
+    caption = (
+        "EP-trained networks; mean over seeds, band ±1 s.d. ReLU_α(x) = min(max(x, 0), α). "
+        "The paper's ranking: ReLU6 > ReLU1 > random α."
+    )
+    with figure(
+        png, pdf, nrows=len(datasets), ncols=len(archs), title="Activation ablation", caption=caption
+    ) as (_, axes):
+        for i, dataset in enumerate(datasets):
+            for j, arch in enumerate(archs):
+                ax = axes[i, j]
+                frame = data[(data["dataset"] == dataset) & (data["table_arch"] == arch)]
+                if dataset is None or frame.empty:
+                    no_data(ax, "no EP runs with relu6 / relu1 / relu_random")
+                    continue
+                order = [
+                    s
+                    for a in ACTIVATION_ORDER
+                    for s in sorted(frame.loc[frame["activation"] == a, "series"].unique())
+                ]
+                _draw_series(ax, frame, metric, "series", order)
+                ax.set(
+                    title=f"{label('dataset', dataset)}, {label('arch', arch)}",
+                    xlabel="epoch",
+                    ylabel=METRIC_LABELS.get(metric, metric),
+                )
+
+
+# --- the table --------------------------------------------------------------------------------------------
+
+
+def _loss_drop(history: pd.DataFrame) -> pd.Series:
+    """Per run: (training loss of epoch 1 − of the last epoch) / (of epoch 1); 0 for a one-epoch run."""
+    ordered = history.sort_values(["run_dir", "epoch"])
+    first = ordered.groupby("run_dir")["train_loss"].first()
+    last = ordered.groupby("run_dir")["train_loss"].last()
+    return ((first - last) / first).rename("train_loss_drop")
+
+
+def _variant_rows(runs: pd.DataFrame, keys: list[str], variant: str) -> pd.DataFrame:
+    def summary(group: pd.DataFrame) -> pd.Series:
+        ok = group[group["status"] == COMPLETED]
+        out: dict[str, float] = {"n": len(ok), "n_failed": int(group["status"].isin(FAILED).sum())}
+        for column in ("final_test_acc", "best_test_acc", "final_train_loss", "train_loss_drop"):
+            out[f"{column}_mean"] = ok[column].mean() if len(ok) else np.nan
+            out[f"{column}_std"] = ok[column].std(ddof=1) if len(ok) > 1 else np.nan
+        return pd.Series(out)
+
+    columns = ["status", "final_test_acc", "best_test_acc", "final_train_loss", "train_loss_drop"]
+    rows = runs.groupby([*keys, variant])[columns].apply(summary).reset_index()
+    return rows.astype({"n": int, "n_failed": int})
+
+
+def ablation_table(
+    runs: pd.DataFrame, history: pd.DataFrame, *, metric: str = "final_test_acc", stall_drop: float = 0.05
+) -> pd.DataFrame:
+    """Final numbers of both ablations, one row per variant, with the finding of its group.
+
+    `runs` is `load_runs(...)`, `history` `load_history(...)` of the same runs. Rules (means over completed
+    runs of one dataset, EP estimator, width and number of epochs):
+
+    * residual: holds when Hopfield-Plain13's training loss fell by at most `stall_drop` (relative, epoch 1
+      to the last epoch) while Hopfield-ResNet13's fell by more — "plain stalls, skips train";
+    * activation (per architecture): holds when mean `metric` is ReLU6 > ReLU1 > random α.
+
+    <NA> when a variant of the group has no completed run. Columns: ablation, dataset, algorithm, width,
+    epochs, architecture, variant, n, n_failed, {final_test_acc,best_test_acc,final_train_loss,
+    train_loss_drop}_{mean,std}, finding, holds.
+    """
+    runs = runs.join(_loss_drop(history), on="run_dir")
+    ep = runs[runs["algorithm"].isin(EP_ALGORITHMS)].rename(columns={"epochs_planned": "epochs_"})
+    keys = ["dataset", "algorithm", "width", "epochs_"]
+
+    residual = ep[ep["table_arch"].isin(RESIDUAL_VARIANTS) & (ep["activation"] == "relu6")]
+    residual = _variant_rows(residual, keys, "table_arch").rename(columns={"table_arch": "variant"})
+    residual = residual.assign(ablation="residual", architecture=residual["variant"])
+    residual["finding"] = (
+        f"plain stalls (loss drop ≤ {stall_drop:.0%}), skips train (drop > {stall_drop:.0%})"
+    )
+    residual["holds"] = pd.array([pd.NA] * len(residual), dtype="boolean")
+    for _, group in residual.groupby(keys):
+        drop = dict(zip(group["variant"], group["train_loss_drop_mean"], strict=True))
+        n = dict(zip(group["variant"], group["n"], strict=True))
+        if all(n.get(v, 0) > 0 for v in RESIDUAL_VARIANTS):
+            residual.loc[group.index, "holds"] = bool(
+                drop["hopfield_plain13"] <= stall_drop < drop["hopfield_resnet13"]
+            )
+
+    activation = ep[ep["activation"].isin(ACTIVATION_ORDER)]
+    activation = _variant_rows(activation, [*keys, "table_arch"], "activation")
+    activation = activation.rename(columns={"activation": "variant", "table_arch": "architecture"})
+    activation = activation.assign(ablation="activation", finding=f"relu6 > relu1 > relu_random ({metric})")
+    activation["holds"] = pd.array([pd.NA] * len(activation), dtype="boolean")
+    for _, group in activation.groupby([*keys, "architecture"]):
+        value = dict(zip(group["variant"], group[f"{metric}_mean"], strict=True))
+        n = dict(zip(group["variant"], group["n"], strict=True))
+        if all(n.get(v, 0) > 0 for v in ACTIVATION_ORDER):
+            activation.loc[group.index, "holds"] = bool(
+                value["relu6"] > value["relu1"] > value["relu_random"]
+            )
+
+    table = pd.concat([residual, activation], ignore_index=True).rename(columns={"epochs_": "epochs"})
+    first = ["ablation", "dataset", "algorithm", "width", "epochs", "architecture", "variant"]
+    table = table[[*first, *(c for c in table.columns if c not in first)]]
+    order = {v: i for i, v in enumerate((*RESIDUAL_VARIANTS, *ACTIVATION_ORDER))}
+    table = table.sort_values(
+        ["ablation", "dataset", "algorithm", "width", "epochs", "architecture", "variant"],
+        key=lambda c: c.map(order) if c.name == "variant" else c,
+        kind="stable",
+    )
+    return table.reset_index(drop=True)
+
+
+def ablation_markdown(table: pd.DataFrame) -> str:
+    cells = pd.DataFrame(
+        {
+            "ablation": table["ablation"],
+            "dataset": [label("dataset", v) for v in table["dataset"]],
+            "algorithm": [label("algorithm", v) for v in table["algorithm"]],
+            "width": [f"{v:g}" for v in table["width"]],
+            "epochs": table["epochs"].astype(str),
+            "architecture": [label("arch", v) for v in table["architecture"]],
+            "variant": [ACTIVATION_LABELS.get(v, label("arch", v)) for v in table["variant"]],
+            "runs": [
+                f"{n}" + (f" (+{f} failed)" if f else "")
+                for n, f in zip(table["n"], table["n_failed"], strict=True)
+            ],
+            "final test acc. (%)": [
+                md.mean_std(m, s, n)
+                for m, s, n in zip(
+                    table["final_test_acc_mean"], table["final_test_acc_std"], table["n"], strict=True
+                )
+            ],
+            "best test acc. (%)": [
+                md.mean_std(m, s, n)
+                for m, s, n in zip(
+                    table["best_test_acc_mean"], table["best_test_acc_std"], table["n"], strict=True
+                )
+            ],
+            "final train loss": [
+                md.mean_std(m, s, n, 4)
+                for m, s, n in zip(
+                    table["final_train_loss_mean"], table["final_train_loss_std"], table["n"], strict=True
+                )
+            ],
+            "train-loss drop": [
+                md.DASH if md.missing(v) else f"{v:.1%}" for v in table["train_loss_drop_mean"]
+            ],
+            "finding": table["finding"],
+            "holds": [md.flag(v) for v in table["holds"]],
+        }
+    )
+    note = (
+        "- *train-loss drop*: (loss of epoch 1 − loss of the last epoch) / loss of epoch 1, mean over "
+        "completed runs. *holds*: the finding's rule on these means (– when a variant has no completed "
+        "run).\n"
+    )
+    return md.to_markdown(cells) + "\n" + note
+
+
+def write_ablation_table(table: pd.DataFrame, csv_path: PathLike, md_path: PathLike) -> None:
+    """Write `ablation_table(...)` as CSV (full precision) and markdown."""
+    md.write_csv_and_markdown(table, Path(csv_path), Path(md_path), ablation_markdown(table))

@@ -1,0 +1,165 @@
+"""Finished training runs as tables: one row per run (`load_runs`), one per run × epoch (`load_history`).
+
+A run directory is what `ep-core train --out DIR` leaves (see `ep_core.records`). Its identity (dataset,
+architecture, algorithm, activation, seed, width, ...) is read from the configuration saved in
+`metrics.json`, or from `config.yaml` when the run has not ended (no `metrics.json` yet: status
+"incomplete"). Accuracies are copied as recorded, whatever the status; the tables decide what to average
+(completed runs only) and count the rest as failures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ..config import BP_ARCHS
+
+PathLike = str | Path
+
+COMPLETED = "completed"
+INCOMPLETE = "incomplete"  # no metrics.json: still running, killed, or never started
+
+# The paper's table names the BP twin of VGG5 "vgg5" (paper_results.csv); its EP graphs keep their names.
+TABLE_ARCH = {"vgg5_bp": "vgg5", "resnet13": "resnet13"}
+
+DATASET_LABELS = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "fashion_mnist": "Fashion-MNIST",
+    "digits": "digits (sklearn)",
+    "synthetic": "synthetic",
+}
+ARCH_LABELS = {
+    "vgg5": "VGG5",
+    "hopfield_resnet13": "Hopfield-ResNet13",
+    "hopfield_plain13": "Hopfield-Plain13 (no skips)",
+    "resnet13": "ResNet13",
+    "vgg5_bp": "VGG5 (BP)",
+}
+ALGORITHM_LABELS = {"cep": "CEP", "ep": "EP", "bp": "BP"}
+
+# Columns that identify a run; load_history repeats them on every epoch row.
+IDENTITY = ["run_dir", "status", "dataset", "arch", "table_arch", "algorithm", "activation", "seed", "width"]
+
+
+RUN_COLUMNS = [
+    *IDENTITY, "depth", "order", "beta", "batch_size", "val_size", "epochs_planned", "epochs",
+    "final_test_acc", "final_train_loss", "val_selected_test_acc", "val_selected_epoch", "best_test_acc",
+    "best_test_epoch", "wall_seconds", "peak_memory_mb", "num_parameters", "device", "message",
+]  # fmt: skip
+
+
+def label(kind: str, value: Any) -> str:
+    """Human-readable name of a dataset, architecture or algorithm (the code name if unknown)."""
+    table = {"dataset": DATASET_LABELS, "arch": ARCH_LABELS, "algorithm": ALGORITHM_LABELS}[kind]
+    return table.get(value, str(value))
+
+
+def algorithm_of(config: dict) -> str:
+    """'bp' for the backprop networks, else the EP estimator ('cep' or 'ep')."""
+    if config["model"]["arch"] in BP_ARCHS:
+        return "bp"
+    return config["ep"]["estimator"]
+
+
+def table_arch_of(config: dict) -> str:
+    """The architecture as the paper's table names it. A `hopfield_resnet` with N blocks has 3N + 1 weight
+    layers: N = 4 is exactly Hopfield-ResNet13, others are named by their depth (hopfield_resnet19, ...)."""
+    arch = config["model"]["arch"]
+    if arch == "hopfield_resnet":
+        blocks = int(config["model"].get("blocks", 4))
+        return "hopfield_resnet13" if blocks == 4 else f"hopfield_resnet{3 * blocks + 1}"
+    return TABLE_ARCH.get(arch, arch)
+
+
+def depth_of(config: dict) -> int:
+    """Weight layers on the main path plus skips, as in the architectures' names (VGG5: 5, HR13: 13)."""
+    arch = config["model"]["arch"]
+    if arch in ("vgg5", "vgg5_bp"):
+        return 5
+    if arch == "hopfield_resnet":
+        return 3 * int(config["model"].get("blocks", 4)) + 1
+    return 13
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _get(mapping: dict | None, *keys: str) -> Any:
+    """mapping[k1][k2]... or NaN when any level is missing or null (metrics of failed runs)."""
+    value: Any = mapping
+    for key in keys:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return math.nan
+        value = value[key]
+    return value
+
+
+def read_run(run_dir: PathLike) -> dict[str, Any]:
+    """One row of `load_runs`."""
+    run_dir = Path(run_dir)
+    metrics = _read_json(run_dir / "metrics.json")
+    if metrics is not None:
+        config = metrics["config"]
+    elif (run_dir / "config.yaml").is_file():
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    else:
+        raise FileNotFoundError(f"{run_dir} is not a run directory: neither metrics.json nor config.yaml")
+    m = metrics or {}
+    return {
+        "run_dir": str(run_dir),
+        "status": m.get("status", INCOMPLETE),
+        "dataset": config["data"]["name"],
+        "arch": config["model"]["arch"],
+        "table_arch": table_arch_of(config),
+        "algorithm": algorithm_of(config),
+        "activation": config["model"]["activation"],
+        "seed": config["train"]["seed"],
+        "width": float(config["model"]["width"]),
+        "depth": depth_of(config),
+        "order": config["ep"]["order"],
+        "beta": _get(config, "ep", "beta"),
+        "batch_size": config["train"]["batch_size"],
+        "val_size": config["data"]["val_size"],
+        "epochs_planned": config["train"]["epochs"],
+        "epochs": m.get("epochs_completed", math.nan),
+        "final_test_acc": _get(m, "final", "test_acc"),
+        "final_train_loss": _get(m, "final", "train_loss"),
+        "val_selected_test_acc": _get(m, "best_val", "test_acc"),  # NaN without a validation split
+        "val_selected_epoch": _get(m, "best_val", "epoch"),
+        "best_test_acc": _get(m, "best_test_over_epochs", "test_acc"),  # the paper's optimistic protocol
+        "best_test_epoch": _get(m, "best_test_over_epochs", "epoch"),
+        "wall_seconds": m.get("wall_seconds", math.nan),
+        "peak_memory_mb": m.get("peak_memory_mb", math.nan),
+        "num_parameters": m.get("num_parameters", math.nan),
+        "device": m.get("device") or "",
+        "message": m.get("message") or "",
+    }
+
+
+def load_runs(dirs: Iterable[PathLike]) -> pd.DataFrame:
+    """One row per run directory, in the order given (see `read_run` for the columns)."""
+    return pd.DataFrame([read_run(d) for d in dirs], columns=RUN_COLUMNS)
+
+
+def load_history(dirs: Iterable[PathLike]) -> pd.DataFrame:
+    """history.csv of every run that has one, stacked, with the run's identity columns (`IDENTITY`) first.
+    EP and BP runs record different columns; the union is kept and absent values are NaN."""
+    frames = []
+    for d in dirs:
+        path = Path(d) / "history.csv"
+        if not path.is_file():  # a run that failed before its first epoch ended
+            continue
+        run = read_run(d)
+        history = pd.read_csv(path)
+        frames.append(history.assign(**{k: run[k] for k in IDENTITY})[[*IDENTITY, *history.columns]])
+    if not frames:
+        return pd.DataFrame(columns=[*IDENTITY, "epoch"])
+    return pd.concat(frames, ignore_index=True)

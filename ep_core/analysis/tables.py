@@ -1,0 +1,155 @@
+"""The paper's results table, with ours beside it: one row per (dataset, architecture, algorithm) setting.
+
+Our accuracy is the mean ± sample standard deviation over seeds under three protocols:
+
+* ``final``: the test accuracy after the last epoch (no selection);
+* ``val_selected``: the test accuracy at the epoch with the best validation accuracy (runs with a
+  validation split only, `data.val_size` > 0);
+* ``best_test``: the best test accuracy over epochs, the paper's (optimistic) protocol, which the
+  difference to the paper's figure uses.
+
+Only completed runs enter the means; diverged and failed runs are counted in `n_failed`, unfinished ones in
+`n_incomplete`. Runs with another width or number of epochs form their own rows (a 1/16-width smoke run is
+not the paper's model), and EP runs whose activation is not the table's (ReLU6, the paper's main results)
+are left to the activation ablation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import _markdown as md
+from .runs import COMPLETED, INCOMPLETE, label
+
+PROTOCOLS = {"final": "final_test_acc", "val_selected": "val_selected_test_acc", "best_test": "best_test_acc"}
+PRIOR_EP = "ep_prior_best"  # paper_results.csv: the best earlier EP result the paper quotes
+KEY = ["dataset", "architecture", "algorithm"]
+SETTING = ["width", "epochs"]
+FAILED = ("diverged", "failed")
+
+
+def read_paper_results(path: str | Path) -> pd.DataFrame:
+    """paper_results.csv: dataset, architecture, algorithm (cep, bp or ep_prior_best), accuracy_pct."""
+    paper = pd.read_csv(path)
+    needed = {*KEY, "accuracy_pct"}
+    if not needed <= set(paper.columns):
+        raise ValueError(f"{path}: expected columns {sorted(needed)}, got {list(paper.columns)}")
+    return paper
+
+
+def _summary(group: pd.DataFrame) -> pd.Series:
+    ok = group[group["status"] == COMPLETED]
+    out: dict[str, float | int | str] = {
+        "n": len(ok),
+        "n_failed": int(group["status"].isin(FAILED).sum()),
+        "n_incomplete": int((group["status"] == INCOMPLETE).sum()),
+        # Listed so that two runs of one seed (counted as two samples) are visible in the CSV.
+        "seeds": ",".join(str(s) for s in sorted(ok["seed"])),
+    }
+    for name, column in PROTOCOLS.items():
+        values = ok[column].dropna()
+        out[f"{name}_n"] = len(values)
+        out[f"{name}_mean"] = values.mean() if len(values) else float("nan")
+        out[f"{name}_std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+    return pd.Series(out)
+
+
+def summarise_runs(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """n, n_failed, n_incomplete and {protocol}_{n,mean,std} per group of `keys` (runs: `load_runs`)."""
+    if runs.empty:
+        columns = [*keys, "n", "n_failed", "n_incomplete", "seeds"]
+        columns += [f"{p}_{s}" for p in PROTOCOLS for s in ("n", "mean", "std")]
+        return pd.DataFrame(columns=columns)
+    grouped = runs.groupby(keys, sort=True, dropna=False)
+    return grouped[["status", "seed", *PROTOCOLS.values()]].apply(_summary).reset_index()
+
+
+def main_table(runs: pd.DataFrame, paper_csv: str | Path, *, activation: str = "relu6") -> pd.DataFrame:
+    """The paper's table and ours, one row per (dataset, architecture, algorithm, width, epochs).
+
+    `runs` is `load_runs(...)`. Every row of the paper appears (n = 0 where we have no run), in the paper's
+    order, followed by our settings the paper does not report (paper = NaN). Columns: dataset,
+    architecture, algorithm, width, epochs, n, n_failed, n_incomplete, {final,val_selected,best_test}_
+    {n,mean,std}, paper, prior_ep (the best earlier EP result the paper quotes, on EP rows), diff_vs_paper
+    (best_test_mean − paper), in_paper.
+    """
+    paper = read_paper_results(paper_csv)
+    ours = runs[(runs["algorithm"] == "bp") | (runs["activation"] == activation)]
+    # "epochs" of the setting is the number planned (a diverged run completed fewer).
+    ours = ours.drop(columns="epochs").rename(
+        columns={"table_arch": "architecture", "epochs_planned": "epochs"}
+    )
+    table = summarise_runs(ours, [*KEY, *SETTING])
+
+    reported = paper[paper["algorithm"] != PRIOR_EP].reset_index(drop=True)
+    reported = reported[KEY].assign(paper=reported["accuracy_pct"], paper_order=reported.index)
+    table = table.merge(reported, on=KEY, how="outer")
+    table["in_paper"] = table["paper_order"].notna()
+    table["epochs"] = table["epochs"].astype("Int64")  # NaN on the paper's rows we have not run
+    table["seeds"] = table["seeds"].fillna("")
+    for column in ("n", "n_failed", "n_incomplete", *(f"{p}_n" for p in PROTOCOLS)):
+        table[column] = table[column].fillna(0).astype(int)
+
+    prior = paper[paper["algorithm"] == PRIOR_EP].rename(columns={"accuracy_pct": "prior_ep"})
+    table = table.merge(
+        prior[["dataset", "architecture", "prior_ep"]], on=["dataset", "architecture"], how="left"
+    )
+    table.loc[~table["algorithm"].isin(["cep", "ep"]), "prior_ep"] = float("nan")  # a prior *EP* figure
+    table["diff_vs_paper"] = table["best_test_mean"] - table["paper"]
+
+    table["paper_order"] = table["paper_order"].fillna(len(reported))
+    table = table.sort_values(["paper_order", *KEY, *SETTING], kind="stable").drop(columns="paper_order")
+    return table.reset_index(drop=True)
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    """The main table for reading: formatted cells and the protocol notes."""
+    cells = pd.DataFrame(
+        {
+            "dataset": [label("dataset", v) for v in table["dataset"]],
+            "architecture": [label("arch", v) for v in table["architecture"]],
+            "algorithm": [label("algorithm", v) for v in table["algorithm"]],
+            "width": [md.DASH if md.missing(v) else f"{v:g}" for v in table["width"]],
+            "epochs": [md.DASH if md.missing(v) else f"{int(v)}" for v in table["epochs"]],
+            "runs": [_runs_cell(r) for r in table.itertuples()],
+            **{
+                heading: [
+                    md.mean_std(m, s, n)
+                    for m, s, n in zip(table[f"{p}_mean"], table[f"{p}_std"], table[f"{p}_n"], strict=True)
+                ]
+                for p, heading in (
+                    ("final", "final epoch"),
+                    ("val_selected", "val-selected"),
+                    ("best_test", "best over epochs (paper's protocol)"),
+                )
+            },
+            "paper": [md.paper_number(v) for v in table["paper"]],
+            "best prior EP": [md.paper_number(v) for v in table["prior_ep"]],
+            "ours − paper": [md.number(v, 2, signed=True) for v in table["diff_vs_paper"]],
+        }
+    )
+    notes = [
+        "Test accuracy (%), mean ± sample standard deviation over seeds (n = completed runs).",
+        "*final epoch*: after the last epoch; *val-selected*: at the epoch of best validation accuracy (runs "
+        "with a validation split only); *best over epochs*: the best test accuracy over epochs, the paper's "
+        "optimistic protocol (selected on the test set), which *ours − paper* uses.",
+        "Diverged or failed runs are counted under *runs* and excluded from every mean.",
+        "*best prior EP*: the best earlier EP result the paper quotes for that dataset and architecture.",
+    ]
+    return md.to_markdown(cells) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def _runs_cell(row) -> str:
+    parts = [f"{row.n} completed"]
+    if row.n_failed:
+        parts.append(f"{row.n_failed} diverged/failed (excluded)")
+    if row.n_incomplete:
+        parts.append(f"{row.n_incomplete} unfinished (excluded)")
+    return ", ".join(parts)
+
+
+def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path) -> None:
+    """Write `main_table(...)` as CSV (full precision) and as markdown (formatted, with notes)."""
+    md.write_csv_and_markdown(table, csv_path, md_path, table_markdown(table))

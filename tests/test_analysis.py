@@ -1,0 +1,560 @@
+"""The analysis layer: run tables, the paper's table, ablations, profiles, weight findings, convergence.
+
+Real runs (tiny synthetic EP and BP runs, built once per module) check the readers against what training
+writes; hand-made run directories and bench files check the numbers against values computed by hand.
+"""
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import ep_core
+from ep_core.analysis import (
+    ablation_table,
+    convergence_traces,
+    evaluation_batch,
+    load_benchmarks,
+    load_history,
+    load_network,
+    load_runs,
+    load_weights,
+    main_table,
+    phase_times,
+    plot_activation_ablation,
+    plot_convergence,
+    plot_ep_vs_bp,
+    plot_residual_ablation,
+    plot_step_phases,
+    plot_weight_histograms,
+    plot_weight_profiles,
+    profile_table,
+    residual_trace,
+    weight_layers,
+    weight_table,
+    write_ablation_table,
+    write_profile_table,
+    write_table,
+    write_weight_table,
+)
+from ep_core.analysis.runs import RUN_COLUMNS
+from ep_core.config import build_config, resolve
+from ep_core.training import train
+
+PAPER_CSV = Path(__file__).resolve().parents[1] / "reference" / "paper_results.csv"
+
+TINY = {
+    "data": {"name": "synthetic", "synthetic_train": 64, "synthetic_test": 32},
+    "model": {"arch": "hopfield_resnet13", "width": 0.0625},
+    "ep": {"free_iterations": 4, "nudge_iterations": 2, "eval_iterations": 4},
+    "train": {"epochs": 2, "batch_size": 16, "device": "cpu"},
+}
+REAL_RUNS = {
+    "hr13_s0": {"data": {"val_size": 16}},
+    "hr13_s1": {"data": {"val_size": 16}, "train": {"seed": 1}},
+    "plain13": {"model": {"arch": "hopfield_plain13"}},
+    "hr13_relu1": {"model": {"activation": "relu1"}},
+    "hr13_random": {"model": {"activation": "relu_random"}},
+    "vgg5": {"model": {"arch": "vgg5"}},
+    "resnet13_bp": {"model": {"arch": "resnet13"}},
+    "vgg5_bp": {"model": {"arch": "vgg5_bp"}},
+    "diverged": {"optim": {"lr": 1e8}, "ep": {"clip_norm": None}},
+}
+
+
+def config_values(changes: dict) -> dict:
+    values = {s: dict(v) for s, v in TINY.items()}
+    for section, items in changes.items():
+        values.setdefault(section, {}).update(items)
+    return values
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory) -> dict[str, Path]:
+    """Tiny real runs. One thread: on a shared 2-core machine, two OpenMP threads competing with another
+    process make these small convolutions ~100× slower."""
+    root = tmp_path_factory.mktemp("runs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        statuses = {name: train(build_config(config_values(c)), root / name) for name, c in REAL_RUNS.items()}
+    finally:
+        torch.set_num_threads(threads)
+    assert statuses == {**dict.fromkeys(REAL_RUNS, 0), "diverged": 3}
+    return {name: root / name for name in REAL_RUNS}
+
+
+def fake_run(
+    path: Path,
+    *,
+    dataset: str = "cifar10",
+    arch: str = "hopfield_resnet13",
+    activation: str = "relu6",
+    seed: int = 0,
+    status: str = "completed",
+    final: float | None = None,
+    best: float | None = None,
+    val: float | None = None,
+    losses: list[float] | None = None,
+    epochs: int = 300,
+    width: float = 1.0,
+) -> Path:
+    """A run directory with a hand-written metrics.json (and history.csv from `losses`)."""
+    config = resolve(
+        build_config(
+            {
+                "data": {"name": dataset},
+                "model": {"arch": arch, "activation": activation, "width": width},
+                "train": {"seed": seed, "epochs": epochs},
+            }
+        )
+    ).to_dict()
+    last = len(losses) if losses else 1
+    metrics = {
+        "status": status,
+        "epochs_completed": last,
+        "final": {"epoch": last, "train_loss": losses[-1] if losses else 0.1, "test_acc": final},
+        "best_val": None if val is None else {"epoch": 1, "val_acc": 50.0, "test_acc": val},
+        "best_test_over_epochs": None if best is None else {"epoch": 1, "test_acc": best, "protocol": "x"},
+        "wall_seconds": 1.0,
+        "peak_memory_mb": 10.0,
+        "num_parameters": 1,
+        "device": "cpu",
+        "config": config,
+    }
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    if losses:
+        rows = [{"epoch": e, "train_loss": v, "test_acc": final} for e, v in enumerate(losses, 1)]
+        pd.DataFrame(rows).to_csv(path / "history.csv", index=False)
+    return path
+
+
+def assert_figure(png: Path) -> None:
+    pdf = png.with_suffix(".pdf")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
+
+
+# --- runs ----------------------------------------------------------------------------------------------------
+
+
+def test_load_runs_reads_identity_status_and_protocols(real):
+    runs = load_runs(real.values()).set_index(pd.Index(list(real)))
+    assert list(load_runs([real["vgg5"]]).columns) == RUN_COLUMNS
+    assert runs.loc["vgg5_bp", ["arch", "table_arch", "algorithm"]].tolist() == ["vgg5_bp", "vgg5", "bp"]
+    assert runs.loc["resnet13_bp", ["table_arch", "algorithm"]].tolist() == ["resnet13", "bp"]
+    assert runs.loc["hr13_s0", ["table_arch", "algorithm", "depth"]].tolist() == [
+        "hopfield_resnet13",
+        "cep",
+        13,
+    ]
+    assert runs.loc["diverged", "status"] == "diverged" and math.isnan(runs.loc["diverged", "final_test_acc"])
+    metrics = json.loads((real["hr13_s0"] / "metrics.json").read_text())
+    assert runs.loc["hr13_s0", "val_selected_test_acc"] == metrics["best_val"]["test_acc"]
+    assert runs.loc["hr13_s0", "best_test_acc"] == metrics["best_test_over_epochs"]["test_acc"]
+    assert math.isnan(runs.loc["vgg5", "val_selected_test_acc"])  # no validation split
+    assert runs.loc["hr13_s1", "seed"] == 1 and runs.loc["hr13_random", "activation"] == "relu_random"
+
+
+def test_unfinished_run_is_incomplete(tmp_path, real):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text((real["vgg5"] / "config.yaml").read_text())
+    row = load_runs([unfinished]).iloc[0]
+    assert row["status"] == "incomplete" and row["arch"] == "vgg5" and math.isnan(row["final_test_acc"])
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        load_runs([tmp_path / "nothing"])
+
+
+def test_load_history_stacks_runs_with_their_identity(real):
+    history = load_history(real.values())
+    assert len(history) == 2 * (len(real) - 1)  # the diverged run never finished an epoch
+    assert list(history.columns[:9]) == ["run_dir", "status", "dataset", "arch", "table_arch", "algorithm",
+                                         "activation", "seed", "width"]  # fmt: skip
+    bp = history[history["algorithm"] == "bp"]
+    assert (
+        bp["free_residual"].isna().all()
+        and history.loc[history["algorithm"] == "cep", "free_residual"].notna().all()
+    )
+
+
+# --- the main table -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def table_runs(tmp_path) -> pd.DataFrame:
+    dirs = [
+        fake_run(tmp_path / "a", seed=0, final=92.0, best=93.0, val=92.5),
+        fake_run(tmp_path / "b", seed=1, final=93.0, best=94.0, val=93.5),
+        fake_run(tmp_path / "c", seed=2, final=94.5, best=95.5),  # no validation split
+        fake_run(tmp_path / "d", seed=3, status="diverged", final=10.0, best=10.0),
+        fake_run(tmp_path / "e", seed=4, activation="relu1", final=50.0, best=50.0),  # ablation run
+        fake_run(tmp_path / "f", arch="vgg5_bp", final=91.0, best=92.0),
+        fake_run(tmp_path / "g", dataset="digits", arch="vgg5", final=97.0, best=98.0),
+        fake_run(tmp_path / "h", arch="hopfield_resnet13", width=0.0625, epochs=2, final=30.0, best=31.0),
+    ]
+    return load_runs(dirs)
+
+
+def test_main_table_means_counts_and_paper_figures(table_runs):
+    table = main_table(table_runs, PAPER_CSV)
+    paper = pd.read_csv(PAPER_CSV)
+    reported = paper[paper["algorithm"] != "ep_prior_best"]
+    # every paper row, in the paper's order, first (a key run at two widths has two rows)
+    keys = table.loc[table["in_paper"], ["dataset", "architecture", "algorithm"]].apply(tuple, axis=1)
+    assert list(dict.fromkeys(keys)) == list(
+        reported[["dataset", "architecture", "algorithm"]].apply(tuple, axis=1)
+    )
+    assert table["in_paper"].tolist() == sorted(table["in_paper"], reverse=True)
+    hr = table[
+        (table["dataset"] == "cifar10")
+        & (table["architecture"] == "hopfield_resnet13")
+        & (table["width"] == 1.0)
+    ]
+    assert len(hr) == 1
+    hr = hr.iloc[0]
+    assert (hr["n"], hr["n_failed"], hr["seeds"]) == (3, 1, "0,1,2")
+    assert hr["best_test_mean"] == pytest.approx(statistics.mean([93.0, 94.0, 95.5]))
+    assert hr["best_test_std"] == pytest.approx(statistics.stdev([93.0, 94.0, 95.5]))
+    assert hr["final_mean"] == pytest.approx(statistics.mean([92.0, 93.0, 94.5]))
+    assert (hr["val_selected_n"], hr["val_selected_mean"]) == (2, pytest.approx(93.0))
+    assert hr["paper"] == 93.92 and hr["diff_vs_paper"] == pytest.approx(
+        statistics.mean([93.0, 94.0, 95.5]) - 93.92
+    )
+    assert math.isnan(hr["prior_ep"])
+    # the BP twin of VGG5 is the paper's "vgg5, bp" row; the prior-EP figure sits on EP rows only
+    vgg = table[(table["dataset"] == "cifar10") & (table["architecture"] == "vgg5")].set_index("algorithm")
+    assert (
+        vgg.loc["bp", "n"] == 1 and vgg.loc["bp", "paper"] == 92.11 and math.isnan(vgg.loc["bp", "prior_ep"])
+    )
+    assert (
+        vgg.loc["cep", "n"] == 0 and vgg.loc["cep", "paper"] == 92.84 and vgg.loc["cep", "prior_ep"] == 90.3
+    )
+    # paper rows without runs: n = 0; our settings outside the paper: paper NaN, listed after
+    c100 = table[table["dataset"] == "cifar100"]
+    assert len(c100) == 4 and (c100["n"] == 0).all() and c100["in_paper"].all()
+    extra = table[~table["in_paper"]]
+    assert extra[["dataset", "architecture", "algorithm", "n"]].values.tolist() == [
+        ["digits", "vgg5", "cep", 1]
+    ]
+    assert extra["paper"].isna().all()
+    # a smoke run of a paper row (another width and length) gets its own row, beside the paper's figure
+    smoke = table[(table["architecture"] == "hopfield_resnet13") & (table["width"] == 0.0625)].iloc[0]
+    assert (smoke["epochs"], smoke["n"], smoke["paper"], smoke["in_paper"]) == (2, 1, 93.92, True)
+    assert (table["algorithm"] != "ep_prior_best").all()
+
+
+def test_write_table_markdown_and_csv(table_runs, tmp_path):
+    table = main_table(table_runs, PAPER_CSV)
+    write_table(table, tmp_path / "t.csv", tmp_path / "t.md")
+    text = (tmp_path / "t.md").read_text()
+    row = next(
+        line
+        for line in text.splitlines()
+        if "Hopfield-ResNet13" in line and "| 1 |" in line and "CIFAR-10 " in line
+    )
+    assert "94.2 ± 1.3 (n=3)" in row and "93.92" in row and "| +0.25 |" in row  # 94.1667 − 93.92
+    assert "1 diverged/failed (excluded)" in row and "93.0 ± 0.7 (n=2)" in row
+    assert "| CIFAR-100 | ResNet13 | BP | – | – | 0 completed | – | – | – | 75.12 |" in text
+    assert "optimistic" in text
+    back = pd.read_csv(tmp_path / "t.csv")
+    assert len(back) == len(table) and back["paper"].sum() == pytest.approx(table["paper"].sum())
+
+
+# --- ablations ----------------------------------------------------------------------------------------------
+
+
+def ablation_runs(
+    root: Path, *, plain: list[float], resnet: list[float], accs: dict[str, float]
+) -> list[Path]:
+    dirs = [
+        fake_run(root / "plain", arch="hopfield_plain13", losses=plain, final=10.0, best=10.0),
+        fake_run(root / "resnet", arch="hopfield_resnet13", losses=resnet, final=80.0, best=81.0),
+    ]
+    for activation, acc in accs.items():
+        dirs.append(
+            fake_run(
+                root / activation, arch="vgg5", activation=activation, losses=[0.4, 0.3], final=acc, best=acc
+            )
+        )
+    return dirs
+
+
+def test_ablation_table_rules(tmp_path):
+    dirs = ablation_runs(
+        tmp_path / "ok", plain=[0.45, 0.449, 0.448], resnet=[0.45, 0.40, 0.30],
+        accs={"relu6": 90.0, "relu1": 85.0, "relu_random": 80.0},
+    )  # fmt: skip
+    table = ablation_table(load_runs(dirs), load_history(dirs))
+    residual = table[table["ablation"] == "residual"].set_index("variant")
+    assert residual.loc["hopfield_plain13", "train_loss_drop_mean"] == pytest.approx((0.45 - 0.448) / 0.45)
+    assert residual.loc["hopfield_resnet13", "train_loss_drop_mean"] == pytest.approx(0.15 / 0.45)
+    assert residual["holds"].tolist() == [True, True]
+    activation = table[table["ablation"] == "activation"].set_index("architecture")
+    assert activation.loc["vgg5", "variant"].tolist() == ["relu6", "relu1", "relu_random"]
+    assert activation.loc["vgg5", "holds"].all()
+    # the residual-ablation nets ran ReLU6 only: their activation finding is undecidable, not false
+    assert activation.loc[["hopfield_resnet13", "hopfield_plain13"], "holds"].isna().all()
+
+    flipped = ablation_runs(
+        tmp_path / "flip", plain=[0.45, 0.35, 0.25], resnet=[0.45, 0.40, 0.30],
+        accs={"relu6": 85.0, "relu1": 90.0, "relu_random": 80.0},
+    )  # fmt: skip
+    table = ablation_table(load_runs(flipped), load_history(flipped))
+    decided = table[(table["ablation"] == "residual") | (table["architecture"] == "vgg5")]
+    assert not decided["holds"].any() and decided["holds"].notna().all()
+
+    missing = ablation_runs(
+        tmp_path / "missing", plain=[0.45], resnet=[0.45, 0.3], accs={"relu6": 90.0, "relu1": 85.0}
+    )
+    table = ablation_table(load_runs(missing), load_history(missing))
+    assert table.loc[table["ablation"] == "activation", "holds"].isna().all()
+    write_ablation_table(table, tmp_path / "a.csv", tmp_path / "a.md")
+    assert "| yes |" in (tmp_path / "a.md").read_text() and "| – |" in (tmp_path / "a.md").read_text()
+
+
+def test_ablation_figures_are_written_and_deterministic(real, tmp_path):
+    history = load_history(real.values())
+    plot_residual_ablation(history, tmp_path / "residual.png")
+    plot_activation_ablation(history, tmp_path / "activation.png", tmp_path / "other" / "activation.pdf")
+    assert_figure(tmp_path / "residual.png")
+    assert (tmp_path / "other" / "activation.pdf").read_bytes()[:5] == b"%PDF-"
+    plot_residual_ablation(history, tmp_path / "again.png")
+    for suffix in (".png", ".pdf"):
+        assert (tmp_path / "again").with_suffix(suffix).read_bytes() == (tmp_path / "residual").with_suffix(
+            suffix
+        ).read_bytes()
+    plot_residual_ablation(history.iloc[0:0], tmp_path / "empty.png")  # no runs: a figure saying so
+    assert (tmp_path / "empty.png").stat().st_size > 0
+
+
+# --- profiles -----------------------------------------------------------------------------------------------
+
+
+def bench_file(path: Path, **fields) -> Path:
+    data = {
+        "arch": "hopfield_resnet13", "width": 1.0, "blocks": 4, "batch_size": 128, "device": "cuda",
+        "device_name": "NVIDIA H200", "dtype": "float32", "threads": 16, "free_iterations": 4, "nudge_iterations": 2,
+        "ep": {"step_ms": 100.0, "free_ms": 40.0, "minus_ms": 20.0, "plus_ms": 20.0, "gradient_ms": 10.0,
+               "update_ms": 2.0, "free_ms_per_iteration": 10.0, "nudged_ms_per_iteration": 20.0,
+               "peak_memory_mb": 1500.0, "gflops": 1.0},
+        "bp": {"arch": "resnet13", "step_ms": 10.0, "peak_memory_mb": 1000.0},
+        "flop_bound_ratio": 0.1, "overhead_ratio": 0.5, "schedules": None,
+    }  # fmt: skip
+    data.update(fields)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def benches(tmp_path) -> pd.DataFrame:
+    files = [
+        bench_file(tmp_path / "b128.json"),
+        bench_file(tmp_path / "b32.json", batch_size=32),
+        bench_file(tmp_path / "w05.json", width=0.5),
+        bench_file(tmp_path / "deep.json", arch="hopfield_resnet", blocks=8, bp=None),
+        # stacked ±β phases only, and missing keys
+        bench_file(
+            tmp_path / "sparse.json",
+            arch="vgg5",
+            ep={"step_ms": 50.0, "nudged_ms_per_iteration": 5.0, "free_ms_per_iteration": 2.0},
+            bp=None,
+        ),
+    ]
+    legacy = tmp_path / "legacy.json"  # the first flat `ep-core bench --json`
+    legacy.write_text(json.dumps({"arch": "vgg5", "width": 1.0, "batch_size": 8, "device": "cpu", "free_iterations": 4,
+                                  "nudge_iterations": 2, "step_ms": 30.0, "free_ms_per_iteration": 2.0,
+                                  "nudged_ms_per_iteration": 4.0, "gradient_ms": 5.0, "bp_step_ms": 3.0,
+                                  "peak_memory_mb": None}))  # fmt: skip
+    return load_benchmarks([*files, legacy])
+
+
+def test_phase_times_and_projection(benches):
+    b = benches.set_index(benches["source"].map(lambda s: Path(s).stem))
+    measured = phase_times(b, project_to=None)
+    assert measured.loc["b128"].to_dict() == pytest.approx(
+        {"free_ms": 40.0, "minus_ms": 20.0, "plus_ms": 20.0, "nudged_ms": math.nan, "gradient_ms": 10.0,
+         "update_ms": 2.0, "other_ms": 8.0, "step_ms": 100.0}, nan_ok=True)  # fmt: skip
+    projected = phase_times(b, project_to=(120, 50)).loc["b128"]
+    assert (projected["free_ms"], projected["minus_ms"], projected["step_ms"]) == pytest.approx(
+        (1200.0, 500.0, 1200 + 500 + 500 + 10 + 2 + 8)
+    )
+    sparse = measured.loc["sparse"]  # stacked phases from the per-iteration figure; unknown phases NaN
+    assert sparse["nudged_ms"] == 10.0 and sparse["free_ms"] == 8.0 and math.isnan(sparse["minus_ms"])
+    assert sparse["other_ms"] == 32.0
+    legacy = b.loc["legacy"]
+    assert (legacy["ep_step_ms"], legacy["bp_step_ms"], legacy["device_name"]) == (30.0, 3.0, "cpu")
+    assert legacy["bp_arch"] == "vgg5_bp" and pd.isna(b.loc["deep", "bp_arch"])
+    assert math.isnan(legacy["ep_peak_memory_mb"]) and b.loc["deep", "depth"] == 25
+
+
+def test_profile_table_ratios_and_paper_reference(benches, tmp_path):
+    table = profile_table(benches)
+    table = table.set_index(table["source"].map(lambda s: Path(s).stem))
+    row = table.loc["b128"]
+    assert row["step_ratio_ep_bp"] == 10.0 and row["memory_ratio_ep_bp"] == 1.5
+    assert (row["paper_ep_memory_mib"], row["paper_bp_memory_mib"], row["paper_hours_at_least"]) == (
+        1612,
+        1324,
+        30,
+    )
+    steps = math.ceil(50_000 / 128) * 300
+    assert row["projected_step_s"] == pytest.approx(2.22) and row["projected_hours"] == pytest.approx(
+        2.22 * steps / 3600
+    )
+    assert table.loc[["b32", "w05", "deep"], "paper_ep_memory_mib"].isna().all()  # not the paper's setting
+    write_profile_table(table, tmp_path / "p.csv", tmp_path / "p.md")
+    text = (tmp_path / "p.md").read_text()
+    assert "1612 / 1324" in text and "> 30" in text and "NVIDIA H200" in text
+
+
+def test_profile_table_is_independent_of_input_order(benches):
+    """Sorted output: the same bench files in any order give the same table."""
+    a = profile_table(benches)
+    b = profile_table(benches.iloc[::-1].reset_index(drop=True))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_profile_figures(benches, tmp_path):
+    plot_step_phases(benches, tmp_path / "phases.png")
+    assert_figure(tmp_path / "phases.png")
+    for x in ("batch_size", "width", "depth"):
+        plot_ep_vs_bp(benches, tmp_path / f"{x}.png", x=x)
+        assert_figure(tmp_path / f"{x}.png")
+    with pytest.raises(ValueError, match="x must be one of"):
+        plot_ep_vs_bp(benches, tmp_path / "bad.png", x="seeds")
+
+
+# --- weights ------------------------------------------------------------------------------------------------
+
+
+def test_weight_roles_and_matching(real):
+    weights = load_weights(
+        [real["hr13_s0"], real["resnet13_bp"], real["vgg5"], real["vgg5_bp"], real["diverged"]]
+    )
+    assert weights["run_dir"].nunique() == 4  # the diverged run has no weights
+    hr = weights[weights["arch"] == "hopfield_resnet13"]
+    assert hr["role"].value_counts().to_dict() == {"main": 8, "skip": 4, "dense": 1}
+    skips = hr[hr["role"] == "skip"]
+    assert skips["name"].tolist() == [
+        f"edges.{a}_to_{b}.weight" for a, b in (("x", "h1b"), ("h1b", "h2b"), ("h2b", "h3b"), ("h3b", "h4b"))
+    ]
+    assert skips["depth"].tolist() == [2, 4, 6, 8] and skips["kernel"].eq("1×1").all()
+    assert len(weights[weights["arch"] == "vgg5_bp"]) == 5  # 4 convs + head, no BatchNorm parameters
+    layers = weight_layers(weights).set_index(["graph", "role", "index"])
+    assert layers.loc[("resnet13", "main", 3), ["ep_name", "bp_name"]].tolist() == [
+        "edges.h1b_to_h2a.weight",
+        "blocks.1.main1.0.weight",
+    ]
+    assert layers.loc[("resnet13", "main", 4), ["ep_name", "bp_name"]].tolist() == [
+        "edges.h2a_to_h2b.weight",
+        "blocks.1.main2.0.weight",
+    ]
+    assert layers.loc[("resnet13", "skip", 2), ["ep_name", "bp_name"]].tolist() == [
+        "edges.h1b_to_h2b.weight",
+        "blocks.1.skip.0.weight",
+    ]
+    assert layers.loc[("vgg5", "dense", 5), ["ep_name", "bp_name"]].tolist() == [
+        "edges.h4_to_out.weight",
+        "head.weight",
+    ]
+    summary = pd.read_csv(real["hr13_s0"] / "weights_summary.csv").set_index("name")
+    assert (
+        layers.loc[("resnet13", "skip", 1), "ep_mean_abs"] == summary.loc["edges.x_to_h1b.weight", "mean_abs"]
+    )
+
+
+def test_weight_findings_follow_the_data(real):
+    weights = load_weights([real["hr13_s0"], real["resnet13_bp"], real["vgg5"]])
+    ep = weights["algorithm"] == "cep"
+    main = ep & (weights["arch"] == "hopfield_resnet13") & (weights["role"] == "main")
+    skip = ep & (weights["arch"] == "hopfield_resnet13") & (weights["role"] == "skip")
+
+    def findings(w: pd.DataFrame) -> dict:
+        row = weight_table(w).set_index("graph").loc["resnet13"]
+        return {
+            k: row[k]
+            for k in (
+                "ep_smaller_magnitude",
+                "ep_smaller_spread",
+                "deeper_closer_to_zero",
+                "skip_fewer_near_zero",
+            )
+        }
+
+    true = weights.copy()
+    true.loc[ep, ["mean_abs", "std", "mean"]] = 1e-4  # EP far smaller than BP
+    true.loc[main, "mean_abs"] = 1e-4 / true.loc[main, "depth"]  # shrinking with depth
+    true.loc[main, "frac_below_0.1_init"], true.loc[skip, "frac_below_0.1_init"] = 0.2, 0.01
+    assert findings(true) == dict.fromkeys(findings(true), True)
+
+    false = weights.copy()
+    false.loc[ep, ["mean_abs", "std"]] = 10.0  # EP far larger than BP
+    false.loc[main, "mean_abs"] = 10.0 * false.loc[main, "depth"]  # growing with depth
+    false.loc[main, "frac_below_0.1_init"], false.loc[skip, "frac_below_0.1_init"] = 0.01, 0.2
+    assert findings(false) == dict.fromkeys(findings(false), False)
+
+    vgg = weight_table(weights).set_index("graph").loc["vgg5"]  # no BP twin run, no skips: undecidable
+    assert pd.isna(vgg["ep_smaller_magnitude"]) and pd.isna(vgg["skip_fewer_near_zero"])
+    assert not pd.isna(vgg["deeper_closer_to_zero"])
+
+
+def test_weight_table_and_figures_are_written(real, tmp_path):
+    weights = load_weights(
+        [real["hr13_s0"], real["hr13_s1"], real["resnet13_bp"], real["vgg5"], real["vgg5_bp"]]
+    )
+    table = weight_table(weights)
+    assert table.set_index("graph").loc["resnet13", ["ep_runs", "bp_runs"]].tolist() == [2, 1]
+    write_weight_table(table, tmp_path / "w.csv", tmp_path / "w.md")
+    assert "hopfield_resnet13 / resnet13" in (tmp_path / "w.md").read_text()
+    plot_weight_profiles(weights, tmp_path / "profiles.png")
+    plot_weight_histograms(real["hr13_s0"], real["resnet13_bp"], tmp_path / "hist.png")
+    plot_weight_histograms(real["vgg5"], None, tmp_path / "hist_ep_only.png")
+    for name in ("profiles", "hist", "hist_ep_only"):
+        assert_figure(tmp_path / f"{name}.png")
+
+
+# --- convergence --------------------------------------------------------------------------------------------
+
+
+def test_residual_trace_is_relax_one_iteration_at_a_time():
+    net = ep_core.build_network("vgg5", width=1 / 16, input_size=16).double()
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    trace = residual_trace(net, x, 40, "coloring")
+    assert len(trace) == 40 and trace[0] == pytest.approx(1.0) and trace[-1] < 1e-12
+    for k in (1, 7, 40):
+        _, stats = ep_core.relax(net, x, iterations=k, order="coloring")
+        assert trace[k - 1] == stats.residual  # exact: the same computation
+
+
+def test_load_network_round_trips_weights_and_alphas(real):
+    for name in ("hr13_random", "vgg5_bp"):
+        net = load_network(real[name])
+        saved = torch.load(real[name] / "model.pt", weights_only=True)
+        assert net.state_dict().keys() == saved.keys()
+        assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
+        assert not net.training
+    alphas = json.loads((real["hr13_random"] / "metrics.json").read_text())["alphas"]
+    assert load_network(real["hr13_random"]).alphas.tolist() == alphas
+
+
+def test_convergence_traces_and_figure(real, tmp_path):
+    x = evaluation_batch(real["hr13_s0"], 8)
+    assert x.shape == (8, 3, 32, 32)
+    nets = {
+        "Hopfield-ResNet13, trained": load_network(real["hr13_s0"]),
+        "VGG5, trained": load_network(real["vgg5"]),
+    }
+    traces = convergence_traces(nets, x, 5, orders=("even_odd", "coloring"))
+    assert len(traces) == 2 * 2 * 5 and traces["residual"].gt(0).all()
+    first = traces[(traces["network"] == "VGG5, trained") & (traces["order"] == "coloring")][
+        "residual"
+    ].tolist()
+    assert first == residual_trace(nets["VGG5, trained"], x, 5, "coloring")
+    plot_convergence(traces, tmp_path / "conv.png", note="Batch of 8 synthetic test images.")
+    assert_figure(tmp_path / "conv.png")
