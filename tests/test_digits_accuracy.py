@@ -1,7 +1,7 @@
 """Real learning on real data: CEP and backprop on scikit-learn's digits reach the accuracies we promise.
 
 Each run is CPU-sized (1/16 width; ~1.5 min for Hopfield-ResNet13, less for the others on 2 cores) and
-uses configs/demo_digits.yaml, the file `make demo` trains, so the demo is what is tested.
+uses configs/demo_digits.yaml, the file `make demo-run` trains (the pipeline demo uses the same settings).
 """
 
 import json

@@ -1,5 +1,7 @@
 # Tables and figures, on the submit host. Inputs are the runs' files, so Snakemake (not MLflow) decides
 # what is stale; every function called here lives in ep_core.analysis.
+from snakemake.io import report as in_report  # `report` itself is a Snakefile keyword
+
 MAIN = grid.runs_of_kind(config, "main")
 ABLATIONS = grid.runs_of_kind(config, "activation_ablation") + grid.runs_of_kind(
     config, "residual_ablation"
@@ -11,7 +13,11 @@ PAPER = f"{workflow.basedir}/reference/paper_results.csv"
 
 def figure(name, caption, category):
     return [
-        report(f"results/figures/{name}.png", caption=f"../report/{caption}.rst", category=category),
+        in_report(
+            f"results/figures/{name}.png",
+            caption=f"../report/{caption}.rst",
+            category=category,
+        ),
         f"results/figures/{name}.pdf",
     ]
 
@@ -34,7 +40,9 @@ rule main_table:
     output:
         csv="results/tables/main.csv",
         md=report(
-            "results/tables/main.md", caption="../report/main_table.rst", category="Paper table"
+            "results/tables/main.md",
+            caption="../report/main_table.rst",
+            category="Paper table",
         ),
     log:
         "logs/aggregate/main_table.log",
@@ -52,7 +60,9 @@ rule ablations:
     output:
         csv="results/tables/ablations.csv",
         md=report(
-            "results/tables/ablations.md", caption="../report/ablations.rst", category="Ablations"
+            "results/tables/ablations.md",
+            caption="../report/ablations.rst",
+            category="Ablations",
         ),
         residual=figure("residual_ablation", "residual_ablation", "Ablations"),
         activation=figure("activation_ablation", "activation_ablation", "Ablations"),
@@ -71,7 +81,9 @@ rule profiles:
     output:
         csv="results/tables/profiles.csv",
         md=report(
-            "results/tables/profiles.md", caption="../report/profiles.rst", category="Profiles"
+            "results/tables/profiles.md",
+            caption="../report/profiles.rst",
+            category="Profiles",
         ),
         phases=figure("profile_phases", "profile_phases", "Profiles"),
         batch=figure("profile_batch_size", "profile_scaling", "Profiles"),
@@ -94,7 +106,9 @@ rule weights:
     output:
         csv="results/tables/weights.csv",
         md=report(
-            "results/tables/weights.md", caption="../report/weights.rst", category="Weights"
+            "results/tables/weights.md",
+            caption="../report/weights.rst",
+            category="Weights",
         ),
         profiles=figure("weights_by_depth", "weights_by_depth", "Weights"),
         histograms=figure("weights_histograms", "weights_histograms", "Weights"),
@@ -116,12 +130,12 @@ rule convergence:
     log:
         "logs/aggregate/convergence.log",
     localrule: True
+    conda:
+        "../../environment.yml"
     params:
         iterations=config["convergence"]["iterations"],
         orders=config["convergence"]["orders"],
         batch_size=config["convergence"]["batch_size"],
         data_dir=config["data_dir"],
-    conda:
-        "../../environment.yml"
     script:
         "../scripts/convergence.py"
