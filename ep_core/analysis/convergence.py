@@ -115,6 +115,9 @@ def plot_convergence(
     )
     if note:
         caption += " " + note
+    labels = [ORDER_LABELS.get(o, o) for o in dict.fromkeys([*ORDERS, *traces["order"]])]
+    hue_order = [o for o in labels if o in set(traces["order"].map(lambda o: ORDER_LABELS.get(o, o)))]
+    palette = dict(zip(hue_order, sns.color_palette(PALETTE, max(len(hue_order), 1)), strict=False))
     title = "Convergence of the free relaxation"
     with figure(png, pdf, ncols=len(networks), title=title, caption=caption) as (_, axes):
         for ax, name in zip(axes.flat, networks, strict=True):
@@ -125,9 +128,12 @@ def plot_convergence(
                 no_data(ax, "no traces")
                 continue
             positive = frame[frame["residual"] > 0]  # an exact fixed point (residual 0) has no logarithm
-            sns.lineplot(positive, x="iteration", y="residual", hue="order", palette=PALETTE, ax=ax)
+            last = ax is axes.flat[len(networks) - 1]
+            sns.lineplot(positive, x="iteration", y="residual", hue="order", hue_order=hue_order,
+                         palette=palette, ax=ax, legend=last)  # fmt: skip
             ax.set_yscale("log")
             ax.set(
                 title=str(name), xlabel="iteration (one sweep over all layers)", ylabel="relative residual"
             )
-            ax.legend(title="update order", fontsize=7)
+            if last:  # one legend for all panels (the colours agree), outside the curves
+                ax.legend(title="update order", fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))

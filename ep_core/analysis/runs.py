@@ -45,11 +45,14 @@ ARCH_LABELS = {
 ALGORITHM_LABELS = {"cep": "CEP", "ep": "EP", "bp": "BP"}
 
 # Columns that identify a run; load_history repeats them on every epoch row.
-IDENTITY = ["run_dir", "status", "dataset", "arch", "table_arch", "algorithm", "activation", "seed", "width"]
+IDENTITY = [
+    "run_dir", "status", "dataset", "arch", "table_arch", "algorithm", "activation", "seed", "width",
+    "epochs_planned",
+]  # fmt: skip
 
 
 RUN_COLUMNS = [
-    *IDENTITY, "depth", "order", "beta", "batch_size", "val_size", "epochs_planned", "epochs",
+    *IDENTITY, "depth", "order", "beta", "batch_size", "val_size", "epochs",
     "final_test_acc", "final_train_loss", "val_selected_test_acc", "val_selected_epoch", "best_test_acc",
     "best_test_epoch", "wall_seconds", "peak_memory_mb", "num_parameters", "device", "message",
 ]  # fmt: skip
