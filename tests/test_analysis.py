@@ -224,6 +224,7 @@ def test_main_table_means_counts_and_paper_figures(table_runs):
     assert hr["best_test_std"] == pytest.approx(statistics.stdev([93.0, 94.0, 95.5]))
     assert hr["final_mean"] == pytest.approx(statistics.mean([92.0, 93.0, 94.5]))
     assert (hr["val_selected_n"], hr["val_selected_mean"]) == (2, pytest.approx(93.0))
+    assert hr["wall_hours_mean"] == pytest.approx(1 / 3600) and hr["devices"] == "cpu"  # completed runs only
     assert hr["paper"] == 93.92 and hr["diff_vs_paper"] == pytest.approx(
         statistics.mean([93.0, 94.0, 95.5]) - 93.92
     )
@@ -551,3 +552,19 @@ def test_convergence_traces_and_figure(real, tmp_path):
     assert first == residual_trace(nets["VGG5, trained"], x, 5, "coloring")
     plot_convergence(traces, tmp_path / "conv.png", note="Batch of 8 synthetic test images.")
     assert_figure(tmp_path / "conv.png")
+
+
+def test_no_inputs_give_empty_tables_and_figures_that_say_so(tmp_path):
+    runs, history = load_runs([]), load_history([])
+    table = main_table(runs, PAPER_CSV)
+    assert len(table) == 10 and (table["n"] == 0).all()  # still the paper's rows
+    assert ablation_table(runs, history).empty and weight_table(load_weights([])).empty
+    assert profile_table(load_benchmarks([])).empty
+    plot_residual_ablation(history, tmp_path / "r.png")
+    plot_activation_ablation(history, tmp_path / "a.png")
+    plot_weight_profiles(load_weights([]), tmp_path / "w.png")
+    plot_step_phases(load_benchmarks([]), tmp_path / "s.png")
+    plot_ep_vs_bp(load_benchmarks([]), tmp_path / "e.png")
+    plot_convergence(convergence_traces({}, torch.zeros(1), 3), tmp_path / "c.png")
+    for name in "rawsec":
+        assert (tmp_path / f"{name}.png").stat().st_size > 0 and (tmp_path / f"{name}.pdf").stat().st_size > 0

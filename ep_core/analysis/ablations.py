@@ -182,6 +182,9 @@ def _variant_rows(runs: pd.DataFrame, keys: list[str], variant: str) -> pd.DataF
         return pd.Series(out)
 
     columns = ["status", "final_test_acc", "best_test_acc", "final_train_loss", "train_loss_drop"]
+    if runs.empty:
+        stats = [f"{c}_{s}" for c in columns[1:] for s in ("mean", "std")]
+        return pd.DataFrame(columns=[*keys, variant, "n", "n_failed", *stats])
     rows = runs.groupby([*keys, variant])[columns].apply(summary).reset_index()
     return rows.astype({"n": int, "n_failed": int})
 

@@ -58,6 +58,10 @@ RUN_COLUMNS = [
 ]  # fmt: skip
 
 
+# history.csv columns that every run (EP or BP) records
+GENERIC_HISTORY = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds"]
+
+
 def label(kind: str, value: Any) -> str:
     """Human-readable name of a dataset, architecture or algorithm (the code name if unknown)."""
     table = {"dataset": DATASET_LABELS, "arch": ARCH_LABELS, "algorithm": ALGORITHM_LABELS}[kind]
@@ -164,5 +168,5 @@ def load_history(dirs: Iterable[PathLike]) -> pd.DataFrame:
         history = pd.read_csv(path)
         frames.append(history.assign(**{k: run[k] for k in IDENTITY})[[*IDENTITY, *history.columns]])
     if not frames:
-        return pd.DataFrame(columns=[*IDENTITY, "epoch"])
+        return pd.DataFrame(columns=[*IDENTITY, *GENERIC_HISTORY])
     return pd.concat(frames, ignore_index=True)

@@ -34,6 +34,10 @@ GRAPH = {"hopfield_resnet13": "resnet13", "resnet13": "resnet13", "vgg5": "vgg5"
 NEAR_ZERO = "frac_below_0.1_init"
 GROUP = ["dataset", "graph", "width"]
 ROLE_ORDER = {"main": 0, "dense": 0, "skip": 1}
+SUMMARY_COLUMNS = ["name", "kind", "shape", "numel", "mean", "std", "mean_abs", "max_abs", "init_rms",
+                   "frac_below_0.001_init", "frac_below_0.01_init", "frac_below_0.1_init"]  # fmt: skip
+DERIVED = ["role", "kernel", "index", "depth", "layer"]
+IDENTITY = ("run_dir", "dataset", "arch", "table_arch", "algorithm", "activation", "width", "seed")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -71,13 +75,10 @@ def load_weights(dirs: Iterable[PathLike]) -> pd.DataFrame:
         if run["status"] != COMPLETED or not path.is_file():
             continue
         rows = weight_rows(pd.read_csv(path))
-        keys = ("run_dir", "dataset", "arch", "table_arch", "algorithm", "activation", "width", "seed")
-        identity = {k: run[k] for k in keys}
+        identity = {k: run[k] for k in IDENTITY}
         frames.append(rows.assign(**identity, graph=GRAPH.get(run["table_arch"], run["table_arch"])))
     if not frames:
-        return pd.DataFrame(
-            columns=["run_dir", "dataset", "graph", "width", "algorithm", "name", "role", "index"]
-        )
+        return pd.DataFrame(columns=[*SUMMARY_COLUMNS, *DERIVED, *IDENTITY, "graph"])
     return pd.concat(frames, ignore_index=True)
 
 
@@ -227,7 +228,9 @@ def weight_table(
     for key, group in weights.groupby(GROUP):
         mine = (layers[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)
         rows.append(_findings(key, group, layers[mine], near_zero))
-    table = pd.DataFrame(rows)
+    # an empty input still gives the table's columns
+    columns = list(_findings((None,) * len(GROUP), weights.iloc[0:0], layers.iloc[0:0], near_zero))
+    table = pd.DataFrame(rows, columns=columns)
     for column in (*FINDINGS, *CONTROLS):
         if column in table:
             table[column] = table[column].astype("boolean")
