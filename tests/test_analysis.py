@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 import ep_core
 from ep_core.analysis import (
@@ -44,7 +45,7 @@ from ep_core.analysis import (
 from ep_core.analysis.runs import RUN_COLUMNS
 from ep_core.analysis.weights import CONTROLS, FINDINGS
 from ep_core.config import build_config, resolve
-from ep_core.training import train
+from ep_core.training import prepare, train
 
 PAPER_CSV = Path(__file__).resolve().parents[1] / "reference" / "paper_results.csv"
 
@@ -535,6 +536,13 @@ def test_load_network_round_trips_weights_and_alphas(real):
         assert not net.training
     alphas = json.loads((real["hr13_random"] / "metrics.json").read_text())["alphas"]
     assert load_network(real["hr13_random"]).alphas.tolist() == alphas
+    # trained=False: the run's own initialisation, as training built it
+    config = resolve(build_config(yaml.safe_load((real["hr13_random"] / "config.yaml").read_text())))
+    initial = prepare(config).model.state_dict()
+    again = load_network(real["hr13_random"], trained=False).state_dict()
+    assert all(torch.equal(v, initial[k]) for k, v in again.items())
+    trained = torch.load(real["hr13_random"] / "model.pt", weights_only=True)
+    assert not torch.equal(again["edges.x_to_h1a.weight"], trained["edges.x_to_h1a.weight"])
 
 
 def test_convergence_traces_and_figure(real, tmp_path):

@@ -57,10 +57,17 @@ def _run_config(run_dir: PathLike):
     return resolve(build_config(saved))
 
 
-def load_network(run_dir: PathLike, *, map_location: str | torch.device = "cpu") -> nn.Module:
-    """The run's network rebuilt from its config.yaml with its trained weights (model.pt, loaded with
-    weights_only=True; the clipped-ReLU caps α are part of the state dict). EP or BP, in eval mode."""
+def load_network(
+    run_dir: PathLike, *, trained: bool = True, map_location: str | torch.device = "cpu"
+) -> nn.Module:
+    """The run's network rebuilt from its config.yaml, EP or BP, in eval mode: with its trained weights
+    (model.pt, loaded with weights_only=True; the clipped-ReLU caps α are part of the state dict), or with
+    `trained=False` as the run initialised it (same seed, so the same weights and α as its epoch 0)."""
     config = _run_config(run_dir)
+    if not trained:
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random stream alone
+            torch.manual_seed(config.train.seed)  # as training.prepare seeds the initialisation
+            return build_model(config, dataset_info(config.data.name)).eval()
     model = build_model(config, dataset_info(config.data.name))
     state = torch.load(Path(run_dir) / "model.pt", map_location=map_location, weights_only=True)
     model.load_state_dict(state)
