@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 import ep_core
 from ep_core.analysis import (
@@ -42,8 +43,9 @@ from ep_core.analysis import (
     write_weight_table,
 )
 from ep_core.analysis.runs import RUN_COLUMNS
+from ep_core.analysis.weights import CONTROLS, FINDINGS
 from ep_core.config import build_config, resolve
-from ep_core.training import train
+from ep_core.training import prepare, train
 
 PAPER_CSV = Path(__file__).resolve().parents[1] / "reference" / "paper_results.csv"
 
@@ -174,8 +176,8 @@ def test_unfinished_run_is_incomplete(tmp_path, real):
 def test_load_history_stacks_runs_with_their_identity(real):
     history = load_history(real.values())
     assert len(history) == 2 * (len(real) - 1)  # the diverged run never finished an epoch
-    assert list(history.columns[:9]) == ["run_dir", "status", "dataset", "arch", "table_arch", "algorithm",
-                                         "activation", "seed", "width"]  # fmt: skip
+    assert list(history.columns[:10]) == ["run_dir", "status", "dataset", "arch", "table_arch", "algorithm",
+                                          "activation", "seed", "width", "epochs_planned"]  # fmt: skip
     bp = history[history["algorithm"] == "bp"]
     assert (
         bp["free_residual"].isna().all()
@@ -223,6 +225,7 @@ def test_main_table_means_counts_and_paper_figures(table_runs):
     assert hr["best_test_std"] == pytest.approx(statistics.stdev([93.0, 94.0, 95.5]))
     assert hr["final_mean"] == pytest.approx(statistics.mean([92.0, 93.0, 94.5]))
     assert (hr["val_selected_n"], hr["val_selected_mean"]) == (2, pytest.approx(93.0))
+    assert hr["wall_hours_mean"] == pytest.approx(1 / 3600) and hr["devices"] == "cpu"  # completed runs only
     assert hr["paper"] == 93.92 and hr["diff_vs_paper"] == pytest.approx(
         statistics.mean([93.0, 94.0, 95.5]) - 93.92
     )
@@ -287,7 +290,7 @@ def ablation_runs(
 
 def test_ablation_table_rules(tmp_path):
     dirs = ablation_runs(
-        tmp_path / "ok", plain=[0.45, 0.449, 0.448], resnet=[0.45, 0.40, 0.30],
+        tmp_path / "ok", plain=[0.45, 0.449, 0.448], resnet=[0.45, 0.30, 0.40],  # drop to the lowest loss
         accs={"relu6": 90.0, "relu1": 85.0, "relu_random": 80.0},
     )  # fmt: skip
     table = ablation_table(load_runs(dirs), load_history(dirs))
@@ -477,24 +480,16 @@ def test_weight_findings_follow_the_data(real):
 
     def findings(w: pd.DataFrame) -> dict:
         row = weight_table(w).set_index("graph").loc["resnet13"]
-        return {
-            k: row[k]
-            for k in (
-                "ep_smaller_magnitude",
-                "ep_smaller_spread",
-                "deeper_closer_to_zero",
-                "skip_fewer_near_zero",
-            )
-        }
+        return {k: row[k] for k in (*FINDINGS, *CONTROLS)}
 
     true = weights.copy()
-    true.loc[ep, ["mean_abs", "std", "mean"]] = 1e-4  # EP far smaller than BP
+    true.loc[ep, ["mean_abs", "std", "mean", "init_rms"]] = 1e-4  # EP far smaller than BP, also at init
     true.loc[main, "mean_abs"] = 1e-4 / true.loc[main, "depth"]  # shrinking with depth
     true.loc[main, "frac_below_0.1_init"], true.loc[skip, "frac_below_0.1_init"] = 0.2, 0.01
     assert findings(true) == dict.fromkeys(findings(true), True)
 
     false = weights.copy()
-    false.loc[ep, ["mean_abs", "std"]] = 10.0  # EP far larger than BP
+    false.loc[ep, ["mean_abs", "std", "init_rms"]] = 10.0  # EP far larger than BP, also at init
     false.loc[main, "mean_abs"] = 10.0 * false.loc[main, "depth"]  # growing with depth
     false.loc[main, "frac_below_0.1_init"], false.loc[skip, "frac_below_0.1_init"] = 0.01, 0.2
     assert findings(false) == dict.fromkeys(findings(false), False)
@@ -505,11 +500,11 @@ def test_weight_findings_follow_the_data(real):
 
 
 def test_weight_table_and_figures_are_written(real, tmp_path):
-    weights = load_weights(
-        [real["hr13_s0"], real["hr13_s1"], real["resnet13_bp"], real["vgg5"], real["vgg5_bp"]]
-    )
-    table = weight_table(weights)
+    names = ["hr13_s0", "hr13_s1", "hr13_relu1", "resnet13_bp", "vgg5", "vgg5_bp"]
+    weights = load_weights([real[n] for n in names])
+    table = weight_table(weights)  # the ReLU1 ablation run is not the paper's CEP model: left out
     assert table.set_index("graph").loc["resnet13", ["ep_runs", "bp_runs"]].tolist() == [2, 1]
+    assert weight_table(weights, activation="relu1").set_index("graph").loc["resnet13", "ep_runs"] == 1
     write_weight_table(table, tmp_path / "w.csv", tmp_path / "w.md")
     assert "hopfield_resnet13 / resnet13" in (tmp_path / "w.md").read_text()
     plot_weight_profiles(weights, tmp_path / "profiles.png")
@@ -541,6 +536,13 @@ def test_load_network_round_trips_weights_and_alphas(real):
         assert not net.training
     alphas = json.loads((real["hr13_random"] / "metrics.json").read_text())["alphas"]
     assert load_network(real["hr13_random"]).alphas.tolist() == alphas
+    # trained=False: the run's own initialisation, as training built it
+    config = resolve(build_config(yaml.safe_load((real["hr13_random"] / "config.yaml").read_text())))
+    initial = prepare(config).model.state_dict()
+    again = load_network(real["hr13_random"], trained=False).state_dict()
+    assert all(torch.equal(v, initial[k]) for k, v in again.items())
+    trained = torch.load(real["hr13_random"] / "model.pt", weights_only=True)
+    assert not torch.equal(again["edges.x_to_h1a.weight"], trained["edges.x_to_h1a.weight"])
 
 
 def test_convergence_traces_and_figure(real, tmp_path):
@@ -558,3 +560,19 @@ def test_convergence_traces_and_figure(real, tmp_path):
     assert first == residual_trace(nets["VGG5, trained"], x, 5, "coloring")
     plot_convergence(traces, tmp_path / "conv.png", note="Batch of 8 synthetic test images.")
     assert_figure(tmp_path / "conv.png")
+
+
+def test_no_inputs_give_empty_tables_and_figures_that_say_so(tmp_path):
+    runs, history = load_runs([]), load_history([])
+    table = main_table(runs, PAPER_CSV)
+    assert len(table) == 10 and (table["n"] == 0).all()  # still the paper's rows
+    assert ablation_table(runs, history).empty and weight_table(load_weights([])).empty
+    assert profile_table(load_benchmarks([])).empty
+    plot_residual_ablation(history, tmp_path / "r.png")
+    plot_activation_ablation(history, tmp_path / "a.png")
+    plot_weight_profiles(load_weights([]), tmp_path / "w.png")
+    plot_step_phases(load_benchmarks([]), tmp_path / "s.png")
+    plot_ep_vs_bp(load_benchmarks([]), tmp_path / "e.png")
+    plot_convergence(convergence_traces({}, torch.zeros(1), 3), tmp_path / "c.png")
+    for name in "rawsec":
+        assert (tmp_path / f"{name}.png").stat().st_size > 0 and (tmp_path / f"{name}.pdf").stat().st_size > 0

@@ -16,7 +16,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import _markdown as md
-from ._figures import PALETTE, PathLike, figure, no_data
+from ._figures import PALETTE, PathLike, figure, grid_shape, hide_unused, no_data
 from .runs import COMPLETED, label
 
 RESIDUAL_VARIANTS = ("hopfield_resnet13", "hopfield_plain13")
@@ -40,26 +40,40 @@ def _counts_label(name: str, runs: pd.DataFrame) -> str:
     return text + (f"; {bad} diverged/failed, not shown)" if bad else ")")
 
 
-def _width_suffix(frame: pd.DataFrame) -> pd.Series:
-    """' w=0.0625' when the data mix widths (so curves of different nets are never averaged), else ''."""
-    if frame["width"].nunique() <= 1:
-        return pd.Series("", index=frame.index)
-    return " w=" + frame["width"].map(lambda w: f"{w:g}")
+def _setting_suffix(frame: pd.DataFrame) -> pd.Series:
+    """' w=0.0625, 2 ep.' naming the width and planned epochs where the data mix them, so that curves of
+    different settings (a smoke run and a full one) are never averaged together; else ''."""
+    suffix = pd.Series("", index=frame.index)
+    if frame["width"].nunique() > 1:
+        suffix += " w=" + frame["width"].map(lambda w: f"{w:g}")
+    if frame["epochs_planned"].nunique() > 1:
+        suffix += " " + frame["epochs_planned"].map(lambda e: f"{e} ep.")
+    return suffix
 
 
-def _draw_series(ax, frame: pd.DataFrame, metric: str, series: str, order: list[str]) -> None:
+def _draw_series(ax, frame: pd.DataFrame, metric: str, variant: str, colors: dict[str, tuple]) -> None:
+    """Mean ± s.d. over completed runs of `metric` vs epoch, one line per series (a variant, plus the
+    setting where the data mix settings), coloured by variant so that panels agree."""
     runs = frame.drop_duplicates("run_dir")
-    names = {s: _counts_label(s, runs[runs[series] == s]) for s in order}
-    done = frame[frame["status"] == COMPLETED].assign(**{series: lambda f: f[series].map(names)})
-    hue_order = [names[s] for s in order]
+    order = sorted(
+        runs["series"].unique(), key=lambda s: (list(colors).index(_variant_of(runs, s, variant)), s)
+    )
+    names = {s: _counts_label(s, runs[runs["series"] == s]) for s in order}
+    palette = {names[s]: colors[_variant_of(runs, s, variant)] for s in order}
+    done = frame[frame["status"] == COMPLETED].assign(series=lambda f: f["series"].map(names))
     if done.empty:
-        no_data(ax, "no completed runs:\n" + "\n".join(hue_order))
+        no_data(ax, "no completed runs:\n" + "\n".join(names.values()))
         return
+    hue_order = [names[s] for s in order if names[s] in set(done["series"])]
     sns.lineplot(
-        done, x="epoch", y=metric, hue=series, hue_order=hue_order, errorbar="sd", estimator="mean",
-        palette=PALETTE, ax=ax, marker="o" if done["epoch"].nunique() < 15 else None, markersize=4,
+        done, x="epoch", y=metric, hue="series", hue_order=hue_order, errorbar="sd", estimator="mean",
+        palette=palette, ax=ax, marker="o" if done["epoch"].nunique() < 15 else None, markersize=4,
     )  # fmt: skip
     ax.legend(title=None, loc="best")
+
+
+def _variant_of(runs: pd.DataFrame, series: str, variant: str) -> str:
+    return runs.loc[runs["series"] == series, variant].iloc[0]
 
 
 def residual_ablation_data(history: pd.DataFrame, *, activation: str = "relu6") -> pd.DataFrame:
@@ -73,9 +87,12 @@ def residual_ablation_data(history: pd.DataFrame, *, activation: str = "relu6") 
 
 
 def activation_ablation_data(history: pd.DataFrame) -> pd.DataFrame:
-    """Epoch rows of EP runs with one of the three activations."""
+    """Epoch rows of EP runs with one of the three activations, of the (dataset, architecture) pairs trained
+    with at least two of them (the others have nothing to compare)."""
     keep = history["algorithm"].isin(EP_ALGORITHMS) & history["activation"].isin(ACTIVATION_ORDER)
-    return history[keep]
+    data = history[keep]
+    kinds = data.groupby(["dataset", "table_arch"])["activation"].transform("nunique")
+    return data[kinds >= 2]
 
 
 def plot_residual_ablation(
@@ -89,8 +106,9 @@ def plot_residual_ablation(
     """Training loss vs epoch, Hopfield-ResNet13 against Hopfield-Plain13, one panel per dataset (and EP
     estimator). `history` is `load_history(...)`; writes `png` and `pdf` (default: same stem)."""
     data = residual_ablation_data(history, activation=activation)
-    data = data.assign(series=lambda f: f["table_arch"].map(lambda a: label("arch", a)) + _width_suffix(f))
+    data = data.assign(series=lambda f: f["table_arch"].map(lambda a: label("arch", a)) + _setting_suffix(f))
     panels = sorted(data.groupby(["dataset", "algorithm"]).groups) if not data.empty else [None]
+    colors = dict(zip(RESIDUAL_VARIANTS, sns.color_palette(PALETTE, 2), strict=True))
     caption = (
         f"EP-trained networks ({activation}); mean over seeds, band ±1 s.d. Hopfield-Plain13 is "
         "Hopfield-ResNet13 without its four 1×1 skip couplings. The paper: without skips the training "
@@ -104,12 +122,12 @@ def plot_residual_ablation(
                 continue
             dataset, algorithm = key
             frame = data[(data["dataset"] == dataset) & (data["algorithm"] == algorithm)]
-            order = sorted(frame["series"].unique(), key=lambda s: ("Plain" in s, s))
-            _draw_series(ax, frame, metric, "series", order)
+            _draw_series(ax, frame, metric, "table_arch", colors)
+            ylabel = METRIC_LABELS.get(metric, metric)
             ax.set(
                 title=f"{label('dataset', dataset)}, {label('algorithm', algorithm)}",
                 xlabel="epoch",
-                ylabel=METRIC_LABELS.get(metric, metric),
+                ylabel=ylabel,
             )
 
 
@@ -117,47 +135,41 @@ def plot_activation_ablation(
     history: pd.DataFrame, png: PathLike, pdf: PathLike | None = None, *, metric: str = "test_acc"
 ) -> None:
     """Test accuracy vs epoch per activation (ReLU6, ReLU1, random α), one panel per dataset × EP
-    architecture. `history` is `load_history(...)`; writes `png` and `pdf` (default: same stem)."""
+    architecture trained with at least two activations. `history` is `load_history(...)`; writes `png`
+    and `pdf` (default: same stem)."""
     data = activation_ablation_data(history)
-    data = data.assign(series=lambda f: f["activation"].map(ACTIVATION_LABELS) + _width_suffix(f))
-    datasets = sorted(data["dataset"].unique()) or [None]
-    archs = sorted(data["table_arch"].unique()) or [None]
+    data = data.assign(series=lambda f: f["activation"].map(ACTIVATION_LABELS) + _setting_suffix(f))
+    panels = sorted(data.groupby(["dataset", "table_arch"]).groups) if not data.empty else [None]
+    colors = dict(zip(ACTIVATION_ORDER, sns.color_palette(PALETTE, 3), strict=True))
+    nrows, ncols = grid_shape(len(panels), max_columns=3)
     caption = (
-        "EP-trained networks; mean over seeds, band ±1 s.d. ReLU_α(x) = min(max(x, 0), α). "
-        "The paper's ranking: ReLU6 > ReLU1 > random α."
+        "EP-trained networks; mean over seeds, band ±1 s.d. ReLU_α(x) = min(max(x, 0), α); random α: one cap "
+        "per layer, drawn once. The paper's ranking: ReLU6 > ReLU1 > random α."
     )
-    with figure(
-        png, pdf, nrows=len(datasets), ncols=len(archs), title="Activation ablation", caption=caption
-    ) as (_, axes):
-        for i, dataset in enumerate(datasets):
-            for j, arch in enumerate(archs):
-                ax = axes[i, j]
-                frame = data[(data["dataset"] == dataset) & (data["table_arch"] == arch)]
-                if dataset is None or frame.empty:
-                    no_data(ax, "no EP runs with relu6 / relu1 / relu_random")
-                    continue
-                order = [
-                    s
-                    for a in ACTIVATION_ORDER
-                    for s in sorted(frame.loc[frame["activation"] == a, "series"].unique())
-                ]
-                _draw_series(ax, frame, metric, "series", order)
-                ax.set(
-                    title=f"{label('dataset', dataset)}, {label('arch', arch)}",
-                    xlabel="epoch",
-                    ylabel=METRIC_LABELS.get(metric, metric),
-                )
+    title = "Activation ablation"
+    with figure(png, pdf, nrows=nrows, ncols=ncols, title=title, caption=caption) as (_, axes):
+        for ax, key in zip(axes.flat, panels, strict=False):
+            if key is None:
+                no_data(ax, "no EP architecture was trained\nwith two or more of relu6 / relu1 / relu_random")
+                continue
+            dataset, arch = key
+            frame = data[(data["dataset"] == dataset) & (data["table_arch"] == arch)]
+            _draw_series(ax, frame, metric, "activation", colors)
+            ylabel = METRIC_LABELS.get(metric, metric)
+            ax.set(title=f"{label('dataset', dataset)}, {label('arch', arch)}", xlabel="epoch", ylabel=ylabel)
+        hide_unused(axes, len(panels))
 
 
 # --- the table --------------------------------------------------------------------------------------------
 
 
 def _loss_drop(history: pd.DataFrame) -> pd.Series:
-    """Per run: (training loss of epoch 1 − of the last epoch) / (of epoch 1); 0 for a one-epoch run."""
+    """Per run: (training loss of epoch 1 − the lowest over epochs) / (of epoch 1); 0 for a one-epoch run.
+    The lowest, not the last: a net that trained and then became unstable did not stall."""
     ordered = history.sort_values(["run_dir", "epoch"])
     first = ordered.groupby("run_dir")["train_loss"].first()
-    last = ordered.groupby("run_dir")["train_loss"].last()
-    return ((first - last) / first).rename("train_loss_drop")
+    lowest = ordered.groupby("run_dir")["train_loss"].min()
+    return ((first - lowest) / first).rename("train_loss_drop")
 
 
 def _variant_rows(runs: pd.DataFrame, keys: list[str], variant: str) -> pd.DataFrame:
@@ -170,6 +182,9 @@ def _variant_rows(runs: pd.DataFrame, keys: list[str], variant: str) -> pd.DataF
         return pd.Series(out)
 
     columns = ["status", "final_test_acc", "best_test_acc", "final_train_loss", "train_loss_drop"]
+    if runs.empty:
+        stats = [f"{c}_{s}" for c in columns[1:] for s in ("mean", "std")]
+        return pd.DataFrame(columns=[*keys, variant, "n", "n_failed", *stats])
     rows = runs.groupby([*keys, variant])[columns].apply(summary).reset_index()
     return rows.astype({"n": int, "n_failed": int})
 
@@ -182,8 +197,8 @@ def ablation_table(
     `runs` is `load_runs(...)`, `history` `load_history(...)` of the same runs. Rules (means over completed
     runs of one dataset, EP estimator, width and number of epochs):
 
-    * residual: holds when Hopfield-Plain13's training loss fell by at most `stall_drop` (relative, epoch 1
-      to the last epoch) while Hopfield-ResNet13's fell by more — "plain stalls, skips train";
+    * residual: holds when Hopfield-Plain13's training loss fell by at most `stall_drop` (relative, from
+      epoch 1 to its lowest) while Hopfield-ResNet13's fell by more — "plain stalls, skips train";
     * activation (per architecture): holds when mean `metric` is ReLU6 > ReLU1 > random α.
 
     <NA> when a variant of the group has no completed run. Columns: ablation, dataset, algorithm, width,
@@ -225,10 +240,10 @@ def ablation_table(
     table = pd.concat([residual, activation], ignore_index=True).rename(columns={"epochs_": "epochs"})
     first = ["ablation", "dataset", "algorithm", "width", "epochs", "architecture", "variant"]
     table = table[[*first, *(c for c in table.columns if c not in first)]]
-    order = {v: i for i, v in enumerate((*RESIDUAL_VARIANTS, *ACTIVATION_ORDER))}
+    rank = {v: i for i, v in enumerate(("residual", "activation", *RESIDUAL_VARIANTS, *ACTIVATION_ORDER))}
     table = table.sort_values(
         ["ablation", "dataset", "algorithm", "width", "epochs", "architecture", "variant"],
-        key=lambda c: c.map(order) if c.name == "variant" else c,
+        key=lambda c: c.map(rank) if c.name in ("ablation", "variant") else c,
         kind="stable",
     )
     return table.reset_index(drop=True)
@@ -274,7 +289,7 @@ def ablation_markdown(table: pd.DataFrame) -> str:
         }
     )
     note = (
-        "- *train-loss drop*: (loss of epoch 1 − loss of the last epoch) / loss of epoch 1, mean over "
+        "- *train-loss drop*: (loss of epoch 1 − lowest loss over epochs) / loss of epoch 1, mean over "
         "completed runs. *holds*: the finding's rule on these means (– when a variant has no completed "
         "run).\n"
     )

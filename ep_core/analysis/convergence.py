@@ -57,10 +57,17 @@ def _run_config(run_dir: PathLike):
     return resolve(build_config(saved))
 
 
-def load_network(run_dir: PathLike, *, map_location: str | torch.device = "cpu") -> nn.Module:
-    """The run's network rebuilt from its config.yaml with its trained weights (model.pt, loaded with
-    weights_only=True; the clipped-ReLU caps α are part of the state dict). EP or BP, in eval mode."""
+def load_network(
+    run_dir: PathLike, *, trained: bool = True, map_location: str | torch.device = "cpu"
+) -> nn.Module:
+    """The run's network rebuilt from its config.yaml, EP or BP, in eval mode: with its trained weights
+    (model.pt, loaded with weights_only=True; the clipped-ReLU caps α are part of the state dict), or with
+    `trained=False` as the run initialised it (same seed, so the same weights and α as its epoch 0)."""
     config = _run_config(run_dir)
+    if not trained:
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random stream alone
+            torch.manual_seed(config.train.seed)  # as training.prepare seeds the initialisation
+            return build_model(config, dataset_info(config.data.name)).eval()
     model = build_model(config, dataset_info(config.data.name))
     state = torch.load(Path(run_dir) / "model.pt", map_location=map_location, weights_only=True)
     model.load_state_dict(state)
@@ -115,6 +122,9 @@ def plot_convergence(
     )
     if note:
         caption += " " + note
+    labels = [ORDER_LABELS.get(o, o) for o in dict.fromkeys([*ORDERS, *traces["order"]])]
+    hue_order = [o for o in labels if o in set(traces["order"].map(lambda o: ORDER_LABELS.get(o, o)))]
+    palette = dict(zip(hue_order, sns.color_palette(PALETTE, max(len(hue_order), 1)), strict=False))
     title = "Convergence of the free relaxation"
     with figure(png, pdf, ncols=len(networks), title=title, caption=caption) as (_, axes):
         for ax, name in zip(axes.flat, networks, strict=True):
@@ -125,9 +135,12 @@ def plot_convergence(
                 no_data(ax, "no traces")
                 continue
             positive = frame[frame["residual"] > 0]  # an exact fixed point (residual 0) has no logarithm
-            sns.lineplot(positive, x="iteration", y="residual", hue="order", palette=PALETTE, ax=ax)
+            last = ax is axes.flat[len(networks) - 1]
+            sns.lineplot(positive, x="iteration", y="residual", hue="order", hue_order=hue_order,
+                         palette=palette, ax=ax, legend=last)  # fmt: skip
             ax.set_yscale("log")
             ax.set(
                 title=str(name), xlabel="iteration (one sweep over all layers)", ylabel="relative residual"
             )
-            ax.legend(title="update order", fontsize=7)
+            if last:  # one legend for all panels (the colours agree), outside the curves
+                ax.legend(title="update order", fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))

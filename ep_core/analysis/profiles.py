@@ -92,7 +92,8 @@ def read_benchmark(path: PathLike) -> dict[str, object]:
 
 def load_benchmarks(paths: Iterable[PathLike]) -> pd.DataFrame:
     """One row per bench JSON file: the top-level fields, `ep_*` and `bp_*` measurements, depth, source."""
-    return pd.DataFrame([read_benchmark(p) for p in paths])
+    columns = ["source", *TOP, *(f"ep_{k}" for k in EP_FIELDS), *(f"bp_{k}" for k in BP_FIELDS), "depth"]
+    return pd.DataFrame([read_benchmark(p) for p in paths], columns=columns)
 
 
 def phase_times(bench: pd.DataFrame, project_to: tuple[int, int] | None = PAPER_ITERATIONS) -> pd.DataFrame:

@@ -45,14 +45,21 @@ ARCH_LABELS = {
 ALGORITHM_LABELS = {"cep": "CEP", "ep": "EP", "bp": "BP"}
 
 # Columns that identify a run; load_history repeats them on every epoch row.
-IDENTITY = ["run_dir", "status", "dataset", "arch", "table_arch", "algorithm", "activation", "seed", "width"]
+IDENTITY = [
+    "run_dir", "status", "dataset", "arch", "table_arch", "algorithm", "activation", "seed", "width",
+    "epochs_planned",
+]  # fmt: skip
 
 
 RUN_COLUMNS = [
-    *IDENTITY, "depth", "order", "beta", "batch_size", "val_size", "epochs_planned", "epochs",
+    *IDENTITY, "depth", "order", "beta", "batch_size", "val_size", "epochs",
     "final_test_acc", "final_train_loss", "val_selected_test_acc", "val_selected_epoch", "best_test_acc",
     "best_test_epoch", "wall_seconds", "peak_memory_mb", "num_parameters", "device", "message",
 ]  # fmt: skip
+
+
+# history.csv columns that every run (EP or BP) records
+GENERIC_HISTORY = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds"]
 
 
 def label(kind: str, value: Any) -> str:
@@ -161,5 +168,5 @@ def load_history(dirs: Iterable[PathLike]) -> pd.DataFrame:
         history = pd.read_csv(path)
         frames.append(history.assign(**{k: run[k] for k in IDENTITY})[[*IDENTITY, *history.columns]])
     if not frames:
-        return pd.DataFrame(columns=[*IDENTITY, "epoch"])
+        return pd.DataFrame(columns=[*IDENTITY, *GENERIC_HISTORY])
     return pd.concat(frames, ignore_index=True)

@@ -34,6 +34,10 @@ GRAPH = {"hopfield_resnet13": "resnet13", "resnet13": "resnet13", "vgg5": "vgg5"
 NEAR_ZERO = "frac_below_0.1_init"
 GROUP = ["dataset", "graph", "width"]
 ROLE_ORDER = {"main": 0, "dense": 0, "skip": 1}
+SUMMARY_COLUMNS = ["name", "kind", "shape", "numel", "mean", "std", "mean_abs", "max_abs", "init_rms",
+                   "frac_below_0.001_init", "frac_below_0.01_init", "frac_below_0.1_init"]  # fmt: skip
+DERIVED = ["role", "kernel", "index", "depth", "layer"]
+IDENTITY = ("run_dir", "dataset", "arch", "table_arch", "algorithm", "activation", "width", "seed")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -62,8 +66,8 @@ def weight_rows(summary: pd.DataFrame) -> pd.DataFrame:
 
 def load_weights(dirs: Iterable[PathLike]) -> pd.DataFrame:
     """Weight-matrix rows of every completed run's weights_summary.csv, with the run's identity (run_dir,
-    dataset, arch, table_arch, algorithm, width, seed) and its `graph` (resnet13 / vgg5 for both the EP net
-    and its BP twin)."""
+    dataset, arch, table_arch, algorithm, activation, width, seed) and its `graph` (resnet13 / vgg5 for both
+    the EP net and its BP twin)."""
     frames = []
     for d in dirs:
         run = read_run(d)
@@ -71,14 +75,10 @@ def load_weights(dirs: Iterable[PathLike]) -> pd.DataFrame:
         if run["status"] != COMPLETED or not path.is_file():
             continue
         rows = weight_rows(pd.read_csv(path))
-        identity = {
-            k: run[k] for k in ("run_dir", "dataset", "arch", "table_arch", "algorithm", "width", "seed")
-        }
+        identity = {k: run[k] for k in IDENTITY}
         frames.append(rows.assign(**identity, graph=GRAPH.get(run["table_arch"], run["table_arch"])))
     if not frames:
-        return pd.DataFrame(
-            columns=["run_dir", "dataset", "graph", "width", "algorithm", "name", "role", "index"]
-        )
+        return pd.DataFrame(columns=[*SUMMARY_COLUMNS, *DERIVED, *IDENTITY, "graph"])
     return pd.concat(frames, ignore_index=True)
 
 
@@ -86,10 +86,20 @@ def _is_ep(frame: pd.DataFrame) -> pd.Series:
     return frame["algorithm"] != "bp"
 
 
-def weight_layers(weights: pd.DataFrame, *, near_zero: str = NEAR_ZERO) -> pd.DataFrame:
-    """Per matched layer (dataset, graph, width, role, index): EP and BP mean |w|, std and near-zero
-    fraction, each the mean over that side's runs (seeds), with both names and the depth."""
-    stats = {"mean_abs": "mean_abs", "std": "std", "near_zero": near_zero}
+def comparable(weights: pd.DataFrame, activation: str = "relu6") -> pd.DataFrame:
+    """BP runs and the EP runs with `activation` (the paper's ReLU6): ablation runs with other caps train
+    other weights and would blur the EP side."""
+    return weights[~_is_ep(weights) | (weights["activation"] == activation)]
+
+
+def weight_layers(
+    weights: pd.DataFrame, *, near_zero: str = NEAR_ZERO, activation: str = "relu6"
+) -> pd.DataFrame:
+    """Per matched layer (dataset, graph, width, role, index): EP and BP mean |w|, std, near-zero fraction
+    and RMS at initialisation, each the mean over that side's runs (seeds; EP runs with `activation` only),
+    with both names and the depth."""
+    weights = comparable(weights, activation)
+    stats = {"mean_abs": "mean_abs", "std": "std", "near_zero": near_zero, "init_rms": "init_rms"}
     sides = []
     for side, frame in (("ep", weights[_is_ep(weights)]), ("bp", weights[~_is_ep(weights)])):
         agg = frame.groupby([*GROUP, "role", "index"]).agg(
@@ -122,86 +132,106 @@ def _spearman(x: pd.Series, y: pd.Series) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def _pooled(frame: pd.DataFrame) -> tuple[float, float]:
-    """Mean |w| and standard deviation over all weights of the matrices of one run (numel-weighted)."""
+def _pooled(frame: pd.DataFrame) -> tuple[float, float, float]:
+    """Mean |w|, standard deviation and RMS at initialisation over all weights of the matrices of one run
+    (numel-weighted)."""
     n = frame["numel"].astype(float)
     mean_abs = float((n * frame["mean_abs"]).sum() / n.sum())
-    second = float((n * (frame["std"] ** 2 + frame["mean"] ** 2)).sum() / n.sum())
     mean = float((n * frame["mean"]).sum() / n.sum())
-    return mean_abs, float(np.sqrt(max(second - mean**2, 0.0)))
+    second = float((n * (frame["std"] ** 2 + frame["mean"] ** 2)).sum() / n.sum())
+    init_rms = float(np.sqrt((n * frame["init_rms"] ** 2).sum() / n.sum()))
+    return mean_abs, float(np.sqrt(max(second - mean**2, 0.0))), init_rms
 
 
-def _flag(value: float | bool | None) -> object:
-    return pd.NA if value is None or (isinstance(value, float) and np.isnan(value)) else bool(value)
+def _side(frame: pd.DataFrame) -> tuple[float, float, float]:
+    """`_pooled` averaged over the runs (seeds) of one side; NaNs without runs."""
+    if frame.empty:
+        return (np.nan, np.nan, np.nan)
+    mean_abs, std, init_rms = np.mean([_pooled(run) for _, run in frame.groupby("run_dir")], axis=0)
+    return float(mean_abs), float(std), float(init_rms)
 
 
-def weight_table(weights: pd.DataFrame, *, near_zero: str = NEAR_ZERO) -> pd.DataFrame:
+def _less(a: float, b: float) -> object:
+    """a < b, or <NA> when either is unknown."""
+    return pd.NA if np.isnan(a) or np.isnan(b) else bool(a < b)
+
+
+def _share_smaller(matched: pd.DataFrame, column: str) -> float:
+    """The share of matched layers where EP's `column` is below BP's."""
+    return float((matched[f"ep_{column}"] < matched[f"bp_{column}"]).mean()) if len(matched) else np.nan
+
+
+FINDINGS = ("ep_smaller_magnitude", "ep_smaller_spread", "deeper_closer_to_zero", "skip_fewer_near_zero")
+CONTROLS = ("ep_smaller_at_init", "deeper_shrank_more")
+
+
+def _findings(key: tuple, weights: pd.DataFrame, layers: pd.DataFrame, near_zero: str) -> dict:
+    ep, bp = weights[_is_ep(weights)], weights[~_is_ep(weights)]
+    (ep_abs, ep_std, ep_init), (bp_abs, bp_std, bp_init) = _side(ep), _side(bp)
+    matched = layers.dropna(subset=["ep_mean_abs", "bp_mean_abs"])
+    main, skip = layers[layers["role"] == "main"], layers[layers["role"] == "skip"]
+    rho_abs = _spearman(main["depth"], main["ep_mean_abs"])
+    rho_rel = _spearman(main["depth"], main["ep_mean_abs"] / main["ep_init_rms"])
+    skip_zero = skip["ep_near_zero"].mean() if len(skip) else np.nan
+    main_zero = main["ep_near_zero"].mean() if len(main) else np.nan
+    return {
+        **dict(zip(GROUP, key, strict=True)),
+        "ep_arch": ",".join(sorted(ep["arch"].unique())),
+        "bp_arch": ",".join(sorted(bp["arch"].unique())),
+        "ep_runs": ep["run_dir"].nunique(),
+        "bp_runs": bp["run_dir"].nunique(),
+        # 1. magnitude and spread, EP vs BP
+        "ep_pooled_mean_abs": ep_abs,
+        "bp_pooled_mean_abs": bp_abs,
+        "ep_pooled_std": ep_std,
+        "bp_pooled_std": bp_std,
+        "ep_smaller_magnitude": _less(ep_abs, bp_abs),
+        "ep_smaller_spread": _less(ep_std, bp_std),
+        "frac_layers_ep_smaller_magnitude": _share_smaller(matched, "mean_abs"),
+        "frac_layers_ep_smaller_std": _share_smaller(matched, "std"),
+        # control: were the EP weights smaller already at initialisation?
+        "ep_pooled_init_rms": ep_init,
+        "bp_pooled_init_rms": bp_init,
+        "ep_smaller_at_init": _less(ep_init, bp_init),
+        # 2. depth
+        "depth_rho_mean_abs": rho_abs,
+        "deeper_closer_to_zero": _less(rho_abs, 0.0),
+        "depth_rho_near_zero": _spearman(main["depth"], main["ep_near_zero"]),
+        # control: did training, not the initial scale gain/sqrt(fan_in), make deeper layers smaller?
+        "depth_rho_mean_abs_over_init": rho_rel,
+        "deeper_shrank_more": _less(rho_rel, 0.0),
+        # 3. skip vs main-path kernels
+        "near_zero_measure": near_zero,
+        "ep_skip_near_zero": skip_zero,
+        "ep_main_near_zero": main_zero,
+        "skip_fewer_near_zero": _less(skip_zero, main_zero),
+    }
+
+
+def weight_table(
+    weights: pd.DataFrame, *, near_zero: str = NEAR_ZERO, activation: str = "relu6"
+) -> pd.DataFrame:
     """The three findings per (dataset, graph, width), as numbers and booleans (<NA>: not decidable here).
+    `weights` is `load_weights(...)`; EP runs with another `activation` than the paper's are left out.
 
-    * ep_smaller_magnitude / ep_smaller_spread: pooled mean |w| / standard deviation over all weight
-      matrices (mean over seeds), EP < BP. frac_layers_ep_smaller_*: the share of matched layers where it
-      holds layer by layer.
-    * deeper_closer_to_zero: Spearman ρ(depth, mean |w|) < 0 over the EP main-path conv kernels (dense head
-      excluded); depth_rho_near_zero is ρ(depth, near-zero fraction) over the same (> 0: more near-zero).
-    * skip_fewer_near_zero: EP skip kernels' mean near-zero fraction < main-path conv kernels'.
+    1. ep_smaller_magnitude / ep_smaller_spread: pooled mean |w| / standard deviation over all weight
+       matrices (mean over seeds), EP < BP; frac_layers_ep_smaller_*: the share of matched layers where it
+       holds layer by layer. Control ep_smaller_at_init: the pooled RMS at initialisation, EP < BP.
+    2. deeper_closer_to_zero: Spearman ρ(depth, mean |w|) < 0 over the EP main-path conv kernels (dense
+       head excluded). Control deeper_shrank_more: the same for mean |w| / RMS at initialisation, since
+       the initial scale gain/√fan_in already shrinks with depth.
+    3. skip_fewer_near_zero: the EP skip kernels' mean near-zero fraction < the main-path conv kernels'.
     """
-    layers = weight_layers(weights, near_zero=near_zero)
+    weights = comparable(weights, activation)
+    layers = weight_layers(weights, near_zero=near_zero, activation=activation)
     rows = []
     for key, group in weights.groupby(GROUP):
-        ep, bp = group[_is_ep(group)], group[~_is_ep(group)]
-        pooled = {
-            side: np.mean([_pooled(f) for _, f in frame.groupby("run_dir")], axis=0)
-            if len(frame)
-            else (np.nan, np.nan)
-            for side, frame in (("ep", ep), ("bp", bp))
-        }
-        matched = layers.set_index(GROUP).loc[[key]].dropna(subset=["ep_mean_abs", "bp_mean_abs"])
-        convs = layers.set_index(GROUP).loc[[key]]
-        main = convs[convs["role"] == "main"]
-        skip = convs[convs["role"] == "skip"]
-        rho_abs = _spearman(main["depth"], main["ep_mean_abs"])
-        rho_zero = _spearman(main["depth"], main["ep_near_zero"])
-        skip_zero = skip["ep_near_zero"].mean() if len(skip) else np.nan
-        main_zero = main["ep_near_zero"].mean() if len(main) else np.nan
-        rows.append(
-            {
-                **dict(zip(GROUP, key, strict=True)),
-                "ep_arch": ",".join(sorted(ep["arch"].unique())),
-                "bp_arch": ",".join(sorted(bp["arch"].unique())),
-                "ep_runs": ep["run_dir"].nunique(),
-                "bp_runs": bp["run_dir"].nunique(),
-                "ep_pooled_mean_abs": pooled["ep"][0],
-                "bp_pooled_mean_abs": pooled["bp"][0],
-                "ep_pooled_std": pooled["ep"][1],
-                "bp_pooled_std": pooled["bp"][1],
-                "ep_smaller_magnitude": _flag(
-                    pooled["ep"][0] < pooled["bp"][0] if len(bp) and len(ep) else None
-                ),
-                "ep_smaller_spread": _flag(
-                    pooled["ep"][1] < pooled["bp"][1] if len(bp) and len(ep) else None
-                ),
-                "frac_layers_ep_smaller_magnitude": (matched["ep_mean_abs"] < matched["bp_mean_abs"]).mean()
-                if len(matched)
-                else np.nan,
-                "frac_layers_ep_smaller_std": (matched["ep_std"] < matched["bp_std"]).mean()
-                if len(matched)
-                else np.nan,
-                "depth_rho_mean_abs": rho_abs,
-                "deeper_closer_to_zero": _flag(rho_abs < 0 if not np.isnan(rho_abs) else None),
-                "depth_rho_near_zero": rho_zero,
-                "near_zero_measure": near_zero,
-                "ep_skip_near_zero": skip_zero,
-                "ep_main_near_zero": main_zero,
-                "skip_fewer_near_zero": _flag(skip_zero < main_zero if not np.isnan(skip_zero) else None),
-            }
-        )
-    table = pd.DataFrame(rows)
-    for column in (
-        "ep_smaller_magnitude",
-        "ep_smaller_spread",
-        "deeper_closer_to_zero",
-        "skip_fewer_near_zero",
-    ):
+        mine = (layers[GROUP] == pd.Series(key, index=GROUP)).all(axis=1)
+        rows.append(_findings(key, group, layers[mine], near_zero))
+    # an empty input still gives the table's columns
+    columns = list(_findings((None,) * len(GROUP), weights.iloc[0:0], layers.iloc[0:0], near_zero))
+    table = pd.DataFrame(rows, columns=columns)
+    for column in (*FINDINGS, *CONTROLS):
         if column in table:
             table[column] = table[column].astype("boolean")
     return table
@@ -228,8 +258,10 @@ def weight_markdown(table: pd.DataFrame) -> str:
                 f"{md.flag(m)}, {md.flag(s)}"
                 for m, s in zip(table["ep_smaller_magnitude"], table["ep_smaller_spread"], strict=True)
             ],
+            "(EP smaller at init)": [md.flag(v) for v in table["ep_smaller_at_init"]],
             "ρ(depth, mean |w|)": [md.number(v, 2) for v in table["depth_rho_mean_abs"]],
             "2. deeper closer to zero": [md.flag(v) for v in table["deeper_closer_to_zero"]],
+            "(ρ of mean |w| / init RMS)": [md.number(v, 2) for v in table["depth_rho_mean_abs_over_init"]],
             "near-zero skip / main": [
                 f"{md.number(s, 3)} / {md.number(m, 3)}"
                 for s, m in zip(table["ep_skip_near_zero"], table["ep_main_near_zero"], strict=True)
@@ -242,9 +274,10 @@ def weight_markdown(table: pd.DataFrame) -> str:
         "- Weight matrices only (no biases, no BatchNorm). Mean |w| and std pooled over all weights of a "
         "run, then averaged over seeds. ρ: Spearman rank correlation over the EP main-path conv kernels. "
         f"Near zero: `{measure}`, the fraction of |w| below a fraction of the tensor's RMS at "
-        "initialisation. "
-        "BP conv kernels feed BatchNorm, which makes their scale arbitrary up to weight decay: compare "
-        "magnitudes with that in mind.\n"
+        "initialisation. Bracketed columns are controls: were the EP weights smaller than BP's already at "
+        "initialisation, and does the depth trend survive dividing by each layer's initial RMS (which "
+        "shrinks with fan-in)? BP conv kernels feed BatchNorm, which makes their scale arbitrary up to "
+        "weight decay: compare magnitudes with that in mind.\n"
     )
     return md.to_markdown(cells) + "\n" + note
 
@@ -257,10 +290,11 @@ def write_weight_table(table: pd.DataFrame, csv_path: PathLike, md_path: PathLik
 # --- figures ----------------------------------------------------------------------------------------------
 
 
-def _profile_data(weights: pd.DataFrame, near_zero: str) -> pd.DataFrame:
+def _profile_data(weights: pd.DataFrame, near_zero: str, activation: str) -> pd.DataFrame:
     """Long rows (group, side, role, depth, mean_abs, std, near_zero) of `weight_layers` for plotting; side
     is 'BP' or the EP estimators of that graph ('CEP')."""
-    layers = weight_layers(weights, near_zero=near_zero)
+    weights = comparable(weights, activation)
+    layers = weight_layers(weights, near_zero=near_zero, activation=activation)
     estimators = (
         weights[weights["algorithm"] != "bp"].groupby("graph")["algorithm"].agg(lambda a: sorted(set(a)))
     )
@@ -280,24 +314,29 @@ def _profile_data(weights: pd.DataFrame, near_zero: str) -> pd.DataFrame:
 
 
 def plot_weight_profiles(
-    weights: pd.DataFrame, png: PathLike, pdf: PathLike | None = None, *, near_zero: str = NEAR_ZERO
+    weights: pd.DataFrame,
+    png: PathLike,
+    pdf: PathLike | None = None,
+    *,
+    near_zero: str = NEAR_ZERO,
+    activation: str = "relu6",
 ) -> None:
     """Per layer against depth: mean |w| (log scale), standard deviation and near-zero fraction, EP vs BP,
     skip kernels as squares; one row of panels per (dataset, graph, width). `weights` is `load_weights`."""
-    data = _profile_data(weights, near_zero)
+    data = _profile_data(weights, near_zero, activation)
     groups = list(data.groupby(GROUP).groups) or [None]
     sides = sorted(data["side"].unique(), key=lambda s: (s == "BP", s))
     colors = dict(zip(sides, sns.color_palette(PALETTE, max(len(sides), 1)), strict=False))
     panels = (
         ("mean_abs", "mean |w|"),
         ("std", "standard deviation of w"),
-        ("near_zero", f"near-zero fraction ({near_zero})"),
+        ("near_zero", "fraction of near-zero weights"),
     )
     caption = (
         "Per weight matrix after training, mean over seeds; depth = position on the main path (dense head "
         "last), a block's skip drawn at the depth of the layer it feeds. Paper: CEP weights smaller and less "
         "spread than BP's; deeper layers closer to zero; skip kernels fewer near-zero weights. Near zero: "
-        "|w| below 0.1 (or the named fraction) of the layer's RMS at initialisation."
+        f"{near_zero}, |w| below that fraction of the layer's RMS at initialisation."
     )
     title = "Trained weights by depth: EP vs BP"
     with figure(png, pdf, nrows=len(groups), ncols=3, title=title, caption=caption) as (_, axes):
@@ -311,13 +350,9 @@ def plot_weight_profiles(
                     part = frame[frame["side"] == side]
                     main = part[part["role"] != "skip"].sort_values("depth")
                     skip = part[part["role"] == "skip"]
-                    ax.plot(
-                        main["depth"],
-                        main[column],
-                        marker="o",
-                        color=colors[side],
-                        label=f"{side}, main path",
-                    )
+                    if not main.empty:
+                        ax.plot(main["depth"], main[column], marker="o", color=colors[side],
+                                label=f"{side}, main path")  # fmt: skip
                     if not skip.empty:
                         ax.scatter(skip["depth"], skip[column], marker="s", s=50, color=colors[side],
                                    edgecolor="black", zorder=3, label=f"{side}, skip (1×1)")  # fmt: skip
