@@ -45,8 +45,10 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
+def write_csv(path: Path, rows: list[dict[str, Any]], first_columns: tuple[str, ...] = ()) -> None:
+    """Rows as CSV, columns in order of first appearance after `first_columns` — which also make the
+    header of a file with no rows (a run that diverged in its first epoch), still a readable table."""
+    columns: list[str] = list(first_columns)
     for row in rows:
         columns += [k for k in row if k not in columns]
     buffer = io.StringIO()

@@ -345,7 +345,7 @@ def _write_records(run: Run, status: str, message: str | None, tracker: RunTrack
     """The run's closing files, metrics.json last; a diverged run gets every file a completed one has
     (its weights as they were when it diverged), a failed one only history and metrics."""
     out = run.out
-    write_csv(out / HISTORY, run.history)
+    write_csv(out / HISTORY, run.history, ("epoch",))
     if status != "failed":
         save_checkpoint(out / MODEL, run.s.model.state_dict())
         write_weight_records(out, run.s.model, run.s.scales)
@@ -408,7 +408,7 @@ def train(
                     return 128 + int(stop.signal)
                 row = run.finish_epoch()
                 run.history.append(row)
-                write_csv(out / HISTORY, run.history)
+                write_csv(out / HISTORY, run.history, ("epoch",))
                 if tracker is not None:
                     tracker.log_epoch(row)
                 print(_epoch_line(row, epochs), flush=True)

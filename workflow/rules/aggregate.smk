@@ -1,38 +1,5 @@
 # Tables and figures, on the submit host. Inputs are the runs' files, so Snakemake (not MLflow) decides
 # what is stale; every function called here lives in ep_core.analysis.
-from snakemake.io import report as in_report  # `report` itself is a Snakefile keyword
-
-MAIN = grid.runs_of_kind(config, "main")
-ABLATIONS = grid.runs_of_kind(config, "activation_ablation") + grid.runs_of_kind(
-    config, "residual_ablation"
-)
-CONVERGENCE = grid.convergence_runs(config)
-PAIR = grid.weight_pair(config)
-PAPER = f"{workflow.basedir}/reference/paper_results.csv"
-
-
-def figure(name, caption, category):
-    return [
-        in_report(
-            f"results/figures/{name}.png",
-            caption=f"../report/{caption}.rst",
-            category=category,
-        ),
-        f"results/figures/{name}.pdf",
-    ]
-
-
-AGGREGATES = [
-    "results/tables/main.md",
-    "results/tables/ablations.md",
-    "results/figures/residual_ablation.png",
-    "results/tables/weights.md",
-    "results/figures/convergence.png",
-]
-if PROFILES:
-    AGGREGATES.append("results/tables/profiles.md")
-
-
 rule main_table:
     input:
         metrics=run_files(MAIN, "metrics.json"),

@@ -1,11 +1,10 @@
 # Helpers for the rules: every answer comes from ep_core.grid, which is where the logic is tested.
-import json
+from snakemake.io import report as in_report  # `report` itself is a Snakefile keyword
 
 from ep_core import grid
 
-RUNS = grid.validate_grid(
-    config
-)  # a bad dataset, arch or setting fails here, before any job
+# A bad dataset, arch or setting fails here, before any job starts.
+RUNS = grid.validate_grid(config)
 PROFILES = {spec.name: spec for spec in grid.profile_specs(config)}
 
 
@@ -53,6 +52,37 @@ def profile_args(wildcards):
     return " ".join(grid.profile_args(config, PROFILES[wildcards.profile]))
 
 
+# What the aggregation rules read and write (the runs of each study kind, the figures).
+MAIN = grid.runs_of_kind(config, "main")
+ABLATIONS = grid.runs_of_kind(config, "activation_ablation") + grid.runs_of_kind(
+    config, "residual_ablation"
+)
+CONVERGENCE = grid.convergence_runs(config)
+PAIR = grid.weight_pair(config)
+PAPER = f"{workflow.basedir}/reference/paper_results.csv"
+
+
+def figure(name, caption, category):
+    return [
+        in_report(
+            f"results/figures/{name}.png",
+            caption=f"../report/{caption}.rst",
+            category=category,
+        ),
+        f"results/figures/{name}.pdf",
+    ]
+
+
+AGGREGATES = [
+    "results/tables/main.md",
+    "results/tables/ablations.md",
+    "results/figures/residual_ablation.png",
+    "results/tables/weights.md",
+    "results/figures/convergence.png",
+]
+if PROFILES:
+    AGGREGATES.append("results/tables/profiles.md")
+
+
 def final_targets():
-    targets = ["results/mlflow/summary.json", *AGGREGATES]
-    return targets
+    return ["results/mlflow/summary.json", *AGGREGATES]
