@@ -150,16 +150,19 @@ class ConvMaxPoolInteraction(Interaction):
     def drive_post(self, s_pre, cache=None):
         return self._pool(s_pre, cache)[0]
 
-    def unpool(self, s_post, s_pre, cache=None):
-        """s_post scattered back to the argmax positions of conv(s_pre) (zeros elsewhere)."""
-        indices = self.argmax(s_pre, cache)
+    def unpool(self, s_post, s_pre, cache=None, indices=None):
+        """s_post scattered back to the argmax positions of conv(s_pre) (zeros elsewhere); `indices`, when
+        given, are that argmax already."""
+        if indices is None:
+            indices = self.argmax(s_pre, cache)
         return F.max_unpool2d(s_post, indices, 2, output_size=self.conv_shape)
 
     def drive_pre(self, s_post, s_pre, cache=None):
         return F.conv_transpose2d(self.unpool(s_post, s_pre, cache), self.weight, padding=1)
 
-    def weight_grad(self, s_pre, s_post):
-        return conv2d_weight(s_pre, self.weight.shape, self.unpool(s_post, s_pre), padding=1)
+    def weight_grad(self, s_pre, s_post, indices=None):
+        unpooled = self.unpool(s_post, s_pre, indices=indices)
+        return conv2d_weight(s_pre, self.weight.shape, unpooled, padding=1)
 
 
 # --- biases: Φ_b = ⟨b_k, s_k⟩ with one value per channel (broadcast over H, W) or per unit for vectors ---
