@@ -78,10 +78,12 @@ def hebbian_difference(
 ) -> dict[str, torch.Tensor]:
     """scale · [∂Φ/∂θ(s¹) − ∂Φ/∂θ(s²)] summed over the batch, for every parameter: the EP estimate.
 
-    The same numbers as `parameter_gradients` on [s¹; s²] with coefficients (+scale, −scale), computed as
-    two Hebbian terms on the halves, so no concatenated or weighted copy of the states is made. When s¹ and
-    s² are the halves of the stacked states `stacked`, the max-pool argmax of each edge is taken from
-    `cache` (the relaxation's, when its last sweep left it valid) instead of recomputing conv + pool."""
+    The same numbers as `parameter_gradients` on [s¹; s²] with coefficients (+scale, −scale), without its
+    concatenated copy of the states. Per coupling, whichever needs less memory: two Hebbian terms on the
+    halves (a second weight-sized result), or — when s¹ and s² are the halves of the stacked states
+    `stacked` — one term on the stack with its post-synaptic half weighted ±scale (a copy of that layer).
+    With `stacked`, the max-pool argmax of each coupling comes from `cache` (the relaxation's, valid for
+    the final states) instead of recomputing conv + pool."""
     s1, s2 = [x, *s1], [x, *s2]
     full = [x, *stacked] if stacked is not None else None
     B = x.shape[0]
@@ -89,19 +91,35 @@ def hebbian_difference(
     for k, layer in enumerate(net.layers, start=1):
         grads[f"biases.{layer.name}"] = (bias_grad(s1[k]) - bias_grad(s2[k])).mul_(scale)
     for name, edge in net.edges.items():
-        if isinstance(edge, ConvMaxPoolInteraction):
-            if edge.pre == 0:
-                i1 = i2 = edge.argmax(x)
-            elif full is not None:
-                both = edge.argmax(full[edge.pre], cache)
-                i1, i2 = both[:B], both[B:]
+        pool = isinstance(edge, ConvMaxPoolInteraction)
+        extra = {}
+        if full is not None and edge.pre > 0:
+            if pool:
+                extra["indices"] = edge.argmax(full[edge.pre], cache)
+                if cache is not None:
+                    cache.pop(edge.name, None)  # its last use: free the indices early
+            post = full[edge.post]
+            if post.numel() <= 2 * edge.weight.numel():
+                sign = torch.ones(2 * B, *([1] * (post.dim() - 1)), dtype=post.dtype, device=post.device)
+                sign[B:] = -1
+                weighted = post * sign.mul_(scale)
+                grads[f"edges.{name}.weight"] = edge.weight_grad(full[edge.pre], weighted, **extra)
+                continue
+        halves = []
+        for h, s in enumerate((s1, s2)):
+            if pool:
+                if edge.pre == 0:  # both halves share x, so one argmax
+                    extra.setdefault("indices", edge.argmax(x))
+                    indices = extra["indices"]
+                elif "indices" in extra:
+                    indices = extra["indices"][h * B : (h + 1) * B]
+                else:
+                    indices = edge.argmax(s[edge.pre])
+                halves.append(edge.weight_grad(s[edge.pre], s[edge.post], indices=indices))
             else:
-                i1, i2 = edge.argmax(s1[edge.pre]), edge.argmax(s2[edge.pre])
-            g1 = edge.weight_grad(s1[edge.pre], s1[edge.post], indices=i1)
-            g2 = edge.weight_grad(s2[edge.pre], s2[edge.post], indices=i2)
-        else:
-            g1 = edge.weight_grad(s1[edge.pre], s1[edge.post])
-            g2 = edge.weight_grad(s2[edge.pre], s2[edge.post])
+                halves.append(edge.weight_grad(s[edge.pre], s[edge.post]))
+        g1, g2 = halves
+        del halves, extra
         grads[f"edges.{name}.weight"] = g1.sub_(g2).mul_(scale)
     return {name: grads[name] for name, _ in net.named_parameters()}
 
