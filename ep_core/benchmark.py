@@ -202,38 +202,46 @@ def bp_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def overhead(setup: Setup, iterations: int, rounds: int) -> tuple[float, float, float]:
-    """(ms per free-phase iteration, ms per bare minimal-kernel-set iteration, median per-round ratio)."""
-    net, x, est = setup.net, setup.x, setup.estimator
-    groups = update_groups(net, est.order)
+def overhead(setups: list[Setup], iterations: int, rounds: int) -> list[tuple[float, float, float]]:
+    """Per setup: (ms per free-phase iteration, ms per bare minimal-kernel-set iteration, median per-round
+    ratio). The phase runs fixed-length (no tol) with the estimator's solver and compile settings; every
+    round times each setup's phase and its bare kernels back to back, setups interleaved."""
+    runners = []
     with torch.no_grad():
-        warm, _ = relax(net, x, iterations=2, order=groups)
-        drive = input_drive(net, x)
-        ops = minimal_kernel_set(net, x, warm)
+        for setup in setups:
+            net, x, est = setup.net, setup.x, setup.estimator
+            groups = update_groups(net, est.order)
+            warm, _ = relax(net, x, iterations=2, order=groups)
+            drive = input_drive(net, x)
+            ops = minimal_kernel_set(net, x, warm)
 
-        def phase() -> None:
-            relax_list(
-                net, [x, *warm], iterations=iterations, groups=groups, nudge=None, tol=est.tol, drive=drive,
-                solver=est.solver, memory=est.anderson_memory, compile=est.compile,
-            )  # fmt: skip
+            def phase(net=net, x=x, est=est, groups=groups, warm=warm, drive=drive) -> None:
+                relax_list(
+                    net, [x, *warm], iterations=iterations, groups=groups, nudge=None, tol=None, drive=drive,
+                    solver=est.solver, memory=est.anderson_memory, compile=est.compile,
+                )  # fmt: skip
 
-        def bare() -> None:
-            for _ in range(iterations):
-                for op in ops:
-                    op()
+            def bare(ops=ops) -> None:
+                for _ in range(iterations):
+                    for op in ops:
+                        op()
 
-        phase(), bare()  # warm-up
-        it, kernels = [], []
+            phase(), bare()  # warm-up
+            runners.append((x.device, phase, bare))
+        samples: list[tuple[list[float], list[float]]] = [([], []) for _ in setups]
         for _ in range(rounds):
-            t0 = device_clock(x.device)
-            phase()
-            t1 = device_clock(x.device)
-            bare()
-            t2 = device_clock(x.device)
-            it.append((t1 - t0) / iterations)
-            kernels.append((t2 - t1) / iterations)
-    ratio = statistics.median(a / b for a, b in zip(it, kernels, strict=True))
-    return _ms(it), _ms(kernels), ratio
+            for (dev, phase, bare), (it, kernels) in zip(runners, samples, strict=True):
+                t0 = device_clock(dev)
+                phase()
+                t1 = device_clock(dev)
+                bare()
+                t2 = device_clock(dev)
+                it.append((t1 - t0) / iterations)
+                kernels.append((t2 - t1) / iterations)
+    return [
+        (_ms(it), _ms(kernels), statistics.median(a / b for a, b in zip(it, kernels, strict=True)))
+        for it, kernels in samples
+    ]
 
 
 def schedules(setup: Setup, tol: float, max_iterations: int) -> dict:
@@ -402,6 +410,7 @@ def run_benchmark(
     measure_memory: bool = True,
     schedule_tol: float | None = 1e-3,
     schedule_max_iterations: int = 400,
+    compare_dtypes: tuple[str, ...] = (),
 ) -> dict:
     """Every figure of `ep-core bench` as one JSON-ready dict (see the module docstring and the README)."""
     if dtype not in DTYPES:
@@ -451,7 +460,23 @@ def run_benchmark(
         "flops_per_iteration": iteration_flops(net) * batch_size,
         "step_flops": ep_step_flops(net, batch_size, free_iterations, nudge_iterations),
     }
-    it_ms, kernel_ms, ratio = overhead(setup, free_iterations, overhead_rounds)
+    others = []
+    for other in compare_dtypes:
+        if other not in DTYPES:
+            raise ValueError(f"unknown dtype {other!r}; valid choices: {', '.join(DTYPES)}")
+        twin = build_setup(
+            arch, batch_size=batch_size, dtype=DTYPES[other], device=dev, blocks=blocks, estimator=est,
+            channels_last=channels_last, **shape,
+        )  # fmt: skip
+        twin.net.load_state_dict(net.state_dict())
+        twin.x.copy_(setup.x)
+        others.append(twin)
+    measured = overhead([setup, *others], free_iterations, overhead_rounds)
+    it_ms, kernel_ms, ratio = measured[0]
+    dtype_comparison = {}
+    for other, m in zip(compare_dtypes, measured[1:], strict=True):
+        dtype_comparison[other] = {"iteration_ms": m[0], "kernel_set_ms": m[1], "overhead_ratio": m[2]}
+        dtype_comparison[other] |= {"iteration_speedup": it_ms / m[0], "kernel_set_speedup": kernel_ms / m[1]}
     ep["iteration_ms"] = it_ms
     ep["kernel_set_ms"] = kernel_ms
     ep["gflops"] = ep["flops_per_iteration"] / (it_ms * 1e-3) / 1e9
@@ -515,6 +540,8 @@ def run_benchmark(
             "MALLOC_MMAP_THRESHOLD_=131072"
         ),
         "schedules": sched,
+        # the same free-phase iteration and kernel set in other dtypes, timed interleaved in this run
+        "dtype_comparison": dtype_comparison or None,
     }
 
 
@@ -555,6 +582,11 @@ def format_result(r: dict) -> str:
             f", BP {bp['peak_memory_mb']:.0f}" if bp is not None and bp["peak_memory_mb"] is not None else ""
         )
         lines.append(row("peak memory of a step", f"EP {ep['peak_memory_mb']:.0f}{bp_mem}", "MiB"))
+    for other, c in (r["dtype_comparison"] or {}).items():
+        lines.append(
+            row(f"free iteration in {other}", f"{c['iteration_ms']:.2f} ms",
+                f"x{c['iteration_speedup']:.2f} (kernel set x{c['kernel_set_speedup']:.2f}), same run")
+        )  # fmt: skip
     if r["schedules"]:
         sc = r["schedules"]
         runs = [k for k in sc if k not in ("tol", "max_iterations")]

@@ -114,7 +114,7 @@ def _bench(args: argparse.Namespace) -> int:
         channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs, tol=args.tol,
         overhead_rounds=args.overhead_rounds, measure_bp=not args.no_bp, measure_memory=not args.no_memory,
         schedule_tol=None if args.no_schedules else args.schedule_tol,
-        schedule_max_iterations=args.schedule_max_iterations,
+        schedule_max_iterations=args.schedule_max_iterations, compare_dtypes=tuple(args.compare_dtype),
     )  # fmt: skip
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0
@@ -152,6 +152,10 @@ def _add_bench(sub) -> None:
     p.add_argument("--no-schedules", action="store_true", help="skip the iterations-to-tol runs")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-bp", action="store_true", help="skip the backprop twin")
+    p.add_argument(
+        "--compare-dtype", action="append", default=[], choices=["float32", "bfloat16", "float64"],
+        help="also time the free iteration and kernel set in this dtype, interleaved (repeatable)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
 

@@ -98,14 +98,15 @@ class GraphedPhase:
 
     def _capture(self) -> None:
         # Warm up on a side stream (cuDNN autotuning, lazy initialisation, compilation), then capture.
-        side = torch.cuda.Stream(self.x.device)
-        side.wait_stream(torch.cuda.current_stream(self.x.device))
-        with torch.cuda.stream(side):
-            self._body()
-        torch.cuda.current_stream(self.x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._body()
+        with torch.cuda.device(self.x.device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._body()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._body()
         self.graph, self.storage = graph, self._storage()
 
     def run(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .costs import check_cost, cost_grad
-from .interactions import bias_view
+from .interactions import DenseInteraction, bias_view
 from .networks import HopfieldNetwork
 from .schedule import Groups, update_groups
 
@@ -72,18 +72,29 @@ def add_constant(total: torch.Tensor, constant: torch.Tensor) -> torch.Tensor:
 
 
 def layer_drive(net: HopfieldNetwork, k: int, s: Sequence[torch.Tensor], drive, cache: dict) -> torch.Tensor:
-    """∂Φ/∂s_k at the states s (s[0] is the input), accumulated in place into the first drive computed."""
+    """∂Φ/∂s_k at the states s (s[0] is the input), accumulated in place into the first drive computed. A
+    bias-only constant drive is added inside that first kernel (its `bias=`), not by a separate pass."""
+    constant = drive[k - 1]
+    bias_only = not any(edge.pre == 0 for edge in net.incoming[k])  # then constant is (1, C, 1, 1) or (1, n)
+    bias = constant.reshape(-1) if bias_only else None
     total = None
     for edge in net.incoming[k]:
         if edge.pre > 0:
-            term = edge.drive_post(s[edge.pre], cache)
-            total = term if total is None else total.add_(term)
+            if total is None and bias is not None:
+                total, bias = edge.drive_post(s[edge.pre], cache, bias=bias), None
+            else:
+                term = edge.drive_post(s[edge.pre], cache)
+                total = term if total is None else total.add_(term)
     for edge in net.outgoing[k]:
-        term = edge.drive_pre(s[edge.post], s[k], cache)
-        total = term if total is None else total.add_(term)
-    constant = drive[k - 1]
+        if total is None and bias is not None and not isinstance(edge, DenseInteraction):
+            total, bias = edge.drive_pre(s[edge.post], s[k], cache, bias=bias), None
+        else:
+            term = edge.drive_pre(s[edge.post], s[k], cache)
+            total = term if total is None else total.add_(term)
     if total is None:
         total = torch.zeros_like(s[k])
+    if bias_only and bias is None:
+        return total  # the bias went in with the first term
     return add_constant(total, constant)
 
 

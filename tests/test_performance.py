@@ -75,6 +75,16 @@ def test_relax_equals_the_straightforward_relaxation(arch, order):
 
 
 @pytest.mark.parametrize("arch", ["vgg5", "hopfield_resnet13"])
+def test_a_batch_of_one_keeps_its_input_drive_apart_from_the_biases(arch):
+    net = small_net(arch)
+    x, _ = batch(net, n=1)
+    _close(
+        relax(net, x, iterations=6)[0],
+        straightforward_relax(net, x, net.zero_states(1, dtype=x.dtype), 6, "even_odd"),
+    )
+
+
+@pytest.mark.parametrize("arch", ["vgg5", "hopfield_resnet13"])
 def test_stacked_phases_share_one_drive_and_give_the_separate_results(arch):
     net = small_net(arch)
     x, y = batch(net)
