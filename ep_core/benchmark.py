@@ -1,62 +1,385 @@
-"""`ep-core bench`: honest timings of one CEP training step, per relaxation iteration, beside backprop.
+"""`ep-core bench`: where the time of an EP training step goes, against what it cannot avoid.
 
-Warm-up steps are excluded, the device is synchronised before every clock reading, and the figures are
-medians over repeats. The per-iteration figure divides a phase's time by its iterations; the stacked ±β
-phases count as one phase of 2B examples. Compare ratios from one run: the machines are shared and noisy.
+For one network at one batch size on one device it measures (docs/benchmarks.md explains every figure):
+
+* a CEP training step (free phase, −β and +β phases, Hebbian gradient, optimizer update), warm-up steps
+  excluded, the device synchronised before every clock reading, the median over `repeats` steps;
+* the **overhead ratio**: one free-phase iteration as the estimator runs it, divided by the *minimal kernel
+  set* of an iteration — each coupling's forward drive once and its transposed drive once (the library's
+  own kernels: conv, transposed conv, max-pool with indices / unpool, matmul), called bare back to back
+  on the same tensors, nothing recomputed. Both are timed in the same rounds, interleaved; the ratio is
+  the median of the per-round ratios;
+* **GFLOP/s** of that iteration from an exact count of the coupling kernels' multiply-adds (2 FLOPs
+  each; pooling, additions and clamps are not counted), and the EP step's FLOPs;
+* the **backprop twin** (`resnet13`, `vgg5_bp`): its step time and FLOPs (torch.utils.flop_counter on one
+  step), the measured ratio EP step ÷ BP step and the FLOP-bound ratio EP FLOPs ÷ BP FLOPs;
+* **peak memory** of one training step, EP and BP alike: on CUDA the peak allocated memory during the
+  step; on a CPU the peak resident set during the step, each in a fresh subprocess (glibc told to return
+  freed blocks at once, MALLOC_MMAP_THRESHOLD_), minus the resident set just before it — the memory the
+  step itself adds (states or activation tape, gradients, optimizer state, transients);
+* **iterations to a residual tolerance** from zero states under each update order (and Anderson).
+
+Compare ratios from one run: the machines are shared and noisy.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import platform
 import statistics
-from dataclasses import asdict, dataclass
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .backprop import build_bp_network
 from .estimators import EquilibriumProp, device_clock
-from .networks import build_network
+from .interactions import ConvMaxPoolInteraction, DenseInteraction, Interaction
+from .networks import HopfieldNetwork, build_network
+from .relaxation import input_drive, relax, relax_list
+from .schedule import ORDERS, update_groups
 
 BP_TWIN = {"hopfield_resnet13": "resnet13", "hopfield_plain13": "resnet13", "vgg5": "vgg5_bp"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+# --- exact FLOP counts ------------------------------------------------------------------------------------
+
+
+def edge_macs(edge: Interaction) -> int:
+    """Multiply-adds of one coupling's forward drive per example (its transposed drive costs the same)."""
+    if isinstance(edge, DenseInteraction):
+        return edge.weight.numel()
+    c_out, c_in, kh, kw = edge.weight.shape
+    if isinstance(edge, ConvMaxPoolInteraction):
+        h, w = edge.conv_shape
+    else:
+        h, w = edge.post_shape[1:]
+    return c_out * c_in * kh * kw * h * w
+
+
+def iteration_flops(net: HopfieldNetwork) -> int:
+    """FLOPs per example of one relaxation iteration: every coupling between free layers driven forward once
+    and transposed once (the input's couplings are a constant drive, computed once per batch)."""
+    return sum(4 * edge_macs(e) for e in net.edges.values() if e.pre > 0)
+
+
+def ep_step_flops(net: HopfieldNetwork, batch: int, free_iterations: int, nudge_iterations: int) -> int:
+    """FLOPs of a CEP training step: the input drive once, free and ±β iterations, the Hebbian terms of the
+    two nudged states (a weight gradient costs the forward's multiply-adds)."""
+    drive = sum(2 * edge_macs(e) for e in net.edges.values() if e.pre == 0)
+    hebbian = sum(2 * edge_macs(e) for e in net.edges.values())
+    iterations = free_iterations + 2 * nudge_iterations
+    return batch * (drive + iteration_flops(net) * iterations + 2 * hebbian)
+
+
+# --- the minimal kernel set -------------------------------------------------------------------------------
+
+
+def minimal_kernel_set(net: HopfieldNetwork, x: torch.Tensor, states: list[torch.Tensor]) -> list[Callable]:
+    """One call per kernel an iteration cannot avoid, on these states: each free coupling's forward drive
+    (conv, conv + max-pool with its indices, matmul) and transposed drive (transposed conv, unpool with
+    the indices already known + transposed conv, matmul). Bias, accumulation and clamp are not in it."""
+    s = [x, *states]
+    ops: list[Callable] = []
+    for e in net.edges.values():
+        if e.pre == 0:
+            continue
+        pre, post = s[e.pre], s[e.post]
+        ops.append(lambda e=e, pre=pre: e.drive_post(pre))
+        if isinstance(e, ConvMaxPoolInteraction):
+            indices = e.argmax(pre)
+            ops.append(lambda e=e, post=post, i=indices: _unpool_t(e, post, i))
+        else:
+            ops.append(lambda e=e, pre=pre, post=post: e.drive_pre(post, pre))
+    return ops
+
+
+def _unpool_t(e: ConvMaxPoolInteraction, post: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    return F.conv_transpose2d(e.unpool(post, None, indices=indices), e.weight, padding=1)
+
+
+# --- timing -----------------------------------------------------------------------------------------------
+
+
+def _ms(samples: list[float]) -> float:
+    return 1e3 * statistics.median(samples)
 
 
 @dataclass
-class BenchResult:
-    arch: str
-    width: float
-    batch_size: int
-    device: str
-    free_iterations: int
-    nudge_iterations: int
-    step_ms: float  # one CEP training step: free phase, both nudged phases, gradient, optimizer step
-    free_ms_per_iteration: float
-    nudged_ms_per_iteration: float  # both ±β phases together
-    gradient_ms: float  # the Hebbian weight and bias terms from the two nudged states
-    bp_step_ms: float | None  # the backprop twin's forward+backward+step on the same batch
-    peak_memory_mb: float | None
-
-    def format(self) -> str:
-        lines = [
-            f"{self.arch} width={self.width} batch={self.batch_size} on {self.device}, "
-            f"{self.free_iterations} free + 2x{self.nudge_iterations} nudged iterations",
-            f"CEP training step        {self.step_ms:10.1f} ms",
-            f"free phase, per iteration {self.free_ms_per_iteration:9.2f} ms",
-            f"+-beta phases, per iteration {self.nudged_ms_per_iteration:6.2f} ms",
-            f"gradient (Hebbian terms)  {self.gradient_ms:10.1f} ms",
-        ]
-        if self.bp_step_ms is not None:
-            ratio = self.step_ms / self.bp_step_ms
-            lines.append(f"backprop twin step       {self.bp_step_ms:10.1f} ms  (CEP/BP = {ratio:.1f}x)")
-        if self.peak_memory_mb is not None:
-            lines.append(f"peak device memory       {self.peak_memory_mb:10.0f} MiB")
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+class Setup:
+    net: HopfieldNetwork
+    x: torch.Tensor
+    y: torch.Tensor
+    estimator: EquilibriumProp
 
 
-def _median_ms(samples: list[float]) -> float:
-    return 1e3 * statistics.median(samples)
+def _format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def build_setup(
+    arch: str,
+    *,
+    width,
+    batch_size,
+    dtype,
+    device,
+    blocks,
+    input_size,
+    in_channels,
+    num_classes,
+    estimator,
+    channels_last=False,
+) -> Setup:
+    torch.manual_seed(0)
+    kwargs = {
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "input_size": input_size,
+        "width": width,
+    }
+    if arch == "hopfield_resnet" and blocks is not None:
+        kwargs["blocks"] = blocks
+    net = build_network(arch, **kwargs).to(device=device, dtype=dtype)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, in_channels, input_size, input_size, generator=g).to(
+        device=device, dtype=dtype
+    )
+    y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    return Setup(net, _format(x, channels_last), y, estimator)
+
+
+def ep_step(setup: Setup, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """One training step as `EPLearner.train_step` runs it; wall seconds per part."""
+    dev = setup.x.device
+    est = setup.estimator.estimate(setup.net, setup.x, setup.y)
+    t0 = device_clock(dev)
+    optimizer.zero_grad(set_to_none=True)
+    est.write_to(setup.net)
+    seconds = dict(est.seconds)
+    phases = list(est.nudged_seconds)
+    del est
+    optimizer.step()
+    seconds["update"] = device_clock(dev) - t0
+    if len(phases) == 2:
+        seconds["minus"], seconds["plus"] = phases
+    else:  # stacked (or one-sided): one relaxation, reported split evenly
+        seconds["minus"] = seconds["plus"] = seconds["nudged"] / 2
+    return seconds
+
+
+def bp_step(model: torch.nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+def bp_setup(arch: str, *, width, input_size, in_channels, num_classes, dtype, device, channels_last):
+    torch.manual_seed(0)
+    model = build_bp_network(
+        BP_TWIN[arch], width=width, input_size=input_size, in_channels=in_channels, num_classes=num_classes
+    ).to(device=device, dtype=dtype)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-6)
+
+
+def bp_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def overhead(setups: list[Setup], iterations: int, rounds: int) -> list[tuple[float, float, float]]:
+    """Per setup: (ms per free-phase iteration, ms per bare minimal-kernel-set iteration, median per-round
+    ratio). The phase runs fixed-length (no tol) with the estimator's solver and compile settings; every
+    round times each setup's phase and its bare kernels back to back, setups interleaved."""
+    runners = []
+    with torch.no_grad():
+        for setup in setups:
+            net, x, est = setup.net, setup.x, setup.estimator
+            groups = update_groups(net, est.order)
+            warm, _ = relax(net, x, iterations=2, order=groups)
+            drive = input_drive(net, x)
+            ops = minimal_kernel_set(net, x, warm)
+
+            def phase(net=net, x=x, est=est, groups=groups, warm=warm, drive=drive) -> None:
+                relax_list(
+                    net, [x, *warm], iterations=iterations, groups=groups, nudge=None, tol=None, drive=drive,
+                    solver=est.solver, memory=est.anderson_memory, compile=est.compile,
+                )  # fmt: skip
+
+            def bare(ops=ops) -> None:
+                for _ in range(iterations):
+                    for op in ops:
+                        op()
+
+            phase(), bare()  # warm-up
+            runners.append((x.device, phase, bare))
+        samples: list[tuple[list[float], list[float]]] = [([], []) for _ in setups]
+        for _ in range(rounds):
+            for (dev, phase, bare), (it, kernels) in zip(runners, samples, strict=True):
+                t0 = device_clock(dev)
+                phase()
+                t1 = device_clock(dev)
+                bare()
+                t2 = device_clock(dev)
+                it.append((t1 - t0) / iterations)
+                kernels.append((t2 - t1) / iterations)
+    return [
+        (_ms(it), _ms(kernels), statistics.median(a / b for a, b in zip(it, kernels, strict=True)))
+        for it, kernels in samples
+    ]
+
+
+def schedules(setup: Setup, tol: float, max_iterations: int) -> dict:
+    """Sweeps from zero states until the relative residual is ≤ tol (None if not within max_iterations)."""
+    out: dict = {"tol": tol, "max_iterations": max_iterations}
+    net, x = setup.net, setup.x
+    runs = [(order, order, "fixed_point") for order in ORDERS]
+    runs.append(("coloring+anderson", "coloring", "anderson"))
+    for name, order, solver in runs:
+        _, stats = relax(net, x, iterations=max_iterations, order=order, tol=tol, solver=solver)
+        out[name] = stats.iterations if stats.residual <= tol else None
+    return out
+
+
+# --- peak memory in a fresh process -----------------------------------------------------------------------
+
+
+def _status() -> dict[str, float]:
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                values[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return values
+
+
+def _memory_probe(spec: dict) -> dict:
+    """Run in a fresh process: build, then one training step (EP or BP); the memory the step adds."""
+    dev = torch.device(spec["device"])
+    dtype = DTYPES[spec["dtype"]]
+    common = {k: spec[k] for k in ("width", "input_size", "in_channels", "num_classes")}
+    if spec["kind"] == "ep":
+        est = estimator_from(spec["estimator"])
+        setup = build_setup(
+            spec["arch"], batch_size=spec["batch_size"], dtype=dtype, device=dev, blocks=spec["blocks"],
+            estimator=est, channels_last=spec["estimator"]["channels_last"], **common,
+        )  # fmt: skip
+        optimizer = torch.optim.SGD(setup.net.parameters(), lr=1e-6, momentum=0.9, nesterov=True)
+
+        def step() -> None:
+            ep_step(setup, optimizer)
+    else:
+        model, optimizer = bp_setup(
+            spec["arch"], dtype=dtype, device=dev, channels_last=spec["estimator"]["channels_last"], **common
+        )
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(
+            spec["batch_size"], spec["in_channels"], spec["input_size"], spec["input_size"], generator=g
+        )
+        x = _format(x.to(device=dev, dtype=dtype), spec["estimator"]["channels_last"])
+        y = torch.randint(0, spec["num_classes"], (spec["batch_size"],), generator=g).to(dev)
+
+        def step() -> None:
+            bp_step(model, optimizer, x, y)
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+        step()
+        torch.cuda.synchronize(dev)
+        return {
+            "peak_mb": (torch.cuda.max_memory_allocated(dev) - before) / 2**20,
+            "method": "cuda_allocated",
+        }
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the high-water mark
+    except OSError:
+        pass
+    before = _status()
+    step()
+    after = _status()
+    return {
+        "peak_mb": after["VmHWM"] - before["VmRSS"],
+        "peak_rss_mb": after["VmHWM"],
+        "method": "cpu_peak_rss_increment",
+    }
+
+
+def peak_memory(kinds: list[str], spec: dict) -> list[dict | None]:
+    """`_memory_probe` for each kind ("ep", "bp") in its own fresh interpreter, run side by side; None for
+    a probe that failed or where /proc is missing (not Linux)."""
+    if spec["device"] == "cpu" and not os.path.exists("/proc/self/status"):
+        return [None] * len(kinds)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # import this very ep_core
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", PYTHONPATH=path)
+    code = (
+        "import json, sys; from ep_core.benchmark import _memory_probe; "
+        "print(json.dumps(_memory_probe(json.loads(sys.argv[1]))))"
+    )
+    procs = []
+    for kind in kinds:
+        command = [sys.executable, "-c", code, json.dumps({**spec, "kind": kind})]
+        procs.append(
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        )
+    results: list[dict | None] = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        ok = proc.returncode == 0 and out.strip()
+        results.append(json.loads(out.strip().splitlines()[-1]) if ok else None)
+    return results
+
+
+# --- the whole benchmark ----------------------------------------------------------------------------------
+
+
+ESTIMATOR_KEYS = (
+    "order",
+    "solver",
+    "anderson_memory",
+    "compile",
+    "cuda_graphs",
+    "batch_phases",
+    "channels_last",
+)
+
+
+def estimator_from(spec: dict) -> EquilibriumProp:
+    fields = {f.name for f in dataclasses.fields(EquilibriumProp)}
+    return EquilibriumProp(**{k: v for k, v in spec.items() if k in fields})
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} CPUs)"
 
 
 def run_benchmark(
@@ -69,50 +392,206 @@ def run_benchmark(
     repeats: int = 3,
     warmup: int = 1,
     device: str = "cpu",
+    dtype: str = "float32",
+    blocks: int | None = None,
     in_channels: int = 3,
     num_classes: int = 10,
     input_size: int = 32,
-) -> BenchResult:
+    order: str = "even_odd",
+    solver: str = "fixed_point",
+    anderson_memory: int = 5,
+    batch_phases: bool = True,
+    channels_last: bool = False,
+    compile: bool = False,
+    cuda_graphs: bool = False,
+    tol: float | None = None,
+    overhead_rounds: int = 3,
+    measure_bp: bool = True,
+    measure_memory: bool = True,
+    schedule_tol: float | None = 1e-3,
+    schedule_max_iterations: int = 400,
+    compare_dtypes: tuple[str, ...] = (),
+) -> dict:
+    """Every figure of `ep-core bench` as one JSON-ready dict (see the module docstring and the README)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
+    for name, value in (("batch_size", batch_size), ("repeats", repeats)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if free_iterations < 1 or nudge_iterations < 1:
+        raise ValueError("the benchmark needs at least one free and one nudged iteration")
     dev = torch.device(device)
-    torch.manual_seed(0)
-    shape = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size, "width": width}
-    net = build_network(arch, **shape).to(dev)
-    x = torch.randn(batch_size, in_channels, input_size, input_size, device=dev)
-    y = torch.randint(0, num_classes, (batch_size,), device=dev)
-    cep = EquilibriumProp(
-        beta=0.1, free_iterations=free_iterations, nudge_iterations=nudge_iterations, clip_norm=1.0
-    )
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    spec_est = {
+        "beta": 0.1, "free_iterations": free_iterations, "nudge_iterations": nudge_iterations,
+        "clip_norm": 1.0, "order": order, "solver": solver, "anderson_memory": anderson_memory,
+        "batch_phases": batch_phases, "compile": compile, "cuda_graphs": cuda_graphs, "tol": tol,
+        "channels_last": channels_last,
+    }  # fmt: skip
+    est = estimator_from(spec_est)
+    shape = {"width": width, "input_size": input_size, "in_channels": in_channels, "num_classes": num_classes}
+    setup = build_setup(
+        arch, batch_size=batch_size, dtype=DTYPES[dtype], device=dev, blocks=blocks, estimator=est,
+        channels_last=channels_last, **shape,
+    )  # fmt: skip
+    net = setup.net
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-6, momentum=0.9, nesterov=True)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    steps, free, nudged, gradient = [], [], [], []
+    parts: dict[str, list[float]] = {}
     for i in range(warmup + repeats):
         t0 = device_clock(dev)
-        est = cep.estimate(net, x, y)
-        optimizer.zero_grad()
-        est.write_to(net)
-        optimizer.step()
+        seconds = ep_step(setup, optimizer)
+        total = device_clock(dev) - t0
         if i >= warmup:
-            steps.append(device_clock(dev) - t0)
-            free.append(est.seconds["free"] / max(free_iterations, 1))
-            nudged.append(est.seconds["nudged"] / max(nudge_iterations, 1))
-            gradient.append(est.seconds["gradient"])
-    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+            for k, v in {**seconds, "step": total}.items():
+                parts.setdefault(k, []).append(v)
+    ep = {
+        "step_ms": _ms(parts["step"]),
+        "free_ms": _ms(parts["free"]),
+        "minus_ms": _ms(parts["minus"]),
+        "plus_ms": _ms(parts["plus"]),
+        "nudged_ms": _ms(parts["nudged"]),
+        "gradient_ms": _ms(parts["gradient"]),
+        "update_ms": _ms(parts["update"]),
+        "free_ms_per_iteration": _ms(parts["free"]) / free_iterations,
+        # per iteration of ONE nudged phase of B examples (comparable with the free phase's)
+        "nudged_ms_per_iteration": _ms(parts["nudged"]) / (2 * nudge_iterations),
+        "nudged_phases": "separate" if not batch_phases else "stacked (minus_ms = plus_ms = half the stack)",
+        "flops_per_iteration": iteration_flops(net) * batch_size,
+        "step_flops": ep_step_flops(net, batch_size, free_iterations, nudge_iterations),
+    }
+    others = []
+    for other in compare_dtypes:
+        if other not in DTYPES:
+            raise ValueError(f"unknown dtype {other!r}; valid choices: {', '.join(DTYPES)}")
+        twin = build_setup(
+            arch, batch_size=batch_size, dtype=DTYPES[other], device=dev, blocks=blocks, estimator=est,
+            channels_last=channels_last, **shape,
+        )  # fmt: skip
+        twin.net.load_state_dict(net.state_dict())
+        twin.x.copy_(setup.x)
+        others.append(twin)
+    measured = overhead([setup, *others], free_iterations, overhead_rounds)
+    it_ms, kernel_ms, ratio = measured[0]
+    dtype_comparison = {}
+    for other, m in zip(compare_dtypes, measured[1:], strict=True):
+        dtype_comparison[other] = {"iteration_ms": m[0], "kernel_set_ms": m[1], "overhead_ratio": m[2]}
+        dtype_comparison[other] |= {"iteration_speedup": it_ms / m[0], "kernel_set_speedup": kernel_ms / m[1]}
+    ep["iteration_ms"] = it_ms
+    ep["kernel_set_ms"] = kernel_ms
+    ep["gflops"] = ep["flops_per_iteration"] / (it_ms * 1e-3) / 1e9
+    ep["kernel_set_gflops"] = ep["flops_per_iteration"] / (kernel_ms * 1e-3) / 1e9
+    ep["step_gflops"] = ep["step_flops"] / (ep["step_ms"] * 1e-3) / 1e9
 
-    bp_ms = None
-    if arch in BP_TWIN:
-        model = build_bp_network(BP_TWIN[arch], **shape).to(dev)
-        bp_opt = torch.optim.Adam(model.parameters(), lr=1e-6)
+    bp = None
+    flop_bound = None
+    if measure_bp and arch in BP_TWIN:
+        model, bp_opt = bp_setup(arch, dtype=DTYPES[dtype], device=dev, channels_last=channels_last, **shape)
         samples = []
         for i in range(warmup + repeats):
             t0 = device_clock(dev)
-            bp_opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            bp_opt.step()
+            bp_step(model, bp_opt, setup.x, setup.y)
             if i >= warmup:
                 samples.append(device_clock(dev) - t0)
-        bp_ms = _median_ms(samples)
-    return BenchResult(
-        arch, width, batch_size, str(dev), free_iterations, nudge_iterations, _median_ms(steps),
-        _median_ms(free), _median_ms(nudged), _median_ms(gradient), bp_ms, peak,
-    )  # fmt: skip
+        flops = bp_flops(model, setup.x, setup.y)
+        bp = {
+            "arch": BP_TWIN[arch],
+            "step_ms": _ms(samples),
+            "step_flops": flops,
+            "gflops": flops / statistics.median(samples) / 1e9,
+            "peak_memory_mb": None,
+            "peak_rss_mb": None,
+        }
+        flop_bound = ep["step_flops"] / flops
+    ep["peak_memory_mb"] = ep["peak_rss_mb"] = None
+    if measure_memory:  # after every timing: the probes run side by side, each in its own fresh process
+        mem_spec = {
+            "arch": arch, "batch_size": batch_size, "dtype": dtype, "device": str(dev), "blocks": blocks,
+            "estimator": spec_est, **shape,
+        }  # fmt: skip
+        kinds = ["ep", "bp"] if bp is not None else ["ep"]
+        for kind, probe in zip(kinds, peak_memory(kinds, mem_spec), strict=True):
+            target = ep if kind == "ep" else bp
+            if probe is not None:
+                target["peak_memory_mb"], target["peak_rss_mb"] = probe["peak_mb"], probe.get("peak_rss_mb")
+    sched = schedules(setup, schedule_tol, schedule_max_iterations) if schedule_tol else None
+    return {
+        "arch": arch,
+        "width": width,
+        "blocks": blocks,
+        "batch_size": batch_size,
+        "device": str(dev) if dev.type == "cpu" else f"cuda:{dev.index or 0}",
+        "device_name": device_name(dev),
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "free_iterations": free_iterations,
+        "nudge_iterations": nudge_iterations,
+        "settings": {k: spec_est[k] for k in (*ESTIMATOR_KEYS, "tol")},
+        "ep": ep,
+        "bp": bp,
+        "ep_bp_ratio": ep["step_ms"] / bp["step_ms"] if bp else None,
+        "flop_bound_ratio": flop_bound,
+        "overhead_ratio": ratio,
+        "memory_method": (
+            "cuda: peak allocated during the step minus allocated before it"
+            if dev.type == "cuda"
+            else "cpu: peak resident set during the step minus the resident set before it, fresh process, "
+            "MALLOC_MMAP_THRESHOLD_=131072"
+        ),
+        "schedules": sched,
+        # the same free-phase iteration and kernel set in other dtypes, timed interleaved in this run
+        "dtype_comparison": dtype_comparison or None,
+    }
+
+
+def format_result(r: dict) -> str:
+    """The readable table of `ep-core bench`."""
+    ep, bp, s = r["ep"], r["bp"], r["settings"]
+
+    def row(label: str, value: str, note: str = "") -> str:
+        return f"{label:<30}{value:>12}  {note}".rstrip()
+
+    lines = [
+        f"{r['arch']} width={r['width']} batch={r['batch_size']} {r['dtype']} on {r['device_name']} "
+        f"({r['threads']} threads)",
+        f"{r['free_iterations']} free + 2x{r['nudge_iterations']} nudged iterations; order={s['order']} "
+        f"solver={s['solver']} stacked={s['batch_phases']} channels_last={s['channels_last']} "
+        f"compile={s['compile']} cuda_graphs={s['cuda_graphs']}",
+        row("EP training step", f"{ep['step_ms']:.1f} ms", f"{ep['step_gflops']:.0f} GFLOP/s"),
+        row("  free phase", f"{ep['free_ms']:.1f} ms", f"{ep['free_ms_per_iteration']:.2f} ms/iteration"),
+        row("  -beta phase", f"{ep['minus_ms']:.1f} ms", ep["nudged_phases"]),
+        row("  +beta phase", f"{ep['plus_ms']:.1f} ms", f"{ep['nudged_ms_per_iteration']:.2f} ms/iteration"),
+        row("  Hebbian gradient", f"{ep['gradient_ms']:.1f} ms"),
+        row("  weight update", f"{ep['update_ms']:.1f} ms"),
+        row("one free iteration", f"{ep['iteration_ms']:.2f} ms", f"{ep['gflops']:.0f} GFLOP/s"),
+        row("minimal kernel set", f"{ep['kernel_set_ms']:.2f} ms", f"{ep['kernel_set_gflops']:.0f} GFLOP/s"),
+        row("overhead ratio", f"{r['overhead_ratio']:.3f}"),
+    ]
+    if bp is not None:
+        lines += [
+            row(f"backprop {bp['arch']} step", f"{bp['step_ms']:.1f} ms", f"{bp['gflops']:.0f} GFLOP/s"),
+            row(
+                "EP step / BP step",
+                f"{r['ep_bp_ratio']:.1f}",
+                f"FLOP-bound ratio {r['flop_bound_ratio']:.1f}",
+            ),
+        ]
+    if ep["peak_memory_mb"] is not None:
+        bp_mem = (
+            f", BP {bp['peak_memory_mb']:.0f}" if bp is not None and bp["peak_memory_mb"] is not None else ""
+        )
+        lines.append(row("peak memory of a step", f"EP {ep['peak_memory_mb']:.0f}{bp_mem}", "MiB"))
+    for other, c in (r["dtype_comparison"] or {}).items():
+        lines.append(
+            row(f"free iteration in {other}", f"{c['iteration_ms']:.2f} ms",
+                f"x{c['iteration_speedup']:.2f} (kernel set x{c['kernel_set_speedup']:.2f}), same run")
+        )  # fmt: skip
+    if r["schedules"]:
+        sc = r["schedules"]
+        runs = [k for k in sc if k not in ("tol", "max_iterations")]
+        found = ", ".join(
+            f"{k} {sc[k] if sc[k] is not None else '>' + str(sc['max_iterations'])}" for k in runs
+        )
+        lines.append(f"iterations to residual {sc['tol']:g} from zero states: {found}")
+    return "\n".join(lines)

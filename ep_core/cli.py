@@ -123,25 +123,60 @@ def _add_download(sub) -> None:
 def _bench(args: argparse.Namespace) -> int:
     import json
 
-    from .benchmark import run_benchmark
+    from .benchmark import format_result, run_benchmark
 
+    if args.arch == "hopfield_resnet" and args.blocks is None:
+        args.blocks = 4
     result = run_benchmark(
         args.arch, width=args.width, batch_size=args.batch_size, free_iterations=args.free_iterations,
-        nudge_iterations=args.nudge_iterations, repeats=args.repeats, device=args.device,
+        nudge_iterations=args.nudge_iterations, repeats=args.repeats, device=args.device, dtype=args.dtype,
+        blocks=args.blocks, input_size=args.input_size, order=args.order, solver=args.solver,
+        anderson_memory=args.anderson_memory, batch_phases=not args.separate_phases,
+        channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs, tol=args.tol,
+        overhead_rounds=args.overhead_rounds, measure_bp=not args.no_bp, measure_memory=not args.no_memory,
+        schedule_tol=None if args.no_schedules else args.schedule_tol,
+        schedule_max_iterations=args.schedule_max_iterations, compare_dtypes=tuple(args.compare_dtype),
     )  # fmt: skip
-    print(json.dumps(result.as_dict(), indent=2) if args.json else result.format())
+    print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="time one CEP training step (per relaxation iteration) beside backprop")
+    from .relaxation import SOLVERS
+
+    p = sub.add_parser(
+        "bench",
+        help="time a CEP training step by phase, its overhead over the minimal kernel set, GFLOP/s, "
+        "its backprop twin, peak memory and iterations to a tolerance",
+    )
     p.add_argument("--arch", default="hopfield_resnet13", choices=list(NETWORKS))
+    p.add_argument("--blocks", type=int, default=None, help="hopfield_resnet only (default 4)")
     p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--free-iterations", type=int, default=4)
     p.add_argument("--nudge-iterations", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], default="float32")
+    p.add_argument("--order", choices=ORDERS, default="even_odd")
+    p.add_argument("--solver", choices=SOLVERS, default="fixed_point")
+    p.add_argument("--anderson-memory", type=int, default=5)
+    p.add_argument("--tol", type=float, default=None, help="early stop of each phase (default: fixed length)")
+    p.add_argument("--separate-phases", action="store_true", help="run the -beta and +beta phases unstacked")
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights and states")
+    p.add_argument("--compile", action="store_true", help="torch.compile the sweeps")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay each phase as one CUDA graph (CUDA)")
+    p.add_argument("--overhead-rounds", type=int, default=3, help="interleaved rounds of the overhead ratio")
+    p.add_argument("--schedule-tol", type=float, default=1e-3, help="residual for the iterations-to-tol runs")
+    p.add_argument("--schedule-max-iterations", type=int, default=400)
+    p.add_argument("--no-schedules", action="store_true", help="skip the iterations-to-tol runs")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-bp", action="store_true", help="skip the backprop twin")
+    p.add_argument(
+        "--compare-dtype", action="append", default=[], choices=["float32", "bfloat16", "float64"],
+        help="also time the free iteration and kernel set in this dtype, interleaved (repeatable)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
 

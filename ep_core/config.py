@@ -22,6 +22,7 @@ import yaml
 from .activations import ACTIVATIONS, AUTHORS_ALPHA_RANGE
 from .costs import COSTS
 from .estimators import VARIANTS
+from .relaxation import SOLVERS
 from .schedule import ORDERS
 
 EP_ARCHS = ("vgg5", "hopfield_resnet13", "hopfield_plain13", "hopfield_resnet")
@@ -76,6 +77,13 @@ class EPConfig:
     clip_norm: float | None = 1.0  # the authors clip the global gradient norm at 1.0; null disables
     tol: float | None = None  # early stop of each phase at this relative residual (changes results)
     batch_phases: bool = True  # run the ±β phases as one stacked batch (same result, fewer kernel launches)
+    # Speed (docs/benchmarks.md). solver: fixed_point = the authors' plain sweeps; anderson = the same sweeps
+    # with Anderson mixing (same fixed points, fewer sweeps to a given tol; pair it with ep.tol).
+    solver: str = field(default="fixed_point", metadata=choices(*SOLVERS))
+    anderson_memory: int = 5  # iterates the anderson solver mixes
+    channels_last: bool = False  # NHWC weights and states (faster convs; the same result to rounding)
+    compile: bool = False  # torch.compile the relaxation sweeps (compiles once per phase shape)
+    cuda_graphs: bool = False  # CUDA only: each fixed-length phase replays as one CUDA graph (needs tol null)
 
 
 @dataclass
@@ -256,6 +264,10 @@ def validate(c: RunConfig) -> RunConfig:
         raise ConfigError(f"model.gains: applies to the EP networks only, not {c.model.arch}")
     if c.train.max_batches is not None and c.train.max_batches < 1:
         raise ConfigError(f"train.max_batches: must be >= 1 or null, got {c.train.max_batches}")
+    if c.ep.anderson_memory < 1:
+        raise ConfigError(f"ep.anderson_memory: must be >= 1, got {c.ep.anderson_memory}")
+    if c.ep.cuda_graphs and (c.ep.tol is not None or c.ep.solver != "fixed_point"):
+        raise ConfigError("ep.cuda_graphs: needs fixed-length phases (ep.tol null and ep.solver fixed_point)")
     for key in ("clip_norm", "tol"):
         value = getattr(c.ep, key)
         if value is not None and value <= 0:

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .costs import check_cost, cost_value, one_hot
-from .interactions import bias_grad
+from .fast import graphed_phase
+from .interactions import ConvMaxPoolInteraction, bias_grad
 from .networks import HopfieldNetwork
-from .relaxation import Nudge, RelaxStats, States, input_drive, relax
+from .relaxation import Nudge, RelaxStats, States, check_solver, check_states, input_drive, relax_list
 from .schedule import check_order, update_groups
 
 VARIANTS = ("cep", "ep")
@@ -38,6 +39,8 @@ class GradientEstimate:
     grad_norm: float  # global L2 norm before clipping
     output: torch.Tensor = field(repr=False)  # free-phase output state (B, n_out)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time: free, nudged phases, gradient
+    # wall time of each nudged relaxation: (−β, +β) when run one after the other, one entry when stacked
+    nudged_seconds: list[float] = field(default_factory=list)
 
     def write_to(self, net: HopfieldNetwork) -> None:
         """Store the estimate in each parameter's `.grad`."""
@@ -63,6 +66,64 @@ def parameter_gradients(
     return {name: grads[name] for name, _ in net.named_parameters()}
 
 
+def hebbian_difference(
+    net: HopfieldNetwork,
+    x: torch.Tensor,
+    s1: States,
+    s2: States,
+    scale: float,
+    *,
+    stacked: States | None = None,
+    cache: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """scale · [∂Φ/∂θ(s¹) − ∂Φ/∂θ(s²)] summed over the batch, for every parameter: the EP estimate.
+
+    The same numbers as `parameter_gradients` on [s¹; s²] with coefficients (+scale, −scale), without its
+    concatenated copy of the states. Per coupling, whichever needs less memory: two Hebbian terms on the
+    halves (a second weight-sized result), or — when s¹ and s² are the halves of the stacked states
+    `stacked` — one term on the stack with its post-synaptic half weighted ±scale (a copy of that layer).
+    With `stacked`, the max-pool argmax of each coupling comes from `cache` (the relaxation's, valid for
+    the final states) instead of recomputing conv + pool."""
+    s1, s2 = [x, *s1], [x, *s2]
+    full = [x, *stacked] if stacked is not None else None
+    B = x.shape[0]
+    grads = {}
+    for k, layer in enumerate(net.layers, start=1):
+        grads[f"biases.{layer.name}"] = (bias_grad(s1[k]) - bias_grad(s2[k])).mul_(scale)
+    for name, edge in net.edges.items():
+        pool = isinstance(edge, ConvMaxPoolInteraction)
+        extra = {}
+        if full is not None and edge.pre > 0:
+            if pool:
+                extra["indices"] = edge.argmax(full[edge.pre], cache)
+                if cache is not None:
+                    cache.pop(edge.name, None)  # its last use: free the indices early
+            post = full[edge.post]
+            if post.numel() <= 2 * edge.weight.numel():
+                sign = torch.ones(2 * B, *([1] * (post.dim() - 1)), dtype=post.dtype, device=post.device)
+                sign[B:] = -1
+                weighted = post * sign.mul_(scale)
+                grads[f"edges.{name}.weight"] = edge.weight_grad(full[edge.pre], weighted, **extra)
+                continue
+        halves = []
+        for h, s in enumerate((s1, s2)):
+            if pool:
+                if edge.pre == 0:  # both halves share x, so one argmax
+                    extra.setdefault("indices", edge.argmax(x))
+                    indices = extra["indices"]
+                elif "indices" in extra:
+                    indices = extra["indices"][h * B : (h + 1) * B]
+                else:
+                    indices = edge.argmax(s[edge.pre])
+                halves.append(edge.weight_grad(s[edge.pre], s[edge.post], indices=indices))
+            else:
+                halves.append(edge.weight_grad(s[edge.pre], s[edge.post]))
+        g1, g2 = halves
+        del halves, extra
+        grads[f"edges.{name}.weight"] = g1.sub_(g2).mul_(scale)
+    return {name: grads[name] for name, _ in net.named_parameters()}
+
+
 def clip_global_norm(grads: dict[str, torch.Tensor], max_norm: float | None) -> float:
     """Scale all tensors by max_norm / (‖g‖ + 1e-6) when that is < 1 (torch's and the authors' rule).
     Returns the norm before clipping."""
@@ -81,16 +142,6 @@ def device_clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _cat(a: States, b: States) -> States:
-    return [torch.cat([u, v]) for u, v in zip(a, b, strict=True)]
-
-
-def _expand_drive(drive: list[torch.Tensor], copies: int) -> list[torch.Tensor]:
-    # Constant drives that carry a batch dimension must be repeated for the stacked phases;
-    # bias-only drives broadcast as they are.
-    return [d if d.shape[0] == 1 else torch.cat([d] * copies) for d in drive]
-
-
 @dataclass(frozen=True)
 class EquilibriumProp:
     """An EP gradient estimator; every field defaults to the authors' training setting."""
@@ -104,6 +155,12 @@ class EquilibriumProp:
     tol: float | None = None  # early stop of every phase at this relative residual
     clip_norm: float | None = None  # the authors clip the global gradient norm at 1.0
     batch_phases: bool = True  # run the −β and +β phases of CEP as one stacked batch
+    solver: str = "fixed_point"  # "anderson": Anderson-accelerated sweeps (same fixed points, fewer sweeps)
+    anderson_memory: int = 5  # iterates the Anderson solver mixes
+    compile: bool = False  # run the sweeps through torch.compile (ep_core.fast)
+    cuda_graphs: bool = (
+        False  # on CUDA, capture each fixed-length phase as one CUDA graph (no tol, fixed_point)
+    )
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -116,12 +173,57 @@ class EquilibriumProp:
             raise ValueError("one-sided EP needs beta != 0")
         check_cost(self.cost)
         check_order(self.order)
+        check_solver(self.solver)
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm!r}")
+        if not isinstance(self.anderson_memory, int) or self.anderson_memory < 1:
+            raise ValueError(f"anderson_memory must be a positive integer, got {self.anderson_memory!r}")
 
     @property
     def nudges(self) -> tuple[float, float]:
         return (-self.beta, self.beta) if self.variant == "cep" else (0.0, self.beta)
+
+    def graphed(self, device: torch.device) -> bool:
+        """Whether phases run as captured CUDA graphs on `device`."""
+        return (
+            self.cuda_graphs and device.type == "cuda" and self.tol is None and self.solver == "fixed_point"
+        )
+
+    def _phase(
+        self,
+        net: HopfieldNetwork,
+        x: torch.Tensor,
+        start: States | None,
+        drive: list[torch.Tensor],
+        groups,
+        iterations: int,
+        target: torch.Tensor | None = None,
+        beta: float | torch.Tensor | None = None,
+        copies: int = 1,
+    ) -> tuple[States, RelaxStats, dict | None]:
+        """One phase from `start` (B-example states, repeated `copies` times; zeros if None). Returns the
+        states, their statistics and the max-pool cache valid for them (None from a graphed phase)."""
+        n = x.shape[0] * copies
+        if self.graphed(x.device) and iterations > 0:
+            phase = graphed_phase(
+                net, x, copies=copies, iterations=iterations, groups=groups, nudged=target is not None,
+                cost=self.cost, compile=self.compile,
+            )  # fmt: skip
+            if target is not None and not isinstance(beta, torch.Tensor):
+                beta = x.new_full((n, 1), beta)
+            states, stats = phase.run(x, start, target, beta)
+            return states, stats, None
+        if start is None:
+            s = [x, *net.zero_states(n, device=x.device, dtype=x.dtype)]
+        else:
+            s = [x, *(t if copies == 1 else torch.cat([t] * copies) for t in start)]
+        nudge = None if target is None else Nudge(target, beta, self.cost)
+        cache: dict = {}
+        s, stats = relax_list(
+            net, s, iterations=iterations, groups=groups, nudge=nudge, tol=self.tol, drive=drive,
+            solver=self.solver, memory=self.anderson_memory, cache=cache, compile=self.compile,
+        )  # fmt: skip
+        return s[1:], stats, cache
 
     def estimate(
         self, net: HopfieldNetwork, x: torch.Tensor, y: torch.Tensor, states: States | None = None
@@ -129,57 +231,49 @@ class EquilibriumProp:
         """Free phase from `states` (zeros if None; pass the previous batch's states to warm-start as the
         authors do), the nudged phases from the free state, and the gradient estimate."""
         net.check_input(x)
+        if states is not None:
+            check_states(net, x, states)
         target = one_hot(y, net.num_classes, x.dtype)
         groups = update_groups(net, self.order)
+        B = x.shape[0]
         t0 = device_clock(x.device)
         drive = input_drive(net, x)
-        free, free_stats = relax(
-            net, x, states, iterations=self.free_iterations, order=groups, tol=self.tol, drive=drive
-        )
+        free, free_stats, _ = self._phase(net, x, states, drive, groups, self.free_iterations)
         t1 = device_clock(x.device)
         b1, b2 = self.nudges
-        B = x.shape[0]
         stats = {"free": free_stats}
-
-        def nudged(beta, start, x_, target_, drive_) -> tuple[States, RelaxStats]:
-            nudge = Nudge(target_, beta, self.cost)
-            return relax(
-                net,
-                x_,
-                start,
-                iterations=self.nudge_iterations,
-                order=groups,
-                nudge=nudge,
-                tol=self.tol,
-                drive=drive_,
-            )
-
+        stacked, cache = None, None
+        n = self.nudge_iterations
         if b1 == 0.0:
-            s2, stats["nudged"] = nudged(b2, free, x, target, drive)
+            s2, stats["nudged"], cache = self._phase(net, x, free, drive, groups, n, target, b2)
             s1, nudged_states = free, (s2,)
+            phase_seconds = [device_clock(x.device) - t1]
         elif self.batch_phases:
+            # The stacked start [free; free] is handed to the relaxation, which frees each old layer as it
+            # replaces it; the input drive of x is broadcast over both copies, never repeated.
             betas = torch.cat([x.new_full((B, 1), b1), x.new_full((B, 1), b2)])
-            both, stats["nudged"] = nudged(
-                betas,
-                _cat(free, free),
-                torch.cat([x, x]),
-                torch.cat([target, target]),
-                _expand_drive(drive, 2),
+            stacked, stats["nudged"], cache = self._phase(
+                net, x, free, drive, groups, n, torch.cat([target, target]), betas, copies=2
             )
-            s1, s2 = [t[:B] for t in both], [t[B:] for t in both]
+            s1, s2 = [t[:B] for t in stacked], [t[B:] for t in stacked]
             nudged_states = (s1, s2)
+            phase_seconds = [device_clock(x.device) - t1]
         else:
-            s1, st1 = nudged(b1, free, x, target, drive)
-            s2, st2 = nudged(b2, free, x, target, drive)
+            s1, st1, _ = self._phase(net, x, free, drive, groups, n, target, b1)
+            tm = device_clock(x.device)
+            s2, st2, cache = self._phase(net, x, free, drive, groups, n, target, b2)
             stats["nudged"] = RelaxStats(max(st1.iterations, st2.iterations), max(st1.residual, st2.residual))
             nudged_states = (s1, s2)
+            phase_seconds = [tm - t1, device_clock(x.device) - tm]
+            cache = None  # s¹'s argmax is not in it
 
         t2 = device_clock(x.device)
         scale = 1.0 / ((b2 - b1) * B)
-        coefficient = torch.cat([x.new_full((B,), scale), x.new_full((B,), -scale)])
         with torch.no_grad():
-            grads = parameter_gradients(net, torch.cat([x, x]), _cat(s1, s2), coefficient)
+            grads = hebbian_difference(net, x, s1, s2, scale, stacked=stacked, cache=cache)
             grad_norm = clip_global_norm(grads, self.clip_norm)
             loss = cost_value(self.cost, free[-1], target).mean().item()
         seconds = {"free": t1 - t0, "nudged": t2 - t1, "gradient": device_clock(x.device) - t2}
-        return GradientEstimate(grads, free, nudged_states, stats, loss, grad_norm, free[-1], seconds)
+        return GradientEstimate(
+            grads, free, nudged_states, stats, loss, grad_norm, free[-1], seconds, phase_seconds
+        )

@@ -10,6 +10,8 @@ and a layer update sets s_k ← clip(∂Φ/∂s_k, 0, α_k). Every edge below pr
                                diagnostics and the autograd reference gradient, never in the relaxation loop;
 * ``drive_post(s_pre)``        ∂Φ_e/∂s_post (the feed-forward drive);
 * ``drive_pre(s_post, s_pre)`` ∂Φ_e/∂s_pre  (the feedback drive);
+  both optionally add a layer's bias inside the kernel (``bias=``; conv, transposed conv and the dense
+  feed-forward drive), which saves the relaxation a pass over the layer;
 * ``weight_grad(s_pre, s_post)`` Σ_batch ∂Φ_e/∂W (a Hebbian correlation; the caller divides by B).
 
 The max-pool edge's feedback needs the pooling argmax of conv(s_pre); `drive_post` computes it anyway, so an
@@ -69,7 +71,9 @@ class DenseInteraction(Interaction):
         self.weight = nn.Parameter(torch.empty(self.post_shape[0], n_in))
         _uniform_(self.weight, gain / math.sqrt(n_in))
 
-    def drive_post(self, s_pre, cache=None):
+    def drive_post(self, s_pre, cache=None, bias=None):
+        if bias is not None:
+            return torch.addmm(bias, s_pre.flatten(1), self.weight.t())
         return s_pre.flatten(1) @ self.weight.t()
 
     def drive_pre(self, s_post, s_pre, cache=None):
@@ -102,12 +106,12 @@ class ConvInteraction(Interaction):
         self.weight = nn.Parameter(torch.empty(c_out, c_in, kernel, kernel))
         _uniform_(self.weight, gain / math.sqrt(c_in * kernel * kernel))
 
-    def drive_post(self, s_pre, cache=None):
-        return F.conv2d(s_pre, self.weight, stride=self.stride, padding=self.padding)
+    def drive_post(self, s_pre, cache=None, bias=None):
+        return F.conv2d(s_pre, self.weight, bias, stride=self.stride, padding=self.padding)
 
-    def drive_pre(self, s_post, s_pre, cache=None):
+    def drive_pre(self, s_post, s_pre, cache=None, bias=None):
         return F.conv_transpose2d(
-            s_post, self.weight, stride=self.stride, padding=self.padding, output_padding=self.output_padding
+            s_post, self.weight, bias, self.stride, self.padding, output_padding=self.output_padding
         )
 
     def weight_grad(self, s_pre, s_post):
@@ -133,8 +137,9 @@ class ConvMaxPoolInteraction(Interaction):
         self.weight = nn.Parameter(torch.empty(c_out, c_in, 3, 3))
         _uniform_(self.weight, gain / math.sqrt(c_in * 9))
 
-    def _pool(self, s_pre, cache):
-        pooled, indices = F.max_pool2d(F.conv2d(s_pre, self.weight, padding=1), 2, return_indices=True)
+    def _pool(self, s_pre, cache, bias=None):
+        # A per-channel bias is constant over a pooling window: pool(conv + b) = pool(conv) + b, same argmax.
+        pooled, indices = F.max_pool2d(F.conv2d(s_pre, self.weight, bias, padding=1), 2, return_indices=True)
         if cache is not None:
             cache[self.name] = (s_pre, indices)
         return pooled, indices
@@ -147,19 +152,22 @@ class ConvMaxPoolInteraction(Interaction):
                 return hit[1]
         return self._pool(s_pre, cache)[1]
 
-    def drive_post(self, s_pre, cache=None):
-        return self._pool(s_pre, cache)[0]
+    def drive_post(self, s_pre, cache=None, bias=None):
+        return self._pool(s_pre, cache, bias)[0]
 
-    def unpool(self, s_post, s_pre, cache=None):
-        """s_post scattered back to the argmax positions of conv(s_pre) (zeros elsewhere)."""
-        indices = self.argmax(s_pre, cache)
+    def unpool(self, s_post, s_pre, cache=None, indices=None):
+        """s_post scattered back to the argmax positions of conv(s_pre) (zeros elsewhere); `indices`, when
+        given, are that argmax already."""
+        if indices is None:
+            indices = self.argmax(s_pre, cache)
         return F.max_unpool2d(s_post, indices, 2, output_size=self.conv_shape)
 
-    def drive_pre(self, s_post, s_pre, cache=None):
-        return F.conv_transpose2d(self.unpool(s_post, s_pre, cache), self.weight, padding=1)
+    def drive_pre(self, s_post, s_pre, cache=None, bias=None):
+        return F.conv_transpose2d(self.unpool(s_post, s_pre, cache), self.weight, bias, padding=1)
 
-    def weight_grad(self, s_pre, s_post):
-        return conv2d_weight(s_pre, self.weight.shape, self.unpool(s_post, s_pre), padding=1)
+    def weight_grad(self, s_pre, s_post, indices=None):
+        unpooled = self.unpool(s_post, s_pre, indices=indices)
+        return conv2d_weight(s_pre, self.weight.shape, unpooled, padding=1)
 
 
 # --- biases: Φ_b = ⟨b_k, s_k⟩ with one value per channel (broadcast over H, W) or per unit for vectors ---

@@ -42,6 +42,11 @@ def _check_finite(what: str, *values: float) -> None:
         raise DivergenceError(f"non-finite {what} ({', '.join(f'{v:g}' for v in values)})")
 
 
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """t itself, or a copy when t is a view into a larger tensor (which it would keep alive)."""
+    return t.clone() if t.untyped_storage().nbytes() > t.nbytes else t
+
+
 class EPLearner:
     def __init__(self, net: HopfieldNetwork, config: RunConfig):
         e = config.ep
@@ -49,8 +54,12 @@ class EPLearner:
         self.estimator = EquilibriumProp(
             beta=e.beta, variant=e.estimator, free_iterations=e.free_iterations,
             nudge_iterations=e.nudge_iterations, order=e.order, cost=e.cost, tol=e.tol, clip_norm=e.clip_norm,
-            batch_phases=e.batch_phases,
+            batch_phases=e.batch_phases, solver=e.solver, anderson_memory=e.anderson_memory,
+            compile=e.compile, cuda_graphs=e.cuda_graphs,
         )  # fmt: skip
+        self.channels_last = e.channels_last
+        if self.channels_last:
+            net.to(memory_format=torch.channels_last)  # in place: the parameters keep their identity
         self.warm_start = e.warm_start
         self.eval_iterations = e.eval_iterations
         self.layer_stat_names = layer_statistic_names(net)
@@ -58,30 +67,40 @@ class EPLearner:
     def train_step(self, x, y, optimizer: torch.optim.Optimizer, warm: States | None) -> StepResult:
         # The authors keep the previous batch's +β states and reset to zeros when the batch size changes.
         start = warm if (self.warm_start and warm is not None and warm[0].shape[0] == x.shape[0]) else None
-        est = self.estimator.estimate(self.net, x, y, start)
+        est = self.estimator.estimate(self.net, self._format(x), y, start)
         _check_finite("loss or gradient norm", est.loss, est.grad_norm)
-        t0 = device_clock(x.device)
-        optimizer.zero_grad(set_to_none=True)
-        est.write_to(self.net)
-        optimizer.step()
-        seconds = {**est.seconds, "step": device_clock(x.device) - t0}
         scalars = {"grad_norm": est.grad_norm}
         for phase, stats in est.stats.items():
             scalars |= {f"{phase}_iterations": stats.iterations, f"{phase}_residual": stats.residual}
-        return StepResult(
+        result = StepResult(
             loss_sum=est.loss * x.shape[0],
             correct=int((est.output.argmax(1) == y).sum()),
-            seconds=seconds,
+            seconds=est.seconds,
             scalars=scalars,
             layer_stats=layer_statistics(self.net, est.free_states),
-            carry=list(est.nudged_states[-1]),
+            # A half of the stacked ±β states would keep the whole stack alive: keep a copy of the half.
+            carry=[_own(t) for t in est.nudged_states[-1]],
         )
+        t0 = device_clock(x.device)
+        optimizer.zero_grad(set_to_none=True)
+        est.write_to(self.net)
+        del est  # the states go before the optimizer allocates its temporaries
+        optimizer.step()
+        result.seconds = {**result.seconds, "step": device_clock(x.device) - t0}
+        return result
+
+    def _format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable) -> dict[str, float]:
         loss, correct, n, residual = 0.0, 0, 0, 0.0
         for x, y in batches:
-            states, stats = relax(self.net, x, iterations=self.eval_iterations, order=self.estimator.order)
+            e = self.estimator
+            states, stats = relax(
+                self.net, self._format(x), iterations=self.eval_iterations, order=e.order, tol=e.tol,
+                solver=e.solver, memory=e.anderson_memory, compile=e.compile,
+            )  # fmt: skip
             o = states[-1]
             loss += cost_value(self.estimator.cost, o, one_hot(y, self.net.num_classes, o.dtype)).sum().item()
             correct += int((o.argmax(1) == y).sum())

@@ -65,10 +65,42 @@ def test_bad_command_lines_are_one_line_errors(args, message):
 
 def test_bench_measures_cep_and_its_backprop_twin(capsys):
     assert main(["bench", "--width", "0.0625", "--batch-size", "2", "--repeats", "1", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["arch"] == "hopfield_resnet13" and result["free_iterations"] == 4
-    assert result["step_ms"] > result["free_ms_per_iteration"] * 4 > 0
-    assert result["bp_step_ms"] > 0 and result["nudged_ms_per_iteration"] > 0
+    r = json.loads(capsys.readouterr().out)
+    # The JSON contract other tools plot against.
+    assert r["arch"] == "hopfield_resnet13" and r["free_iterations"] == 4 and r["nudge_iterations"] == 2
+    assert (r["width"], r["blocks"], r["batch_size"], r["device"], r["dtype"]) == (
+        0.0625,
+        None,
+        2,
+        "cpu",
+        "float32",
+    )
+    assert r["device_name"] and r["threads"] >= 1
+    ep, bp = r["ep"], r["bp"]
+    for key in ("step_ms", "free_ms", "minus_ms", "plus_ms", "gradient_ms", "update_ms"):
+        assert ep[key] > 0, key
+    assert ep["step_ms"] > ep["free_ms"] + ep["minus_ms"] + ep["plus_ms"]
+    assert ep["free_ms_per_iteration"] == pytest.approx(ep["free_ms"] / 4)
+    assert ep["nudged_ms_per_iteration"] > 0 and ep["gflops"] > 0 and ep["peak_memory_mb"] > 0
+    assert bp["arch"] == "resnet13" and bp["step_ms"] > 0 and bp["peak_memory_mb"] > 0
+    assert r["flop_bound_ratio"] > 1 and r["overhead_ratio"] > 0.5
+    sched = r["schedules"]
+    assert sched["tol"] == 1e-3 and all(
+        sched[k] is None or sched[k] > 0 for k in ("even_odd", "coloring", "synchronous")
+    )
+    assert sched["coloring"] is not None
+
+
+def test_bench_table_and_options(capsys):
+    args = ["bench", "--arch", "vgg5", "--width", "0.0625", "--input-size", "16", "--batch-size", "2"]
+    assert main([*args, "--repeats", "1", "--separate-phases", "--channels-last", "--no-memory", "--no-bp",
+                 "--no-schedules"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "overhead ratio" in out and "minimal kernel set" in out and "channels_last=True" in out
+    assert main(["bench", "--arch", "hopfield_resnet", "--blocks", "5", *args[3:], "--repeats", "1", "--json",
+                 "--no-memory", "--no-schedules"]) == 0  # fmt: skip
+    r = json.loads(capsys.readouterr().out)
+    assert r["blocks"] == 5 and r["bp"] is None and r["ep"]["peak_memory_mb"] is None
 
 
 def test_download_of_bundled_data_needs_no_network(tmp_path, capsys):
