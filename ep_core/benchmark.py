@@ -43,6 +43,7 @@ from .interactions import ConvMaxPoolInteraction, DenseInteraction, Interaction
 from .networks import HopfieldNetwork, build_network
 from .relaxation import input_drive, relax, relax_list
 from .schedule import ORDERS, update_groups
+from .training import resolve_device
 
 BP_TWIN = {"hopfield_resnet13": "resnet13", "hopfield_plain13": "resnet13", "vgg5": "vgg5_bp"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -420,9 +421,7 @@ def run_benchmark(
             raise ValueError(f"{name} must be >= 1, got {value}")
     if free_iterations < 1 or nudge_iterations < 1:
         raise ValueError("the benchmark needs at least one free and one nudged iteration")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+    dev = resolve_device(device, "--device")
     spec_est = {
         "beta": 0.1, "free_iterations": free_iterations, "nudge_iterations": nudge_iterations,
         "clip_norm": 1.0, "order": order, "solver": solver, "anderson_memory": anderson_memory,

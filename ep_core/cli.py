@@ -157,7 +157,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--free-iterations", type=int, default=4)
     p.add_argument("--nudge-iterations", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], default="float32")
     p.add_argument("--order", choices=ORDERS, default="even_odd")
     p.add_argument("--solver", choices=SOLVERS, default="fixed_point")

@@ -62,17 +62,18 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """`auto` is CUDA when present, else the CPU; `key` names the setting in the one-line errors."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device: {name!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
+        raise ConfigError(f"{key}: {name!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available here")
+        raise ConfigError(f"{key}: {name!r} requested but CUDA is not available here")
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"train.device: {name!r} is not supported; valid: auto, cpu, cuda, cuda:N")
+        raise ConfigError(f"{key}: {name!r} is not supported; valid: auto, cpu, cuda, cuda:N")
     return device
 
 

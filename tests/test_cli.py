@@ -55,6 +55,7 @@ def test_gradcheck_table_sweep_and_exit_status(capsys):
             ["download", "--dataset", "imagenet"],
             "ep-core download: error: unknown dataset 'imagenet'; valid choices: cifar10",
         ),
+        (["bench", "--device", "tpu"], "ep-core bench: error: --device: 'tpu' is not"),
     ],
 )
 def test_bad_command_lines_are_one_line_errors(args, message):
