@@ -31,7 +31,6 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 
 from .backprop import build_bp_network
 from .estimators import EquilibriumProp, device_clock
-from .interactions import ConvMaxPoolInteraction, DenseInteraction, Interaction
+from .flops import bp_flops, ep_step_flops, iteration_flops, minimal_kernel_set
 from .networks import HopfieldNetwork, build_network
 from .relaxation import input_drive, relax, relax_list
 from .schedule import ORDERS, update_groups
@@ -47,62 +46,6 @@ from .training import resolve_device
 
 BP_TWIN = {"hopfield_resnet13": "resnet13", "hopfield_plain13": "resnet13", "vgg5": "vgg5_bp"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
-
-
-# --- exact FLOP counts ------------------------------------------------------------------------------------
-
-
-def edge_macs(edge: Interaction) -> int:
-    """Multiply-adds of one coupling's forward drive per example (its transposed drive costs the same)."""
-    if isinstance(edge, DenseInteraction):
-        return edge.weight.numel()
-    c_out, c_in, kh, kw = edge.weight.shape
-    if isinstance(edge, ConvMaxPoolInteraction):
-        h, w = edge.conv_shape
-    else:
-        h, w = edge.post_shape[1:]
-    return c_out * c_in * kh * kw * h * w
-
-
-def iteration_flops(net: HopfieldNetwork) -> int:
-    """FLOPs per example of one relaxation iteration: every coupling between free layers driven forward once
-    and transposed once (the input's couplings are a constant drive, computed once per batch)."""
-    return sum(4 * edge_macs(e) for e in net.edges.values() if e.pre > 0)
-
-
-def ep_step_flops(net: HopfieldNetwork, batch: int, free_iterations: int, nudge_iterations: int) -> int:
-    """FLOPs of a CEP training step: the input drive once, free and ±β iterations, the Hebbian terms of the
-    two nudged states (a weight gradient costs the forward's multiply-adds)."""
-    drive = sum(2 * edge_macs(e) for e in net.edges.values() if e.pre == 0)
-    hebbian = sum(2 * edge_macs(e) for e in net.edges.values())
-    iterations = free_iterations + 2 * nudge_iterations
-    return batch * (drive + iteration_flops(net) * iterations + 2 * hebbian)
-
-
-# --- the minimal kernel set -------------------------------------------------------------------------------
-
-
-def minimal_kernel_set(net: HopfieldNetwork, x: torch.Tensor, states: list[torch.Tensor]) -> list[Callable]:
-    """One call per kernel an iteration cannot avoid, on these states: each free coupling's forward drive
-    (conv, conv + max-pool with its indices, matmul) and transposed drive (transposed conv, unpool with
-    the indices already known + transposed conv, matmul). Bias, accumulation and clamp are not in it."""
-    s = [x, *states]
-    ops: list[Callable] = []
-    for e in net.edges.values():
-        if e.pre == 0:
-            continue
-        pre, post = s[e.pre], s[e.post]
-        ops.append(lambda e=e, pre=pre: e.drive_post(pre))
-        if isinstance(e, ConvMaxPoolInteraction):
-            indices = e.argmax(pre)
-            ops.append(lambda e=e, post=post, i=indices: _unpool_t(e, post, i))
-        else:
-            ops.append(lambda e=e, pre=pre, post=post: e.drive_pre(post, pre))
-    return ops
-
-
-def _unpool_t(e: ConvMaxPoolInteraction, post: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    return F.conv_transpose2d(e.unpool(post, None, indices=indices), e.weight, padding=1)
 
 
 # --- timing -----------------------------------------------------------------------------------------------
@@ -191,16 +134,6 @@ def bp_setup(arch: str, *, width, input_size, in_channels, num_classes, dtype, d
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model, torch.optim.Adam(model.parameters(), lr=1e-6)
-
-
-def bp_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
 
 
 def overhead(setups: list[Setup], iterations: int, rounds: int) -> list[tuple[float, float, float]]:

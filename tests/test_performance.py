@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from conftest import batch, converged, small_net
 
 from ep_core.anderson import anderson_relax
-from ep_core.benchmark import edge_macs, ep_step_flops, iteration_flops, minimal_kernel_set
 from ep_core.config import build_config, resolve
 from ep_core.costs import cost_grad
 from ep_core.estimators import EquilibriumProp, hebbian_difference, parameter_gradients
 from ep_core.fast import GraphedPhase
+from ep_core.flops import edge_macs, ep_step_flops, iteration_flops, minimal_kernel_set
 from ep_core.interactions import bias_view
 from ep_core.learners import EPLearner
 from ep_core.reference import reference_gradients
@@ -204,6 +204,24 @@ def test_centered_ep_with_anderson_matches_the_reference_gradient():
         e = est.grads[name]
         assert F.cosine_similarity(e.flatten(), g.flatten(), dim=0).item() >= 0.999, name
         assert ((e - g).norm() / g.norm()).item() <= 1e-2, name
+
+
+def test_anderson_runs_the_free_phase_and_leaves_the_nudged_phases_plain():
+    net = small_net("hopfield_resnet13")
+    x, y = batch(net)
+    start = converged(net, x)
+    common = {"beta": 0.1, "free_iterations": 0, "nudge_iterations": 7, "order": "coloring"}
+    plain = EquilibriumProp(**common).estimate(net, x, y, start)
+    mixed = EquilibriumProp(**common, solver="anderson").estimate(net, x, y, start)
+    for a, b in zip(plain.nudged_states, mixed.nudged_states, strict=True):
+        _close(a, b)
+    est = EquilibriumProp(
+        beta=0.1, free_iterations=30, nudge_iterations=1, order="coloring", solver="anderson"
+    )
+    _close(
+        est.estimate(net, x, y).free_states,
+        relax(net, x, iterations=30, order="coloring", solver="anderson")[0],
+    )
 
 
 @pytest.mark.parametrize("arch", ["vgg5", "hopfield_resnet13"])
