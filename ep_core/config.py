@@ -77,8 +77,8 @@ class EPConfig:
     clip_norm: float | None = 1.0  # the authors clip the global gradient norm at 1.0; null disables
     tol: float | None = None  # early stop of each phase at this relative residual (changes results)
     batch_phases: bool = True  # run the ±β phases as one stacked batch (same result, fewer kernel launches)
-    # Speed (docs/benchmarks.md). solver: fixed_point = the authors' plain sweeps; anderson = the same sweeps
-    # with Anderson mixing (same fixed points, fewer sweeps to a given tol; pair it with ep.tol).
+    # Speed (docs/benchmarks.md). solver: fixed_point = the authors' plain sweeps; anderson = Anderson mixing
+    # of the free phase's sweeps (same fixed point, fewer sweeps to a given tol; the nudged phases stay plain).
     solver: str = field(default="fixed_point", metadata=choices(*SOLVERS))
     anderson_memory: int = 5  # iterates the anderson solver mixes
     channels_last: bool = False  # NHWC weights and states (faster convs; the same result to rounding)
