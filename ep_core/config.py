@@ -78,7 +78,7 @@ class EPConfig:
     tol: float | None = None  # early stop of each phase at this relative residual (changes results)
     batch_phases: bool = True  # run the ±β phases as one stacked batch (same result, fewer kernel launches)
     # Speed (docs/benchmarks.md). solver: fixed_point = the authors' plain sweeps; anderson = Anderson mixing
-    # of the free phase's sweeps (same fixed point, fewer sweeps to a given tol; the nudged phases stay plain).
+    # of the free phase's sweeps (same fixed point, fewer sweeps to a given tol; nudged phases stay plain).
     solver: str = field(default="fixed_point", metadata=choices(*SOLVERS))
     anderson_memory: int = 5  # iterates the anderson solver mixes
     channels_last: bool = False  # NHWC weights and states (faster convs; the same result to rounding)

@@ -225,7 +225,10 @@ def ablation_table(
             )
 
     activation = ep[ep["activation"].isin(ACTIVATION_ORDER)]
-    activation = _variant_rows(activation, [*keys, "table_arch"], "activation")
+    # Only architectures trained with more than one cap: the residual ablation's ReLU6-only plain net is
+    # not an activation study.
+    caps = activation.groupby([*keys, "table_arch"])["activation"].transform("nunique")
+    activation = _variant_rows(activation[caps > 1], [*keys, "table_arch"], "activation")
     activation = activation.rename(columns={"activation": "variant", "table_arch": "architecture"})
     activation = activation.assign(ablation="activation", finding=f"relu6 > relu1 > relu_random ({metric})")
     activation["holds"] = pd.array([pd.NA] * len(activation), dtype="boolean")

@@ -151,17 +151,23 @@ def read_run(run_dir: PathLike) -> dict[str, Any]:
     }
 
 
+def _unique(dirs: Iterable[PathLike]) -> list[Path]:
+    """The directories in order, each once: a run two studies share is listed twice but counted once."""
+    return list(dict.fromkeys(Path(d) for d in dirs))
+
+
 def load_runs(dirs: Iterable[PathLike]) -> pd.DataFrame:
-    """One row per run directory, in the order given (see `read_run` for the columns)."""
-    return pd.DataFrame([read_run(d) for d in dirs], columns=RUN_COLUMNS)
+    """One row per run directory, in the order given, each directory once (see `read_run` for the
+    columns)."""
+    return pd.DataFrame([read_run(d) for d in _unique(dirs)], columns=RUN_COLUMNS)
 
 
 def load_history(dirs: Iterable[PathLike]) -> pd.DataFrame:
     """history.csv of every run that has one, stacked, with the run's identity columns (`IDENTITY`) first.
     EP and BP runs record different columns; the union is kept and absent values are NaN."""
     frames = []
-    for d in dirs:
-        path = Path(d) / "history.csv"
+    for d in _unique(dirs):
+        path = d / "history.csv"
         if not path.is_file():  # a run that failed before its first epoch ended
             continue
         run = read_run(d)
