@@ -578,3 +578,15 @@ def test_no_inputs_give_empty_tables_and_figures_that_say_so(tmp_path):
     plot_convergence(convergence_traces({}, torch.zeros(1), 3), tmp_path / "c.png")
     for name in "rawsec":
         assert (tmp_path / f"{name}.png").stat().st_size > 0 and (tmp_path / f"{name}.pdf").stat().st_size > 0
+
+
+def test_bars_name_the_depth_study_net_apart_from_hopfield_resnet13():
+    from ep_core.analysis.profiles import _case_label
+
+    case = {"width": 0.125, "batch_size": 8.0, "depth": 13.0}
+    assert _case_label(pd.Series({**case, "arch": "hopfield_resnet", "blocks": 4.0})) == (
+        "Hopfield-ResNet13 (4 blocks)  w=0.125 B=8"
+    )
+    assert _case_label(pd.Series({**case, "arch": "hopfield_resnet13", "blocks": math.nan})) == (
+        "Hopfield-ResNet13  w=0.125 B=8"
+    )

@@ -198,9 +198,13 @@ def _devices(bench: pd.DataFrame) -> str:
 
 
 def _case_label(row: pd.Series) -> str:
-    """'Hopfield-ResNet13  w=1 B=128' (a `hopfield_resnet` is named by its depth)."""
+    """'Hopfield-ResNet13  w=1 B=128'; a `hopfield_resnet` by its depth and blocks, 'Hopfield-ResNet13 (4
+    blocks)', so that the depth study's 4-block net is not mistaken for `hopfield_resnet13` beside it."""
     arch = row["arch"]
-    name = f"Hopfield-ResNet{row['depth']:g}" if arch == "hopfield_resnet" else label("arch", arch)
+    if arch == "hopfield_resnet":
+        name = f"Hopfield-ResNet{row['depth']:g} ({row['blocks']:g} blocks)"
+    else:
+        name = label("arch", arch)
     return f"{name}  w={row['width']:g} B={row['batch_size']:g}"
 
 
