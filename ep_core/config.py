@@ -75,7 +75,7 @@ class EPConfig:
     cost: str = field(default="mse", metadata=choices(*COSTS))
     warm_start: bool = True  # free phase starts from the previous batch's +β state, as in the authors' code
     clip_norm: float | None = 1.0  # the authors clip the global gradient norm at 1.0; null disables
-    tol: float | None = None  # early stop of each phase at this relative residual (changes results)
+    tol: float | None = None  # early stop of each phase (nudged: of its displacement); changes results
     batch_phases: bool = True  # run the ±β phases as one stacked batch (same result, fewer kernel launches)
     # Speed (docs/benchmarks.md). solver: fixed_point = the authors' plain sweeps; anderson = Anderson mixing
     # of the free phase's sweeps (same fixed point, fewer sweeps to a given tol; nudged phases stay plain).

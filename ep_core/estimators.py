@@ -152,7 +152,7 @@ class EquilibriumProp:
     nudge_iterations: int = 50
     order: str = "even_odd"
     cost: str = "mse"
-    tol: float | None = None  # early stop of every phase at this relative residual
+    tol: float | None = None  # early stop at this relative residual (nudged phases: of their displacement)
     clip_norm: float | None = None  # the authors clip the global gradient norm at 1.0
     batch_phases: bool = True  # run the −β and +β phases of CEP as one stacked batch
     solver: str = "fixed_point"  # "anderson": Anderson-accelerated free phase (same fixed point)
@@ -224,9 +224,12 @@ class EquilibriumProp:
         # symmetry: on digits, training with Anderson in the nudged phases stayed at chance.
         solver = self.solver if nudge is None else "fixed_point"
         cache: dict = {}
+        # With tol, a nudged phase stops on its displacement from the start (relax_list's `reference`).
+        reference = start if nudge is not None and self.tol is not None else None
         s, stats = relax_list(
             net, s, iterations=iterations, groups=groups, nudge=nudge, tol=self.tol, drive=drive,
             solver=solver, memory=self.anderson_memory, cache=cache, compile=self.compile,
+            reference=reference,
         )  # fmt: skip
         return s[1:], stats, cache
 

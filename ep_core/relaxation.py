@@ -174,6 +174,11 @@ def relative_change(new: Sequence[torch.Tensor], old: Sequence[torch.Tensor]) ->
     return diff.sqrt() / norm.sqrt().clamp_min(torch.finfo(new[0].dtype).tiny)
 
 
+def displacement(states: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> torch.Tensor:
+    """‖s − reference‖² over all layers, where s may stack copies of the reference's batch."""
+    return sum((t.view(-1, *r.shape) - r).square().sum() for t, r in zip(states, reference, strict=True))  # type: ignore[return-value]
+
+
 def check_solver(name: str) -> str:
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; valid choices: {', '.join(SOLVERS)}")
@@ -235,12 +240,17 @@ def relax_list(
     memory: int = 5,
     cache: dict | None = None,
     compile: bool = False,
+    reference: Sequence[torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], RelaxStats]:
     """`relax` on a list [x, s_1, ..., s_L] that the caller hands over: its entries are replaced (the
     tensors never modified), so a state no one else holds is freed as soon as its layer is updated — no
     previous copy is kept. The states may stack copies of x's batch (x's drive is broadcast over them).
     `cache` (a dict) keeps the max-pool argmax of the final states for the caller. `compile` runs every
-    sweep after the first through `torch.compile` (`ep_core.fast.compiled_sweep`)."""
+    sweep after the first through `torch.compile` (`ep_core.fast.compiled_sweep`). With `reference` (the
+    B-example states a nudged phase started from), `tol` compares a sweep's change with the displacement
+    from them instead of with the states: a nudge moves the states little, so measured against the whole
+    state a nudged phase would stop long before its displacement — the EP signal — has converged. The
+    reported residual keeps its meaning (relative to the states)."""
     cache = {} if cache is None else cache
     alphas = net.alphas.tolist()
     independent = independent_groups(net, groups)
@@ -271,8 +281,10 @@ def relax_list(
                 measured = sweep(net, s, groups, drive, alphas, nudge, cache, independent, measure)
             if measured is not None:
                 residual = _relative(measured, s[1].dtype)
-                if tol is not None and residual <= tol:
-                    break
+                if tol is not None:
+                    scale = measured[1] if reference is None else displacement(s[1:], reference)
+                    if _relative((measured[0], scale), s[1].dtype) <= tol:
+                        break
     return s, RelaxStats(iterations=done, residual=residual)
 
 
