@@ -174,6 +174,9 @@ def relative_change(new: Sequence[torch.Tensor], old: Sequence[torch.Tensor]) ->
     return diff.sqrt() / norm.sqrt().clamp_min(torch.finfo(new[0].dtype).tiny)
 
 
+ROUNDING_ULPS = 64  # a nudged phase's rounding floor: 1.4e-14 of the states in float64, 7.6e-6 in float32
+
+
 def displacement(states: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> torch.Tensor:
     """‖s − reference‖² over all layers, where s may stack copies of the reference's batch."""
     return sum((t.view(-1, *r.shape) - r).square().sum() for t, r in zip(states, reference, strict=True))  # type: ignore[return-value]
@@ -249,8 +252,11 @@ def relax_list(
     sweep after the first through `torch.compile` (`ep_core.fast.compiled_sweep`). With `reference` (the
     B-example states a nudged phase started from), `tol` compares a sweep's change with the displacement
     from them instead of with the states: a nudge moves the states little, so measured against the whole
-    state a nudged phase would stop long before its displacement — the EP signal — has converged. The
-    reported residual keeps its meaning (relative to the states)."""
+    state a nudged phase would stop long before its displacement — the EP signal — has converged. It also
+    stops once a sweep changes the states by ≤ min(tol, `ROUNDING_ULPS` ulp) of their norm: below that
+    the displacement cannot be resolved further (a tol of 1e-14 of a 1e-3 displacement is out of float64's
+    reach), and a tol that small keeps the plain rule. The reported residual keeps its meaning (relative to
+    the states)."""
     cache = {} if cache is None else cache
     alphas = net.alphas.tolist()
     independent = independent_groups(net, groups)
@@ -282,8 +288,12 @@ def relax_list(
             if measured is not None:
                 residual = _relative(measured, s[1].dtype)
                 if tol is not None:
-                    scale = measured[1] if reference is None else displacement(s[1:], reference)
-                    if _relative((measured[0], scale), s[1].dtype) <= tol:
+                    if reference is None:
+                        if residual <= tol:
+                            break
+                    elif residual <= min(tol, ROUNDING_ULPS * torch.finfo(s[1].dtype).eps) or (
+                        _relative((measured[0], displacement(s[1:], reference)), s[1].dtype) <= tol
+                    ):
                         break
     return s, RelaxStats(iterations=done, residual=residual)
 
