@@ -86,13 +86,18 @@ def residual_ablation_data(history: pd.DataFrame, *, activation: str = "relu6") 
     return history[keep]
 
 
-def activation_ablation_data(history: pd.DataFrame) -> pd.DataFrame:
-    """Epoch rows of EP runs with one of the three activations, of the (dataset, architecture) pairs trained
-    with at least two of them (the others have nothing to compare)."""
-    keep = history["algorithm"].isin(EP_ALGORITHMS) & history["activation"].isin(ACTIVATION_ORDER)
-    data = history[keep]
-    kinds = data.groupby(["dataset", "table_arch"])["activation"].transform("nunique")
+def _activation_study(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Rows of EP runs with one of the three activations, of the groups `by` trained with at least two of
+    them (the others have nothing to compare: the residual ablation's ReLU6-only nets, say)."""
+    keep = frame["algorithm"].isin(EP_ALGORITHMS) & frame["activation"].isin(ACTIVATION_ORDER)
+    data = frame[keep]
+    kinds = data.groupby(by)["activation"].transform("nunique")
     return data[kinds >= 2]
+
+
+def activation_ablation_data(history: pd.DataFrame) -> pd.DataFrame:
+    """Epoch rows of the activation study, per (dataset, architecture) pair (`_activation_study`)."""
+    return _activation_study(history, ["dataset", "table_arch"])
 
 
 def plot_residual_ablation(
@@ -224,11 +229,8 @@ def ablation_table(
                 drop["hopfield_plain13"] <= stall_drop < drop["hopfield_resnet13"]
             )
 
-    activation = ep[ep["activation"].isin(ACTIVATION_ORDER)]
-    # Only architectures trained with more than one cap: the residual ablation's ReLU6-only plain net is
-    # not an activation study.
-    caps = activation.groupby([*keys, "table_arch"])["activation"].transform("nunique")
-    activation = _variant_rows(activation[caps > 1], [*keys, "table_arch"], "activation")
+    activation = _activation_study(ep, [*keys, "table_arch"])
+    activation = _variant_rows(activation, [*keys, "table_arch"], "activation")
     activation = activation.rename(columns={"activation": "variant", "table_arch": "architecture"})
     activation = activation.assign(ablation="activation", finding=f"relu6 > relu1 > relu_random ({metric})")
     activation["holds"] = pd.array([pd.NA] * len(activation), dtype="boolean")
