@@ -287,15 +287,22 @@ def relax_list(
                 measured = sweep(net, s, groups, drive, alphas, nudge, cache, independent, measure)
             if measured is not None:
                 residual = _relative(measured, s[1].dtype)
-                if tol is not None:
-                    if reference is None:
-                        if residual <= tol:
-                            break
-                    elif residual <= min(tol, ROUNDING_ULPS * torch.finfo(s[1].dtype).eps) or (
-                        _relative((measured[0], displacement(s[1:], reference)), s[1].dtype) <= tol
-                    ):
-                        break
+                if tol is not None and _converged(measured[0], residual, s[1:], tol, reference):
+                    break
     return s, RelaxStats(iterations=done, residual=residual)
+
+
+def _converged(
+    diff2: torch.Tensor, residual: float, states: list[torch.Tensor], tol: float, reference
+) -> bool:
+    """`relax_list`'s early stop: the sweep's change (squared norm `diff2`, `residual` relative to the
+    states) against the states, or — given a nudged phase's `reference` — against its displacement, down
+    to the rounding floor."""
+    if reference is None:
+        return residual <= tol
+    dtype = states[0].dtype
+    floor = min(tol, ROUNDING_ULPS * torch.finfo(dtype).eps)
+    return residual <= floor or _relative((diff2, displacement(states, reference)), dtype) <= tol
 
 
 def fixed_point_residual(
