@@ -347,8 +347,9 @@ def run_benchmark(
     compare_dtypes: tuple[str, ...] = (),
 ) -> dict:
     """Every figure of `ep-core bench` as one JSON-ready dict (see the module docstring and the README)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
+    for name in (dtype, *compare_dtypes):  # all checked before any work
+        if name not in DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; valid choices: {', '.join(DTYPES)}")
     for name, value in (("batch_size", batch_size), ("repeats", repeats)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -394,8 +395,6 @@ def run_benchmark(
     }
     others = []
     for other in compare_dtypes:
-        if other not in DTYPES:
-            raise ValueError(f"unknown dtype {other!r}; valid choices: {', '.join(DTYPES)}")
         twin = build_setup(
             arch, batch_size=batch_size, dtype=DTYPES[other], device=dev, blocks=blocks, estimator=est,
             channels_last=channels_last, **shape,
