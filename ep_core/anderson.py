@@ -21,11 +21,13 @@ compare directly with the plain fixed-point iteration.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .networks import HopfieldNetwork
-from .relaxation import Nudge, RelaxStats, independent_groups, sweep
 from .schedule import Groups
+from .sweep import Nudge, RelaxStats, converged, independent_groups, sweep
 
 REGULARIZATION = 1e-10  # relative Tikhonov term on the m×m normal equations
 
@@ -41,11 +43,19 @@ def anderson_relax(
     drive: list[torch.Tensor],
     memory: int = 5,
     cache: dict | None = None,
+    reference: Sequence[torch.Tensor] | None = None,
+    pairs: bool = False,
+    **_: object,
 ) -> tuple[list[torch.Tensor], RelaxStats]:
     """Anderson-accelerated relaxation on the list [x, s_1, ..., s_L] (entries replaced, tensors never
-    modified); the same contract as `relaxation.relax_list`."""
+    modified); the same contract as `relaxation.relax_list`, `reference` and `pairs` included. With
+    `pairs`, example b and example b + B/2 (its −β and +β copies) solve one least-squares problem over
+    both residuals and share its coefficients and its restarts, so the two nudged phases are mixed
+    alike and the truncation error still cancels in their difference."""
     if not isinstance(memory, int) or memory < 1:
         raise ValueError(f"anderson memory must be a positive integer, got {memory!r}")
+    if pairs and s[1].shape[0] % 2:
+        raise ValueError(f"paired Anderson needs an even number of stacked examples, got {s[1].shape[0]}")
     cache = {} if cache is None else cache
     alphas = net.alphas.tolist()
     independent = independent_groups(net, groups)
@@ -57,10 +67,11 @@ def anderson_relax(
     current = [t.reshape(B, -1) for t in s[1:]]  # x_k, flattened per layer (views)
     dF: list[torch.Tensor] = []
     dG: list[torch.Tensor] = []
-    valid = torch.zeros(B, memory, dtype=torch.bool, device=s[1].device)
+    P = B // 2 if pairs else B  # independent mixing problems
+    valid = torch.zeros(P, memory, dtype=torch.bool, device=s[1].device)
     f_prev: list[torch.Tensor] = []
     g_prev: list[torch.Tensor] = []
-    r_prev = torch.zeros(B, dtype=dtype, device=s[1].device)
+    r_prev = torch.zeros(P, dtype=dtype, device=s[1].device)
     residual = float("nan")
     done = 0
     while done < iterations:
@@ -72,10 +83,15 @@ def anderson_relax(
         f2 = torch.stack([torch.linalg.vector_norm(fl, dim=1).square() for fl in f]).sum(
             0
         )  # per example ‖f‖²
+        if pairs:
+            f2 = f2[:P] + f2[P:]
         if tol is not None or done == iterations:
             g2 = torch.stack([torch.linalg.vector_norm(gl).square() for gl in g]).sum()
             residual = (f2.sum().sqrt() / g2.sqrt().clamp_min(torch.finfo(dtype).tiny)).item()
-            if done == iterations or residual <= tol:
+            if done == iterations:
+                break
+            views = [gl.view(shape) for gl, shape in zip(g, shapes, strict=True)]
+            if converged(f2.sum(), residual, views, tol, reference):
                 break
         if f_prev:
             if not dF:
@@ -88,8 +104,8 @@ def anderson_relax(
             valid[:, slot] = True
             # Safeguard: an example whose residual grew (typically a unit crossed a clip boundary, so the
             # sweep map moved to another linear piece) forgets its history and takes the plain step.
-            valid &= (f2 <= r_prev).view(B, 1)
-            gamma = _mixing(dF, f, valid)  # (B, 1, m), zero for invalid slots
+            valid &= (f2 <= r_prev).view(P, 1)
+            gamma = _mixing(dF, f, valid, pairs)  # (B, 1, m), zero for invalid slots
             current = []
             for i in range(L):
                 mixed = torch.baddbmm(g[i].unsqueeze(1), gamma, dG[i], alpha=-1).squeeze(1)
@@ -104,10 +120,16 @@ def anderson_relax(
     return [x0, *(gl.view(shape) for gl, shape in zip(g, shapes, strict=True))], RelaxStats(done, residual)
 
 
-def _mixing(dF: list[torch.Tensor], f: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
-    """Per example γ = argmin ‖f − ΔF γ‖ over its valid history slots (γ = 0 on the others), as (B, 1, m)."""
+def _mixing(
+    dF: list[torch.Tensor], f: list[torch.Tensor], valid: torch.Tensor, pairs: bool = False
+) -> torch.Tensor:
+    """Per example γ = argmin ‖f − ΔF γ‖ over its valid history slots (γ = 0 on the others), as (B, 1, m);
+    with `pairs`, one γ for each example and its copy B/2 further, from their summed normal equations."""
     gram = sum(torch.bmm(d, d.transpose(1, 2)) for d in dF).double()
     rhs = sum(torch.bmm(d, fl.unsqueeze(2)) for d, fl in zip(dF, f, strict=True)).double()
+    if pairs:
+        half = gram.shape[0] // 2
+        gram, rhs = gram[:half] + gram[half:], rhs[:half] + rhs[half:]
     v = valid.to(gram.dtype)
     mask = v.unsqueeze(2) * v.unsqueeze(1)
     m = gram.shape[-1]
@@ -116,4 +138,5 @@ def _mixing(dF: list[torch.Tensor], f: list[torch.Tensor], valid: torch.Tensor) 
     scale = scale.clamp_min(1e-200).unsqueeze(2)
     system = gram * mask + eye * (REGULARIZATION * scale + (1 - v).unsqueeze(2))
     gamma, _ = torch.linalg.solve_ex(system, rhs * v.unsqueeze(2))
-    return (gamma * v.unsqueeze(2)).to(f[0].dtype).transpose(1, 2)
+    gamma = (gamma * v.unsqueeze(2)).to(f[0].dtype).transpose(1, 2)
+    return torch.cat([gamma, gamma]) if pairs else gamma

@@ -61,6 +61,7 @@ class Setup:
     x: torch.Tensor
     y: torch.Tensor
     estimator: EquilibriumProp
+    warm: list[torch.Tensor] | None = None  # the warm start / carry, as EPLearner keeps it
 
 
 def _format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -102,9 +103,13 @@ def build_setup(
 
 
 def ep_step(setup: Setup, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """One training step as `EPLearner.train_step` runs it; wall seconds per part."""
+    """One training step as `EPLearner.train_step` runs it (warm start from the previous step's +β state,
+    written back in place; no state kept past its chunk); wall seconds per part."""
     dev = setup.x.device
-    est = setup.estimator.estimate(setup.net, setup.x, setup.y)
+    net = setup.net
+    if setup.warm is None:
+        setup.warm = net.zero_states(setup.x.shape[0], device=dev, dtype=setup.x.dtype)
+    est = setup.estimator.estimate(net, setup.x, setup.y, setup.warm, keep_states=False, carry=setup.warm)
     t0 = device_clock(dev)
     optimizer.zero_grad(set_to_none=True)
     est.write_to(setup.net)
@@ -203,7 +208,8 @@ def _status() -> dict[str, float]:
 
 
 def _memory_probe(spec: dict) -> dict:
-    """Run in a fresh process: build, then one training step (EP or BP); the memory the step adds."""
+    """Run in a fresh process: build, one training step (EP or BP) to reach the steady state (the warm
+    state, the optimizer's buffers), then the memory the second step adds."""
     dev = torch.device(spec["device"])
     dtype = DTYPES[spec["dtype"]]
     common = {k: spec[k] for k in ("width", "input_size", "in_channels", "num_classes")}
@@ -231,6 +237,7 @@ def _memory_probe(spec: dict) -> dict:
         def step() -> None:
             bp_step(model, optimizer, x, y)
 
+    step()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
@@ -288,11 +295,13 @@ def peak_memory(kinds: list[str], spec: dict) -> list[dict | None]:
 ESTIMATOR_KEYS = (
     "order",
     "solver",
+    "nudge_solver",
     "anderson_memory",
     "compile",
     "cuda_graphs",
     "batch_phases",
     "channels_last",
+    "chunk_size",
 )
 
 
@@ -333,7 +342,10 @@ def run_benchmark(
     input_size: int = 32,
     order: str = "even_odd",
     solver: str = "fixed_point",
+    nudge_solver: str = "fixed_point",
     anderson_memory: int = 5,
+    chunk_size: int | None = None,
+    memory_only: bool = False,
     batch_phases: bool = True,
     channels_last: bool = False,
     compile: bool = False,
@@ -359,11 +371,14 @@ def run_benchmark(
     spec_est = {
         "beta": 0.1, "free_iterations": free_iterations, "nudge_iterations": nudge_iterations,
         "clip_norm": 1.0, "order": order, "solver": solver, "anderson_memory": anderson_memory,
+        "nudge_solver": nudge_solver, "chunk_size": chunk_size,
         "batch_phases": batch_phases, "compile": compile, "cuda_graphs": cuda_graphs, "tol": tol,
         "channels_last": channels_last,
     }  # fmt: skip
     est = estimator_from(spec_est)
     shape = {"width": width, "input_size": input_size, "in_channels": in_channels, "num_classes": num_classes}
+    if memory_only:
+        return memory_benchmark(arch, batch_size, dtype, dev, blocks, spec_est, shape)
     setup = build_setup(
         arch, batch_size=batch_size, dtype=DTYPES[dtype], device=dev, blocks=blocks, estimator=est,
         channels_last=channels_last, **shape,
@@ -476,8 +491,49 @@ def run_benchmark(
     }
 
 
+def memory_benchmark(arch, batch_size, dtype, dev, blocks, spec_est, shape) -> dict:
+    """`run_benchmark(memory_only=True)`: the peak memory of an EP step and of its backprop twin's."""
+    mem_spec = {
+        "arch": arch, "batch_size": batch_size, "dtype": dtype, "device": str(dev), "blocks": blocks,
+        "estimator": spec_est, **shape,
+    }  # fmt: skip
+    kinds = ["ep", "bp"] if arch in BP_TWIN else ["ep"]
+    probes = dict(zip(kinds, peak_memory(kinds, mem_spec), strict=True))
+    mb = {k: (p or {}).get("peak_mb") for k, p in probes.items()}
+    return {
+        "arch": arch, "width": shape["width"], "blocks": blocks, "batch_size": batch_size, "dtype": dtype,
+        "device": str(dev), "device_name": device_name(dev), "threads": torch.get_num_threads(),
+        "free_iterations": spec_est["free_iterations"], "nudge_iterations": spec_est["nudge_iterations"],
+        "settings": {k: spec_est[k] for k in (*ESTIMATOR_KEYS, "tol")}, "memory_only": True,
+        "ep": {"peak_memory_mb": mb["ep"]},
+        "bp": {"arch": BP_TWIN[arch], "peak_memory_mb": mb["bp"]} if "bp" in mb else None,
+        "ep_bp_memory_ratio": mb["ep"] / mb["bp"] if mb.get("bp") and mb["ep"] is not None else None,
+    }  # fmt: skip
+
+
+def _format_memory(r: dict) -> str:
+    s, ep, bp = r["settings"], r["ep"], r["bp"]
+
+    def mib(value) -> str:
+        return "failed" if value is None else f"{value:.0f} MiB"
+
+    lines = [
+        f"{r['arch']} width={r['width']} batch={r['batch_size']} {r['dtype']} on {r['device_name']}",
+        f"{r['free_iterations']} free + 2x{r['nudge_iterations']} nudged iterations; "
+        f"stacked={s['batch_phases']} chunk_size={s['chunk_size']}; peak memory of the second step:",
+        f"  EP step {mib(ep['peak_memory_mb'])}",
+    ]
+    if bp is not None:
+        lines.append(f"  BP {bp['arch']} step {mib(bp['peak_memory_mb'])}")
+    if r["ep_bp_memory_ratio"] is not None:
+        lines.append(f"  EP / BP {r['ep_bp_memory_ratio']:.2f}")
+    return "\n".join(lines)
+
+
 def format_result(r: dict) -> str:
     """The readable table of `ep-core bench`."""
+    if r.get("memory_only"):
+        return _format_memory(r)
     ep, bp, s = r["ep"], r["bp"], r["settings"]
 
     def row(label: str, value: str, note: str = "") -> str:

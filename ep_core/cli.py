@@ -26,7 +26,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
         args.arch, width=args.width, estimator=args.estimator, beta=args.beta, dtype=args.dtype,
         input_size=args.input_size, batch_size=args.batch_size, seed=args.seed, order=args.order,
         activation=args.activation, cost=args.cost, tol=args.tol, max_iterations=args.max_iterations,
-        sweep=args.sweep,
+        sweep=args.sweep, device=args.device, tf32=args.tf32,
     )  # fmt: skip
     print(report_json(report) if args.json else report.format())
     if args.min_cosine is not None and report.min_cosine < args.min_cosine:
@@ -57,6 +57,8 @@ def _add_gradcheck(sub) -> None:
         "--sweep", type=_floats, default=(), metavar="B1,B2,...",
         help="also measure EP and CEP error at these betas and fit the bias slopes (expect ~1 and ~2)",
     )  # fmt: skip
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--tf32", action="store_true", help="CUDA: let float32 convs and matmuls use TF32")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_gradcheck)
 
@@ -132,6 +134,7 @@ def _bench(args: argparse.Namespace) -> int:
         nudge_iterations=args.nudge_iterations, repeats=args.repeats, device=args.device, dtype=args.dtype,
         blocks=args.blocks, input_size=args.input_size, order=args.order, solver=args.solver,
         anderson_memory=args.anderson_memory, batch_phases=not args.separate_phases,
+        nudge_solver=args.nudge_solver, chunk_size=args.chunk_size, memory_only=args.memory_only,
         channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs, tol=args.tol,
         overhead_rounds=args.overhead_rounds, measure_bp=not args.no_bp, measure_memory=not args.no_memory,
         schedule_tol=None if args.no_schedules else args.schedule_tol,
@@ -160,8 +163,11 @@ def _add_bench(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], default="float32")
     p.add_argument("--order", choices=ORDERS, default="even_odd")
-    p.add_argument("--solver", choices=SOLVERS, default="fixed_point")
+    p.add_argument("--solver", choices=SOLVERS, default="fixed_point", help="free phase")
+    p.add_argument("--nudge-solver", choices=SOLVERS, default="fixed_point", help="nudged phases")
     p.add_argument("--anderson-memory", type=int, default=5)
+    p.add_argument("--chunk-size", type=int, default=None, help="relax at most this many examples at once")
+    p.add_argument("--memory-only", action="store_true", help="only the peak memory of a step (EP and BP)")
     p.add_argument("--tol", type=float, default=None, help="early stop of each phase (default: fixed length)")
     p.add_argument("--separate-phases", action="store_true", help="run the -beta and +beta phases unstacked")
     p.add_argument("--channels-last", action="store_true", help="NHWC weights and states")
@@ -181,7 +187,13 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=_bench)
 
 
-SUBCOMMANDS: list[Callable] = [_add_train, _add_download, _add_gradcheck, _add_bench]
+def _add_bench_tta(sub) -> None:
+    from .tta import add_parser
+
+    add_parser(sub)
+
+
+SUBCOMMANDS: list[Callable] = [_add_train, _add_download, _add_gradcheck, _add_bench, _add_bench_tta]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

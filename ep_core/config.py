@@ -22,6 +22,7 @@ import yaml
 from .activations import ACTIVATIONS, AUTHORS_ALPHA_RANGE
 from .costs import COSTS
 from .estimators import VARIANTS
+from .recipes import RECIPES, apply_recipe
 from .relaxation import SOLVERS
 from .schedule import ORDERS
 
@@ -80,10 +81,16 @@ class EPConfig:
     # Speed (docs/benchmarks.md). solver: fixed_point = the authors' plain sweeps; anderson = Anderson mixing
     # of the free phase's sweeps (same fixed point, fewer sweeps to a given tol; nudged phases stay plain).
     solver: str = field(default="fixed_point", metadata=choices(*SOLVERS))
+    # nudged phases: fixed_point (plain sweeps) or anderson (the ±β copies of an example share their mixing)
+    nudge_solver: str = field(default="fixed_point", metadata=choices(*SOLVERS))
     anderson_memory: int = 5  # iterates the anderson solver mixes
     channels_last: bool = False  # NHWC weights and states (faster convs; the same result to rounding)
     compile: bool = False  # torch.compile the relaxation sweeps (compiles once per phase shape)
     cuda_graphs: bool = False  # CUDA only: each fixed-length phase replays as one CUDA graph (needs tol null)
+    chunk_size: int | None = None  # relax at most this many examples at once (peak memory); null: the batch
+    # A named setting of the keys above (ep_core/recipes.py): `authors` (their code's relaxation, the
+    # default) or `fast` (tolerance-stopped, Anderson-accelerated phases); keys set explicitly win.
+    recipe: str = field(default="authors", metadata=choices(*RECIPES))
 
 
 @dataclass
@@ -218,6 +225,7 @@ def build_config(values: dict | None = None, overrides: list[str] | None = None)
     unknown = sorted(set(values) - set(sections))
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r}; valid sections: {', '.join(sections)}")
+    values = apply_recipe(values, ConfigError)
     hints = typing.get_type_hints(RunConfig)
     built = {name: _build_section(hints[name], name, values.get(name, {})) for name in sections}
     return validate(RunConfig(**built))
@@ -268,6 +276,13 @@ def validate(c: RunConfig) -> RunConfig:
         raise ConfigError(f"ep.anderson_memory: must be >= 1, got {c.ep.anderson_memory}")
     if c.ep.cuda_graphs and (c.ep.tol is not None or c.ep.solver != "fixed_point"):
         raise ConfigError("ep.cuda_graphs: needs fixed-length phases (ep.tol null and ep.solver fixed_point)")
+    if c.ep.nudge_solver == "anderson" and c.ep.estimator == "cep" and not c.ep.batch_phases:
+        raise ConfigError(
+            "ep.nudge_solver: anderson with centered EP needs ep.batch_phases true (the -beta and +beta "
+            "copies share their mixing coefficients)"
+        )
+    if c.ep.chunk_size is not None and c.ep.chunk_size < 1:
+        raise ConfigError(f"ep.chunk_size: must be >= 1 or null, got {c.ep.chunk_size}")
     for key in ("clip_norm", "tol"):
         value = getattr(c.ep, key)
         if value is not None and value <= 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,8 +24,9 @@ from .costs import check_cost, cost_value, one_hot
 from .fast import graphed_phase
 from .interactions import ConvMaxPoolInteraction, bias_grad
 from .networks import HopfieldNetwork
-from .relaxation import Nudge, RelaxStats, States, check_solver, check_states, input_drive, relax_list
+from .relaxation import check_solver, check_states, relax_list
 from .schedule import check_order, update_groups
+from .sweep import Nudge, RelaxStats, States, input_drive
 
 VARIANTS = ("cep", "ep")
 
@@ -32,8 +34,8 @@ VARIANTS = ("cep", "ep")
 @dataclass
 class GradientEstimate:
     grads: dict[str, torch.Tensor]  # parameter name -> estimate of ∂L/∂θ (after clipping, if any)
-    free_states: States
-    nudged_states: tuple[States, ...]  # (s¹, s²) for CEP, (s²,) for one-sided EP
+    free_states: States  # empty unless estimate(keep_states=True)
+    nudged_states: tuple[States, ...]  # (s¹, s²) for CEP, (s²,) for one-sided EP; () unless kept
     stats: dict[str, RelaxStats]
     loss: float  # batch-mean cost at the free state
     grad_norm: float  # global L2 norm before clipping
@@ -41,6 +43,7 @@ class GradientEstimate:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time: free, nudged phases, gradient
     # wall time of each nudged relaxation: (−β, +β) when run one after the other, one entry when stacked
     nudged_seconds: list[float] = field(default_factory=list)
+    summary: torch.Tensor | None = None  # estimate(summarise=f): the batch mean of f(free states)
 
     def write_to(self, net: HopfieldNetwork) -> None:
         """Store the estimate in each parameter's `.grad`."""
@@ -109,7 +112,8 @@ def hebbian_difference(
         for h, s in enumerate((s1, s2)):
             if pool:
                 if edge.pre == 0:  # both halves share x, so one argmax
-                    extra.setdefault("indices", edge.argmax(x))
+                    if "indices" not in extra:
+                        extra["indices"] = edge.argmax(x)
                     indices = extra["indices"]
                 elif "indices" in extra:
                     indices = extra["indices"][h * B : (h + 1) * B]
@@ -144,7 +148,8 @@ def device_clock(device: torch.device) -> float:
 
 @dataclass(frozen=True)
 class EquilibriumProp:
-    """An EP gradient estimator; every field defaults to the authors' training setting."""
+    """An EP gradient estimator; every field defaults to the authors' training setting (`ep.recipe:
+    authors`), the speed and memory options to what reproduces it exactly."""
 
     beta: float = 0.1
     variant: str = "cep"  # "cep": nudges (−β, +β); "ep": one-sided (0, +β)
@@ -153,14 +158,14 @@ class EquilibriumProp:
     order: str = "even_odd"
     cost: str = "mse"
     tol: float | None = None  # early stop at this relative residual (nudged phases: of their displacement)
-    clip_norm: float | None = None  # the authors clip the global gradient norm at 1.0
+    clip_norm: float | None = 1.0  # the authors clip the global gradient norm at 1.0; None disables
     batch_phases: bool = True  # run the −β and +β phases of CEP as one stacked batch
-    solver: str = "fixed_point"  # "anderson": Anderson-accelerated free phase (same fixed point)
+    solver: str = "fixed_point"  # free phase; "anderson": Anderson-accelerated (same fixed point)
+    nudge_solver: str = "fixed_point"  # nudged phases; "anderson": the ±β copies share their mixing
     anderson_memory: int = 5  # iterates the Anderson solver mixes
     compile: bool = False  # run the sweeps through torch.compile (ep_core.fast)
-    cuda_graphs: bool = (
-        False  # on CUDA, capture each fixed-length phase as one CUDA graph (no tol, fixed_point)
-    )
+    cuda_graphs: bool = False  # on CUDA, capture each fixed-length phase as one CUDA graph
+    chunk_size: int | None = None  # relax at most this many examples at once (memory); None: the batch
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -174,10 +179,18 @@ class EquilibriumProp:
         check_cost(self.cost)
         check_order(self.order)
         check_solver(self.solver)
+        check_solver(self.nudge_solver)
+        if self.nudge_solver == "anderson" and self.variant == "cep" and not self.batch_phases:
+            raise ValueError(
+                "nudge_solver 'anderson' with centered EP needs batch_phases (the -beta and +beta copies "
+                "share one set of mixing coefficients, so they must relax together)"
+            )
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm!r}")
         if not isinstance(self.anderson_memory, int) or self.anderson_memory < 1:
             raise ValueError(f"anderson_memory must be a positive integer, got {self.anderson_memory!r}")
+        if self.chunk_size is not None and not (isinstance(self.chunk_size, int) and self.chunk_size >= 1):
+            raise ValueError(f"chunk_size must be a positive integer or None, got {self.chunk_size!r}")
 
     @property
     def nudges(self) -> tuple[float, float]:
@@ -200,11 +213,16 @@ class EquilibriumProp:
         target: torch.Tensor | None = None,
         beta: float | torch.Tensor | None = None,
         copies: int = 1,
+        consume: bool = False,
     ) -> tuple[States, RelaxStats, dict | None]:
-        """One phase from `start` (B-example states, repeated `copies` times; zeros if None). Returns the
-        states, their statistics and the max-pool cache valid for them (None from a graphed phase)."""
+        """One phase from `start` (B-example states, repeated `copies` times; zeros if None). With
+        `consume`, the list `start` is emptied once the phase holds its tensors, so a state no one else
+        references is freed as the relaxation replaces it. Returns the states, their statistics and the
+        max-pool cache valid for them (None from a graphed phase)."""
         n = x.shape[0] * copies
-        if self.graphed(x.device) and iterations > 0:
+        nudge = None if target is None else Nudge(target, beta, self.cost)
+        solver = self.solver if nudge is None else self.nudge_solver
+        if self.graphed(x.device) and iterations > 0 and solver == "fixed_point":
             phase = graphed_phase(
                 net, x, copies=copies, iterations=iterations, groups=groups, nudged=target is not None,
                 cost=self.cost, compile=self.compile,
@@ -217,71 +235,179 @@ class EquilibriumProp:
             s = [x, *net.zero_states(n, device=x.device, dtype=x.dtype)]
         else:
             s = [x, *(t if copies == 1 else torch.cat([t] * copies) for t in start)]
-        nudge = None if target is None else Nudge(target, beta, self.cost)
-        # Anderson accelerates the free phase only. The nudged phases stay plain sweeps from the free state,
-        # so a nudged state is the same smooth function of β on both sides and the truncation error cancels
-        # in the (s₊ − s₋)/2β difference; Anderson's per-example mixing (and its restarts) breaks that
-        # symmetry: on digits, training with Anderson in the nudged phases stayed at chance.
-        solver = self.solver if nudge is None else "fixed_point"
-        cache: dict = {}
         # With tol, a nudged phase stops on its displacement from the start (relax_list's `reference`).
         reference = start if nudge is not None and self.tol is not None else None
+        if consume and start is not None and reference is None:
+            start.clear()
+        # Nudged phases are plain sweeps unless nudge_solver is "anderson". Per-example Anderson mixing
+        # breaks the ±β symmetry the centered difference (s₊ − s₋)/2β relies on to cancel the truncation
+        # error (on digits training went to chance), so the stacked ±β copies of an example solve one
+        # least-squares problem and share its coefficients and restarts (`pairs`).
+        cache: dict = {}
         s, stats = relax_list(
             net, s, iterations=iterations, groups=groups, nudge=nudge, tol=self.tol, drive=drive,
             solver=solver, memory=self.anderson_memory, cache=cache, compile=self.compile,
-            reference=reference,
+            reference=reference, pairs=nudge is not None and copies == 2,
         )  # fmt: skip
         return s[1:], stats, cache
 
     def estimate(
-        self, net: HopfieldNetwork, x: torch.Tensor, y: torch.Tensor, states: States | None = None
+        self,
+        net: HopfieldNetwork,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        states: States | None = None,
+        *,
+        keep_states: bool = True,
+        summarise: Callable[[States], torch.Tensor] | None = None,
+        carry: States | None = None,
     ) -> GradientEstimate:
         """Free phase from `states` (zeros if None; pass the previous batch's states to warm-start as the
-        authors do), the nudged phases from the free state, and the gradient estimate."""
+        authors do), the nudged phases from the free state, and the gradient estimate.
+
+        The batch relaxes in chunks of `chunk_size` examples, one after the other: the Hebbian terms add
+        up over chunks, so the estimate is the whole batch's (the same to rounding) while only one chunk's
+        states exist at a time. `keep_states=False` keeps no state past its chunk (training: memory);
+        `summarise` is then how the caller sees the free states (the batch mean of its tensor result).
+        `carry` (full-batch tensors, which may be `states` themselves) receives the last nudged state of
+        every example in place, once that example's free phase no longer needs its start: the warm start
+        for the next batch without a second copy."""
         net.check_input(x)
         if states is not None:
             check_states(net, x, states)
+        if carry is not None:
+            check_states(net, x, carry)
         target = one_hot(y, net.num_classes, x.dtype)
         groups = update_groups(net, self.order)
         B = x.shape[0]
+        size = self.chunk_size or B
+        b1, b2 = self.nudges
+        scale = 1.0 / ((b2 - b1) * B)
+        total: dict[str, torch.Tensor] = {}
+        seconds = {"free": 0.0, "nudged": 0.0, "gradient": 0.0}
+        phase_seconds: list[float] = []
+        stats: dict[str, list[RelaxStats]] = {}
+        kept: list[tuple[States, tuple[States, ...]]] = []
+        outputs, loss, summary = [], 0.0, None
+        for lo in range(0, B, size):
+            hi = min(lo + size, B)
+            start = None if states is None else [t[lo:hi] for t in states]
+            part = self._chunk(net, x[lo:hi], target[lo:hi], start, groups, scale, keep_states, summarise)
+            for name, g in part.pop("grads").items():
+                total[name] = total[name].add_(g) if name in total else g
+            for name, value in part.pop("seconds").items():
+                seconds[name] += value
+            nudged_seconds = part.pop("nudged_seconds")
+            if phase_seconds:
+                nudged_seconds = [a + b for a, b in zip(phase_seconds, nudged_seconds, strict=True)]
+            phase_seconds = nudged_seconds
+            for name, value in part.pop("stats").items():
+                stats.setdefault(name, []).append(value)
+            if carry is not None:
+                for buffer, value in zip(carry, part["last"], strict=True):
+                    buffer[lo:hi].copy_(value)
+            outputs.append(part["output"])
+            loss += part["loss"]
+            if part["summary"] is not None:
+                weighted = part["summary"] * ((hi - lo) / B)
+                summary = weighted if summary is None else summary + weighted
+            if keep_states:
+                kept.append((part["free"], part["nudged"]))
+            del part
+        t0 = device_clock(x.device)
+        with torch.no_grad():
+            grad_norm = clip_global_norm(total, self.clip_norm)
+        seconds["gradient"] += device_clock(x.device) - t0
+        free_states, nudged_states = _concatenate(kept)
+        return GradientEstimate(
+            total, free_states, nudged_states, {k: _worst(v) for k, v in stats.items()}, loss / B,
+            grad_norm, torch.cat(outputs), seconds, phase_seconds, summary,
+        )  # fmt: skip
+
+    def _chunk(self, net, x, target, start, groups, scale, keep_states, summarise) -> dict:
+        """Free phase, nudged phases and Hebbian terms of one chunk (`estimate`'s loop body)."""
         t0 = device_clock(x.device)
         drive = input_drive(net, x)
-        free, free_stats, _ = self._phase(net, x, states, drive, groups, self.free_iterations)
+        free, free_stats, _ = self._phase(net, x, start, drive, groups, self.free_iterations, consume=True)
+        del start
         t1 = device_clock(x.device)
+        out = {
+            "output": free[-1],
+            "loss": cost_value(self.cost, free[-1], target).sum().item(),
+            "summary": summarise(free) if summarise is not None else None,
+            "stats": {"free": free_stats},
+        }
         b1, b2 = self.nudges
-        stats = {"free": free_stats}
-        stacked, cache = None, None
-        n = self.nudge_iterations
+        n, B = self.nudge_iterations, x.shape[0]
+        # Once the nudged phases hold the free state, nothing else needs it unless it is kept, is the
+        # one-sided estimate's s¹, or is the reference of a tol-stopped nudged phase.
+        release = not keep_states and b1 != 0.0
         if b1 == 0.0:
-            s2, stats["nudged"], cache = self._phase(net, x, free, drive, groups, n, target, b2)
-            s1, nudged_states = free, (s2,)
-            phase_seconds = [device_clock(x.device) - t1]
+            s2, out["stats"]["nudged"], cache = self._phase(net, x, free, drive, groups, n, target, b2)
+            t2 = device_clock(x.device)
+            with torch.no_grad():
+                grads = hebbian_difference(net, x, free, s2, scale)
+            nudged = (s2,)
+            out["nudged_seconds"] = [t2 - t1]
         elif self.batch_phases:
             # The stacked start [free; free] is handed to the relaxation, which frees each old layer as it
             # replaces it; the input drive of x is broadcast over both copies, never repeated.
             betas = torch.cat([x.new_full((B, 1), b1), x.new_full((B, 1), b2)])
-            stacked, stats["nudged"], cache = self._phase(
-                net, x, free, drive, groups, n, torch.cat([target, target]), betas, copies=2
-            )
+            stacked, out["stats"]["nudged"], cache = self._phase(
+                net, x, free, drive, groups, n, torch.cat([target, target]), betas, copies=2, consume=release
+            )  # fmt: skip
+            t2 = device_clock(x.device)
             s1, s2 = [t[:B] for t in stacked], [t[B:] for t in stacked]
-            nudged_states = (s1, s2)
-            phase_seconds = [device_clock(x.device) - t1]
+            with torch.no_grad():
+                grads = hebbian_difference(net, x, s1, s2, scale, stacked=stacked, cache=cache)
+            nudged = (s1, s2)
+            out["nudged_seconds"] = [t2 - t1]
         else:
+            # One phase after the other, each phase's Hebbian term taken as it ends: s¹ is gone before the
+            # +β phase starts, and the +β phase consumes the free state.
             s1, st1, _ = self._phase(net, x, free, drive, groups, n, target, b1)
             tm = device_clock(x.device)
-            s2, st2, cache = self._phase(net, x, free, drive, groups, n, target, b2)
-            stats["nudged"] = RelaxStats(max(st1.iterations, st2.iterations), max(st1.residual, st2.residual))
-            nudged_states = (s1, s2)
-            phase_seconds = [tm - t1, device_clock(x.device) - tm]
-            cache = None  # s¹'s argmax is not in it
+            with torch.no_grad():
+                grads = parameter_gradients(net, x, s1, x.new_full((B,), scale))
+            nudged = (s1,) if keep_states else ()
+            del s1  # gone before the +β phase allocates its states
+            tg = device_clock(x.device)
+            s2, st2, _ = self._phase(net, x, free, drive, groups, n, target, b2, consume=release)
+            t2 = device_clock(x.device)
+            with torch.no_grad():
+                for name, g in parameter_gradients(net, x, s2, x.new_full((B,), scale)).items():
+                    grads[name].sub_(g)
+            out["stats"]["nudged"] = RelaxStats(
+                max(st1.iterations, st2.iterations), max(st1.residual, st2.residual)
+            )
+            nudged = (*nudged, s2)
+            out["nudged_seconds"] = [tm - t1, t2 - tg]
+            t2 = t2 - (tg - tm)  # the first Hebbian term counts as gradient time
+        out["seconds"] = {"free": t1 - t0, "nudged": t2 - t1, "gradient": device_clock(x.device) - t2}
+        out["grads"] = grads
+        out["last"] = s2
+        out["free"] = free if keep_states else []
+        out["nudged"] = nudged if keep_states else ()
+        return out
 
-        t2 = device_clock(x.device)
-        scale = 1.0 / ((b2 - b1) * B)
-        with torch.no_grad():
-            grads = hebbian_difference(net, x, s1, s2, scale, stacked=stacked, cache=cache)
-            grad_norm = clip_global_norm(grads, self.clip_norm)
-            loss = cost_value(self.cost, free[-1], target).mean().item()
-        seconds = {"free": t1 - t0, "nudged": t2 - t1, "gradient": device_clock(x.device) - t2}
-        return GradientEstimate(
-            grads, free, nudged_states, stats, loss, grad_norm, free[-1], seconds, phase_seconds
-        )
+
+def _worst(stats: list[RelaxStats]) -> RelaxStats:
+    """One chunk's statistics, or the most iterations and the largest residual over chunks."""
+    return (
+        stats[0]
+        if len(stats) == 1
+        else RelaxStats(max(s.iterations for s in stats), max(s.residual for s in stats))
+    )
+
+
+def _concatenate(kept: list[tuple[States, tuple[States, ...]]]) -> tuple[States, tuple[States, ...]]:
+    if not kept:
+        return [], ()
+    if len(kept) == 1:
+        return kept[0]
+    free = [torch.cat(layer) for layer in zip(*(f for f, _ in kept), strict=True)]
+    nudged = tuple(
+        [torch.cat(layer) for layer in zip(*(n[i] for _, n in kept), strict=True)]
+        for i in range(len(kept[0][1]))
+    )
+    return free, nudged

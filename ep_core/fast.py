@@ -1,6 +1,6 @@
 """Fast paths for fixed-length phases: `torch.compile`d sweeps and whole phases captured as CUDA graphs.
 
-* `compiled_sweep()` is `relaxation.sweep` through `torch.compile` (inductor): on a GPU its pointwise
+* `compiled_sweep()` is `sweep.sweep` through `torch.compile` (inductor): on a GPU its pointwise
   glue (accumulation, bias, clamp, nudge) fuses into a few kernels; on a CPU into one C++ loop per layer.
   `relax_list(compile=True)` runs every sweep of a phase but the first through it (the first sweep meets
   an empty max-pool cache; from the second on the guards are stable, so a phase shape compiles once).
@@ -24,14 +24,14 @@ import torch
 
 from .costs import check_cost
 from .networks import HopfieldNetwork
-from .relaxation import Nudge, RelaxStats, _relative, independent_groups, input_drive, sweep
 from .schedule import Groups
+from .sweep import Nudge, RelaxStats, independent_groups, input_drive, relative_residual, sweep
 
 _COMPILED: Callable | None = None
 
 
 def compiled_sweep() -> Callable:
-    """`relaxation.sweep` compiled once per process (dynamo caches one graph per network and shape)."""
+    """`sweep.sweep` compiled once per process (dynamo caches one graph per network and shape)."""
     global _COMPILED
     if _COMPILED is None:
         _COMPILED = torch.compile(sweep, dynamic=False)
@@ -135,7 +135,7 @@ class GraphedPhase:
                 if self.graph is None or self.storage != self._storage():
                     self._capture()
                 self.graph.replay()
-            residual = _relative((self.measured[0], self.measured[1]), self.x.dtype)
+            residual = relative_residual((self.measured[0], self.measured[1]), self.x.dtype)
             return [t.clone() for t in self.out], RelaxStats(self.iterations, residual)
 
 

@@ -8,6 +8,7 @@ set (a clip boundary crossed or a max-pool argmax flipped), which makes a finite
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -116,13 +117,41 @@ def run_gradcheck(
     in_channels: int = 3,
     num_classes: int = 10,
     sweep: Sequence[float] = (),
+    device: str = "cpu",
+    tf32: bool = False,
 ) -> GradcheckReport:
+    """The report at one setting. On CUDA, `tf32` lets convolutions and matmuls of float32 use TF32
+    tensor cores (torch's default for cuDNN convolutions); without it float32 means float32."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
+    from .training import resolve_device
+
+    dev = resolve_device(device, "--device")
+    with _tf32(tf32):
+        return _run(
+            arch, width, estimator, beta, dtype, input_size, batch_size, seed, order, activation, cost, tol,
+            max_iterations, in_channels, num_classes, sweep, dev, tf32,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _run(
+    arch, width, estimator, beta, dtype, input_size, batch_size, seed, order, activation, cost, tol,
+    max_iterations, in_channels, num_classes, sweep, dev, tf32,
+) -> GradcheckReport:  # fmt: skip
     settings = {
         "arch": arch, "width": width, "estimator": estimator, "beta": beta, "dtype": dtype,
         "input_size": input_size, "batch_size": batch_size, "seed": seed, "order": order,
-        "activation": activation, "cost": cost, "tol": tol,
+        "activation": activation, "cost": cost, "tol": tol, "device": str(dev), "tf32": tf32,
     }  # fmt: skip
 
     def estimator_at(variant: str, b: float) -> EquilibriumProp:
@@ -138,10 +167,11 @@ def run_gradcheck(
     net = build_network(
         arch, in_channels=in_channels, num_classes=num_classes, input_size=input_size, width=width,
         activation=activation, alpha_seed=seed,
-    ).to(DTYPES[dtype])  # fmt: skip
+    ).to(device=dev, dtype=DTYPES[dtype])  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, in_channels, input_size, input_size, generator=generator).to(DTYPES[dtype])
-    y = torch.randint(0, num_classes, (batch_size,), generator=generator)
+    x = torch.randn(batch_size, in_channels, input_size, input_size, generator=generator)
+    x = x.to(device=dev, dtype=DTYPES[dtype])
+    y = torch.randint(0, num_classes, (batch_size,), generator=generator).to(dev)
     net.check_input(x)
 
     free, free_stats = relax(net, x, iterations=max_iterations, order=order, tol=tol)

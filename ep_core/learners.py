@@ -42,11 +42,6 @@ def _check_finite(what: str, *values: float) -> None:
         raise DivergenceError(f"non-finite {what} ({', '.join(f'{v:g}' for v in values)})")
 
 
-def _own(t: torch.Tensor) -> torch.Tensor:
-    """t itself, or a copy when t is a view into a larger tensor (which it would keep alive)."""
-    return t.clone() if t.untyped_storage().nbytes() > t.nbytes else t
-
-
 class EPLearner:
     def __init__(self, net: HopfieldNetwork, config: RunConfig):
         e = config.ep
@@ -54,8 +49,9 @@ class EPLearner:
         self.estimator = EquilibriumProp(
             beta=e.beta, variant=e.estimator, free_iterations=e.free_iterations,
             nudge_iterations=e.nudge_iterations, order=e.order, cost=e.cost, tol=e.tol, clip_norm=e.clip_norm,
-            batch_phases=e.batch_phases, solver=e.solver, anderson_memory=e.anderson_memory,
-            compile=e.compile, cuda_graphs=e.cuda_graphs,
+            batch_phases=e.batch_phases, solver=e.solver, nudge_solver=e.nudge_solver,
+            anderson_memory=e.anderson_memory, compile=e.compile, cuda_graphs=e.cuda_graphs,
+            chunk_size=e.chunk_size,
         )  # fmt: skip
         self.channels_last = e.channels_last
         if self.channels_last:
@@ -67,7 +63,19 @@ class EPLearner:
     def train_step(self, x, y, optimizer: torch.optim.Optimizer, warm: States | None) -> StepResult:
         # The authors keep the previous batch's +β states and reset to zeros when the batch size changes.
         start = warm if (self.warm_start and warm is not None and warm[0].shape[0] == x.shape[0]) else None
-        est = self.estimator.estimate(self.net, self._format(x), y, start)
+        # The next batch's warm start is written into this one's in place (each example's slice once its
+        # free phase is done), so the previous batch's states never coexist with a copy of the new ones.
+        carry = None
+        if self.warm_start:
+            carry = (
+                start
+                if start is not None
+                else self.net.zero_states(x.shape[0], device=x.device, dtype=x.dtype)
+            )
+        est = self.estimator.estimate(
+            self.net, self._format(x), y, start, keep_states=False, carry=carry,
+            summarise=lambda free: layer_statistics(self.net, free),
+        )  # fmt: skip
         _check_finite("loss or gradient norm", est.loss, est.grad_norm)
         scalars = {"grad_norm": est.grad_norm}
         for phase, stats in est.stats.items():
@@ -77,9 +85,8 @@ class EPLearner:
             correct=int((est.output.argmax(1) == y).sum()),
             seconds=est.seconds,
             scalars=scalars,
-            layer_stats=layer_statistics(self.net, est.free_states),
-            # A half of the stacked ±β states would keep the whole stack alive: keep a copy of the half.
-            carry=[_own(t) for t in est.nudged_states[-1]],
+            layer_stats=est.summary,
+            carry=carry,
         )
         t0 = device_clock(x.device)
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,35 @@
+"""Named settings of the relaxation: `ep.recipe: authors` (the default) or `ep.recipe: fast`.
+
+A recipe is a set of `ep.*` values applied under the run's own: a key the configuration sets explicitly
+wins, so `ep.recipe: fast` with `ep.tol: 1e-4` is the fast recipe at a tighter tolerance. The saved
+config.yaml of a run states every resolved value beside the recipe's name. `authors` is the authors'
+code: fixed-length phases of 120 free and 50 + 50 nudged plain sweeps, even/odd order. `fast` reaches
+their accuracy with fewer sweeps (docs/benchmarks.md, `make bench-tta`): every phase stops at a relative
+tolerance (the nudged ones on their displacement) with the authors' counts as caps, and the free and
+nudged phases are Anderson-accelerated, the ±β copies of each example sharing their mixing coefficients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "authors": {},
+    "fast": {
+        "tol": 1e-3,
+        "solver": "anderson",
+        "nudge_solver": "anderson",
+    },
+}
+
+
+def apply_recipe(values: dict, error: type[Exception] = ValueError) -> dict:
+    """`values` (nested config sections) with the `ep.recipe`'s keys filled in where `ep` leaves them
+    unset; an unknown recipe raises `error` with the valid names."""
+    ep = values.get("ep") or {}
+    if not isinstance(ep, dict):
+        return values  # the section check reports it
+    name = ep.get("recipe", "authors")
+    if name not in RECIPES:
+        raise error(f"ep.recipe: {name!r} is not allowed; valid choices: {', '.join(RECIPES)}")
+    return {**values, "ep": {**RECIPES[name], **ep}}

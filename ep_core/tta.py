@@ -1,0 +1,204 @@
+"""`ep-core bench-tta`: time to accuracy of training recipes, trained side by side on the same data.
+
+Each recipe is a set of dotted config keys on top of one shared setting (by default the authors'
+hyper-parameters on scikit-learn's digits, Hopfield-ResNet13 at 1/8 width, where the convolutions and not
+the per-call overhead make the time). Every (seed, recipe) run is one `ep-core train` in a fresh run
+directory, and the runs are interleaved — seed 0 of every recipe, then seed 1, ... — so a slow spell of a
+shared machine falls on all recipes alike. The result (`results/benchmarks/tta.json` and a markdown table)
+gives per recipe the final test accuracy (mean ± sd over seeds), the wall time of a run, the sweeps per
+training step (free phase, each nudged phase; means over the run's batches) and the wall-time ratio to the
+reference recipe (`speedup`: the reference's mean wall time ÷ the other's).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import build_config
+from .training import train
+
+BASE: dict[str, Any] = {
+    "data": {"name": "digits"},
+    "model": {"arch": "hopfield_resnet13", "width": 0.125},
+    # The authors' batch, optimizer, lr, beta, clip and warm start (all resolved from the defaults);
+    # scaled down in width and epochs only.
+    "train": {"epochs": 8, "batch_size": 128, "device": "cpu", "checkpoint_every": 1000},
+}
+RECIPES: dict[str, list[str]] = {
+    "authors": ["ep.recipe=authors"],  # 120 free / 50 + 50 nudged plain sweeps, even/odd, eval 120
+    "fast": ["ep.recipe=fast"],
+}
+
+
+def run_recipe(name: str, overrides: list[str], seed: int, out: Path, threads: int | None) -> dict[str, Any]:
+    """Train one (recipe, seed) from scratch in `out`; its accuracy, wall time and sweeps per step."""
+    shutil.rmtree(out, ignore_errors=True)
+    config = build_config(BASE, [*overrides, f"train.seed={seed}"])
+    t0 = time.perf_counter()
+    status = train(config, out, threads=threads)
+    wall = time.perf_counter() - t0
+    metrics = json.loads((out / "metrics.json").read_text())
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+
+    def mean_of(column: str) -> float | None:
+        values = [float(r[column]) for r in rows if r.get(column) not in (None, "")]
+        return statistics.fmean(values) if values else None
+
+    return {
+        "recipe": name,
+        "seed": seed,
+        "exit_status": status,
+        "status": metrics["status"],
+        "test_acc": metrics["final"]["test_acc"],
+        "wall_seconds": wall,
+        "free_sweeps": mean_of("free_iterations"),
+        "nudged_sweeps": mean_of("nudged_iterations"),  # each of the two nudged phases
+        "epochs": len(rows),
+    }
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def run_tta(
+    *,
+    recipes: dict[str, list[str]] | None = None,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    epochs: int | None = None,
+    width: float | None = None,
+    reference: str = "authors",
+    workdir: str | Path = "results/benchmarks/tta-runs",
+    threads: int | None = None,
+    extra: list[str] | None = None,
+) -> dict[str, Any]:
+    """Every (seed, recipe) run, interleaved by seed, and the summary `format_tta` prints."""
+    recipes = dict(RECIPES if recipes is None else recipes)
+    if reference not in recipes:
+        raise ValueError(f"reference recipe {reference!r} is not among the recipes: {', '.join(recipes)}")
+    if not seeds:
+        raise ValueError("bench-tta needs at least one seed")
+    common = list(extra or [])
+    if epochs is not None:
+        common.append(f"train.epochs={epochs}")
+    if width is not None:
+        common.append(f"model.width={width}")
+    for overrides in recipes.values():  # every recipe checked before any training
+        build_config(BASE, [*overrides, *common])
+    load_before = os.getloadavg()
+    runs = []
+    for seed in seeds:
+        for name, overrides in recipes.items():
+            runs.append(
+                run_recipe(name, [*overrides, *common], seed, Path(workdir) / f"{name}-seed{seed}", threads)
+            )
+    summary = {}
+    for name in recipes:
+        mine = [r for r in runs if r["recipe"] == name]
+        acc, acc_sd = _spread([r["test_acc"] for r in mine])
+        wall, wall_sd = _spread([r["wall_seconds"] for r in mine])
+        summary[name] = {
+            "acc_mean": acc, "acc_sd": acc_sd, "wall_mean": wall, "wall_sd": wall_sd,
+            "free_sweeps": statistics.fmean(r["free_sweeps"] for r in mine),
+            "nudged_sweeps": statistics.fmean(r["nudged_sweeps"] for r in mine),
+            "completed": sum(r["status"] == "completed" for r in mine), "runs": len(mine),
+        }  # fmt: skip
+    for s in summary.values():
+        s["wall_ratio"] = s["wall_mean"] / summary[reference]["wall_mean"]
+    others = [n for n in recipes if n != reference]
+    return {
+        "setting": {**BASE, "overrides": common, "recipes": recipes, "seeds": list(seeds)},
+        "reference": reference,
+        # the reference's mean wall time ÷ the (first) other recipe's
+        "speedup": summary[reference]["wall_mean"] / summary[others[0]]["wall_mean"] if others else 1.0,
+        "recipes": summary,
+        "runs": runs,
+        "load_average_before": list(load_before),
+        "load_average_after": list(os.getloadavg()),
+    }
+
+
+def format_tta(result: dict[str, Any]) -> str:
+    """The markdown table of a `run_tta` result."""
+    ref = result["reference"]
+    lines = [
+        "| recipe | test accuracy (mean ± sd) | wall time per run (s) | sweeps per step: free + 2 × nudged "
+        f"| wall time ÷ {ref} |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, s in result["recipes"].items():
+        lines.append(
+            f"| {name} | {s['acc_mean']:.2f} ± {s['acc_sd']:.2f} % "
+            f"| {s['wall_mean']:.0f} ± {s['wall_sd']:.0f} "
+            f"| {s['free_sweeps']:.1f} + 2 × {s['nudged_sweeps']:.1f} | {s['wall_ratio']:.2f} |"
+        )
+    n = len(result["setting"]["seeds"])
+    lines.append(
+        f"\nspeed-up ({ref} wall ÷ fast wall): {result['speedup']:.2f}x over {n} seeds; load average "
+        f"{result['load_average_before'][0]:.2f} before, {result['load_average_after'][0]:.2f} after"
+    )
+    return "\n".join(lines)
+
+
+def write_tta(result: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def add_parser(sub) -> None:
+    """`ep-core bench-tta`."""
+    p = sub.add_parser(
+        "bench-tta",
+        help="train recipes side by side (digits, several seeds, interleaved): accuracy, wall time, sweeps",
+    )
+    p.add_argument(
+        "--recipe", action="append", default=None, metavar="NAME[:KEY=VALUE,...]",
+        help="a recipe to train: a name of ep.recipe (authors, fast) with optional extra dotted keys, e.g. "
+        "'fast:ep.tol=1e-4' (repeatable; default: authors and fast)",
+    )  # fmt: skip
+    p.add_argument("--reference", default="authors", help="the recipe the others are compared with")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    p.add_argument("--epochs", type=int, default=None, help=f"default {BASE['train']['epochs']}")
+    p.add_argument("--width", type=float, default=None, help=f"default {BASE['model']['width']}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a key for every recipe")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--workdir", default="results/benchmarks/tta-runs", help="where the runs are trained")
+    p.add_argument("--out", default="results/benchmarks/tta.json")
+    p.set_defaults(func=_main)
+
+
+def parse_recipe(text: str) -> tuple[str, list[str]]:
+    """'fast:ep.tol=1e-4,ep.order=coloring' -> ('fast:ep.tol=1e-4,...', ['ep.recipe=fast', ...])."""
+    name, _, keys = text.partition(":")
+    from .recipes import RECIPES as NAMED
+
+    if name not in NAMED:
+        raise ValueError(f"--recipe {text!r}: unknown recipe {name!r}; valid choices: {', '.join(NAMED)}")
+    return text, [f"ep.recipe={name}", *(k for k in keys.split(",") if k)]
+
+
+def _main(args) -> int:
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    recipes = dict(parse_recipe(r) for r in args.recipe) if args.recipe else None
+    result = run_tta(
+        recipes=recipes, seeds=seeds, epochs=args.epochs, width=args.width, reference=args.reference,
+        workdir=args.workdir, threads=args.threads, extra=args.set,
+    )  # fmt: skip
+    write_tta(result, args.out)
+    print(format_tta(result))
+    print(f"written: {args.out}")
+    return 0

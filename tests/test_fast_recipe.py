@@ -1,0 +1,170 @@
+"""The fast recipe's parts against the straightforward paths: paired Anderson in the nudged phases, chunked and one-after-the-other phases, the in-place warm carry, `ep.recipe`, and
+the time-to-accuracy benchmark."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import batch, converged, small_net
+
+from ep_core.config import ConfigError, build_config, resolve
+from ep_core.diagnostics import layer_statistics
+from ep_core.estimators import EquilibriumProp
+from ep_core.reference import reference_gradients
+from ep_core.relaxation import Nudge, input_drive, relax_list
+from ep_core.schedule import update_groups
+from ep_core.tta import format_tta, parse_recipe, run_tta
+
+
+def _rel(a: dict, b: dict) -> float:
+    num = sum((a[n] - g).pow(2).sum() for n, g in b.items())
+    return (num / sum(g.pow(2).sum() for g in b.values())).sqrt().item()
+
+
+@pytest.fixture(scope="module")
+def resnet_fixed_point():
+    torch.manual_seed(0)
+    net = small_net("hopfield_resnet13")
+    x, y = batch(net)
+    free = converged(net, x)
+    return net, x, y, free
+
+
+def test_paired_anderson_nudged_phases_match_the_reference_gradient(resnet_fixed_point):
+    net, x, y, free = resnet_fixed_point
+    ref = reference_gradients(net, x, y, free).grads
+    common = {
+        "beta": 1e-3,
+        "free_iterations": 0,
+        "nudge_iterations": 20_000,
+        "order": "coloring",
+        "tol": 1e-12,
+    }
+    plain = EquilibriumProp(**common).estimate(net, x, y, free)
+    mixed = EquilibriumProp(**common, nudge_solver="anderson").estimate(net, x, y, free)
+    assert _rel(mixed.grads, ref) <= 1e-4
+    for name, g in ref.items():
+        assert F.cosine_similarity(mixed.grads[name].flatten(), g.flatten(), dim=0).item() >= 0.999, name
+    # the same fixed points as the plain sweeps, in fewer sweeps
+    assert _rel(mixed.grads, plain.grads) <= 1e-5
+    assert mixed.stats["nudged"].iterations < plain.stats["nudged"].iterations / 2
+
+
+def test_paired_mixing_keeps_the_two_copies_symmetric_about_the_free_state(resnet_fixed_point):
+    """Near the free fixed point the nudged sweep map is affine in the displacement and odd in β up to
+    O(β²) (the output's β·(o − y) term), so shared coefficients keep s₊ − F = −(s₋ − F) at every iterate
+    up to that order."""
+    net, x, y, free = resnet_fixed_point
+    B = x.shape[0]
+    target = F.one_hot(y, 10).double()
+    nudge = Nudge(
+        torch.cat([target, target]), torch.cat([x.new_full((B, 1), -1e-4), x.new_full((B, 1), 1e-4)])
+    )
+    s = [x, *(torch.cat([t, t]) for t in free)]
+    s, _ = relax_list(
+        net, s, iterations=6, groups=update_groups(net, "coloring"), nudge=nudge, tol=None,
+        drive=input_drive(net, x), solver="anderson", pairs=True,
+    )  # fmt: skip
+    for t, f in zip(s[1:], free, strict=True):
+        minus, plus = t[:B] - f, t[B:] - f
+        assert (minus + plus).norm() <= 10 * 1e-4 * plus.norm()  # 10 β
+
+
+@pytest.mark.parametrize("arch", ["vgg5", "hopfield_resnet13"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"batch_phases": False}, {"variant": "ep"}, {"solver": "anderson", "nudge_solver": "anderson"}],
+    ids=["stacked", "separate", "one-sided", "anderson"],
+)
+def test_chunked_estimate_equals_the_whole_batch(arch, options):
+    torch.manual_seed(0)
+    net = small_net(arch)
+    x, y = batch(net, n=5)
+    common = {"beta": 0.1, "free_iterations": 9, "nudge_iterations": 4, "order": "even_odd", **options}
+    whole = EquilibriumProp(**common).estimate(net, x, y)
+    chunked = EquilibriumProp(**common, chunk_size=2).estimate(net, x, y)
+    for name, g in whole.grads.items():
+        torch.testing.assert_close(chunked.grads[name], g, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(chunked.output, whole.output)
+    assert chunked.loss == pytest.approx(whole.loss, rel=1e-12)
+    for a, b in zip(chunked.free_states, whole.free_states, strict=True):
+        torch.testing.assert_close(a, b)
+    for sa, sb in zip(chunked.nudged_states, whole.nudged_states, strict=True):
+        for a, b in zip(sa, sb, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_lean_estimate_carries_the_plus_state_in_place_and_summarises_the_free_state():
+    torch.manual_seed(0)
+    net = small_net("hopfield_resnet13")
+    x, y = batch(net, n=5)
+    est = EquilibriumProp(beta=0.1, free_iterations=6, nudge_iterations=3)
+    warm = [torch.rand_like(t) for t in net.zero_states(5, dtype=torch.float64)]
+    full = est.estimate(net, x, y, [t.clone() for t in warm])
+    for chunk_size in (None, 2):
+        lean_est = EquilibriumProp(beta=0.1, free_iterations=6, nudge_iterations=3, chunk_size=chunk_size)
+        carry = [t.clone() for t in warm]
+        storages = [t.data_ptr() for t in carry]
+        lean = lean_est.estimate(
+            net, x, y, carry, keep_states=False, carry=carry, summarise=lambda s: layer_statistics(net, s)
+        )
+        assert lean.free_states == [] and lean.nudged_states == ()
+        assert [t.data_ptr() for t in carry] == storages  # written in place
+        for a, b in zip(carry, full.nudged_states[-1], strict=True):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(lean.summary, layer_statistics(net, full.free_states))
+        for name, g in full.grads.items():
+            torch.testing.assert_close(lean.grads[name], g)
+
+
+def test_anderson_nudged_phases_need_stacked_centered_phases():
+    with pytest.raises(ValueError, match="needs batch_phases"):
+        EquilibriumProp(nudge_solver="anderson", batch_phases=False)
+    with pytest.raises(
+        ConfigError, match=r"ep\.nudge_solver: anderson with centered EP needs ep\.batch_phases"
+    ):
+        build_config({}, ["ep.nudge_solver=anderson", "ep.batch_phases=false"])
+    with pytest.raises(ConfigError, match=r"ep\.chunk_size: expected an integer or null"):
+        build_config({}, ["ep.chunk_size=1.5"])
+    with pytest.raises(ConfigError, match=r"ep\.chunk_size: must be >= 1"):
+        build_config({}, ["ep.chunk_size=0"])
+
+
+def test_the_recipe_fills_unset_keys_and_explicit_keys_win():
+    authors = resolve(build_config({}))
+    assert (authors.ep.recipe, authors.ep.tol, authors.ep.solver, authors.ep.free_iterations) == (
+        "authors", None, "fixed_point", 120,
+    )  # fmt: skip
+    fast = build_config({}, ["ep.recipe=fast"])
+    assert (fast.ep.tol, fast.ep.solver, fast.ep.nudge_solver) == (1e-3, "anderson", "anderson")
+    assert (fast.ep.free_iterations, fast.ep.nudge_iterations) == (120, 50)  # the authors' caps
+    assert build_config({"ep": {"recipe": "fast", "tol": 1e-4}}).ep.tol == 1e-4
+    assert build_config({}, ["ep.recipe=fast", "ep.solver=fixed_point"]).ep.solver == "fixed_point"
+    with pytest.raises(
+        ConfigError, match=r"ep\.recipe: 'quick' is not allowed; valid choices: authors, fast"
+    ):
+        build_config({}, ["ep.recipe=quick"])
+
+
+def test_time_to_accuracy_benchmark_trains_interleaved_and_reports(tmp_path):
+    result = run_tta(
+        recipes=dict(map(parse_recipe, ["authors", "fast:ep.free_iterations=20"])),
+        seeds=(0, 1), epochs=1, width=0.0625, workdir=tmp_path / "runs",
+        extra=["data.name=synthetic", "data.synthetic_train=32", "data.synthetic_test=16", "train.batch_size=16",
+               "ep.free_iterations=6", "ep.nudge_iterations=3", "ep.eval_iterations=6"],
+    )  # fmt: skip
+    runs = result["runs"]
+    assert [(r["recipe"], r["seed"]) for r in runs] == [
+        ("authors", 0), ("fast:ep.free_iterations=20", 0), ("authors", 1), ("fast:ep.free_iterations=20", 1),
+    ]  # fmt: skip
+    assert all(r["status"] == "completed" for r in runs)
+    authors, fast = result["recipes"]["authors"], result["recipes"]["fast:ep.free_iterations=20"]
+    assert authors["free_sweeps"] == 6 and authors["nudged_sweeps"] == 3  # fixed-length phases
+    assert fast["free_sweeps"] <= 20 and fast["nudged_sweeps"] <= 3  # the later key wins: caps 20 / 3
+    assert result["speedup"] == pytest.approx(authors["wall_mean"] / fast["wall_mean"])
+    assert authors["acc_mean"] == pytest.approx(sum(r["test_acc"] for r in runs[::2]) / 2)
+    json.dumps(result)
+    assert "| authors |" in format_tta(result)
+    with pytest.raises(ValueError, match="unknown recipe 'quick'"):
+        parse_recipe("quick:ep.tol=1e-3")
