@@ -236,11 +236,14 @@ def test_the_tiny_pipeline_through_a_real_slurm_cluster(tmp_path):
         # Test-only: our one-node cluster has no accounting database, one fake GPU and 2 CPUs.
         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
         "--default-resources", "slurm_partition=debug", "runtime=10", "mem_mb=1000",
-        "--set-resources", "train:cpus_per_gpu=1", "profile:cpus_per_gpu=1", "--latency-wait", "5",
+        # --set-resources replaces the profile's whole block: the profile's whole node is asked for again.
+        "--set-resources", "train:cpus_per_gpu=1", "profile:cpus_per_gpu=1", "profile:slurm_extra='--exclusive'",
+        "--latency-wait", "5",
         timeout=1200,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     _assert_complete(tmp_path, TINY)
+    _assert_profiles_ran_alone(tmp_path, TINY)
     job_ids = set()
     for run in grid.all_runs(load("tests/pipeline/tiny.yaml")):
         metrics = json.loads((tmp_path / "results/runs" / run.path / "metrics.json").read_text())
