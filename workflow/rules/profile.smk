@@ -1,8 +1,8 @@
 # Timing and memory profiles: `ep-core bench` on the training hardware, one job per configuration.
 # A profile times the hardware, not the neighbours: it reserves every core the workflow was given
-# (`threads: every_core`: workflow.cores), so locally no other job runs beside it, and under SLURM the profile asks
-# for a whole node instead (profiles/slurm: `slurm_extra: --exclusive`, and `set-threads` so that it
-# does not also take every core of the submit host's budget). It still times with the configured
+# (`threads: every_core`, i.e. workflow.cores), so locally no other job runs beside it; under SLURM it
+# asks for a whole node instead (profiles/slurm: `slurm_extra: --exclusive`, and `set-threads` so that
+# it does not also take the submit host's whole --cores budget). It still times with the configured
 # `resources.profile.threads` (what a training job uses), set as OMP_NUM_THREADS. The log records when
 # the job started and finished (the pipeline test checks that no profile overlaps a training job).
 
