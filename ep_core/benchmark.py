@@ -55,6 +55,19 @@ def _ms(samples: list[float]) -> float:
     return 1e3 * statistics.median(samples)
 
 
+def _spread(samples: list[float]) -> dict[str, float]:
+    """min / median / max of the repeats, in ms: repeats that disagree say the host was not quiet."""
+    return {"min": 1e3 * min(samples), "median": _ms(samples), "max": 1e3 * max(samples)}
+
+
+def load_average() -> list[float] | None:
+    """The host's 1-, 5- and 15-minute load averages (None where the OS keeps none)."""
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
 @dataclass
 class Setup:
     net: HopfieldNetwork
@@ -368,6 +381,7 @@ def run_benchmark(
     if free_iterations < 1 or nudge_iterations < 1:
         raise ValueError("the benchmark needs at least one free and one nudged iteration")
     dev = resolve_device(device, "--device")
+    load_before = load_average()  # what else the host ran in the minute before the timings
     spec_est = {
         "beta": 0.1, "free_iterations": free_iterations, "nudge_iterations": nudge_iterations,
         "clip_norm": 1.0, "order": order, "solver": solver, "anderson_memory": anderson_memory,
@@ -407,6 +421,7 @@ def run_benchmark(
         "nudged_phases": "separate" if not batch_phases else "stacked (minus_ms = plus_ms = half the stack)",
         "flops_per_iteration": iteration_flops(net) * batch_size,
         "step_flops": ep_step_flops(net, batch_size, free_iterations, nudge_iterations),
+        "spread_ms": {k: _spread(v) for k, v in parts.items()},  # per part: min / median / max of the repeats
     }
     others = []
     for other in compare_dtypes:
@@ -445,10 +460,12 @@ def run_benchmark(
             "step_ms": _ms(samples),
             "step_flops": flops,
             "gflops": flops / statistics.median(samples) / 1e9,
+            "spread_ms": {"step": _spread(samples)},
             "peak_memory_mb": None,
             "peak_rss_mb": None,
         }
         flop_bound = ep["step_flops"] / flops
+    load_after = load_average()  # after every timing, before the memory probes' own processes
     ep["peak_memory_mb"] = ep["peak_rss_mb"] = None
     if measure_memory:  # after every timing: the probes run side by side, each in its own fresh process
         mem_spec = {
@@ -473,6 +490,8 @@ def run_benchmark(
         "torch": torch.__version__,
         "free_iterations": free_iterations,
         "nudge_iterations": nudge_iterations,
+        "repeats": repeats,
+        "load_average": {"before": load_before, "after": load_after},
         "settings": {k: spec_est[k] for k in (*ESTIMATOR_KEYS, "tol")},
         "ep": ep,
         "bp": bp,
@@ -530,11 +549,16 @@ def _format_memory(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _load(load: dict) -> str:
+    return " / ".join("-" if v is None else f"{v[0]:.2f}" for v in (load["before"], load["after"]))
+
+
 def format_result(r: dict) -> str:
     """The readable table of `ep-core bench`."""
     if r.get("memory_only"):
         return _format_memory(r)
     ep, bp, s = r["ep"], r["bp"], r["settings"]
+    spread = ep["spread_ms"]["step"]
 
     def row(label: str, value: str, note: str = "") -> str:
         return f"{label:<30}{value:>12}  {note}".rstrip()
@@ -546,6 +570,11 @@ def format_result(r: dict) -> str:
         f"solver={s['solver']} stacked={s['batch_phases']} channels_last={s['channels_last']} "
         f"compile={s['compile']} cuda_graphs={s['cuda_graphs']}",
         row("EP training step", f"{ep['step_ms']:.1f} ms", f"{ep['step_gflops']:.0f} GFLOP/s"),
+        row(
+            f"  min - max of {r['repeats']} repeats",
+            "{min:.1f} - {max:.1f} ms".format(**spread),
+            f"load average before / after {_load(r['load_average'])}",
+        ),
         row("  free phase", f"{ep['free_ms']:.1f} ms", f"{ep['free_ms_per_iteration']:.2f} ms/iteration"),
         row("  -beta phase", f"{ep['minus_ms']:.1f} ms", ep["nudged_phases"]),
         row("  +beta phase", f"{ep['plus_ms']:.1f} ms", f"{ep['nudged_ms_per_iteration']:.2f} ms/iteration"),

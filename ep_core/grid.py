@@ -133,18 +133,29 @@ def datasets_to_download(config: dict[str, Any]) -> list[str]:
     return sorted({r.dataset for r in all_runs(config)} & set(TORCHVISION_DATASETS))
 
 
+def canonical_network(arch: str, blocks: int | None = None) -> tuple[str, int | None]:
+    """The one identity of a network: a `hopfield_resnet` with 4 blocks (its default) is exactly
+    `hopfield_resnet13` (networks.hopfield_resnet13 builds it so), so both name `hopfield_resnet13`."""
+    if arch == "hopfield_resnet" and blocks in (None, 4):
+        return "hopfield_resnet13", None
+    return arch, blocks
+
+
 def profile_specs(config: dict[str, Any]) -> list[ProfileSpec]:
+    """The profiling jobs: archs × widths × batch sizes, then the depth study (`hopfield_resnet` with
+    `depths` blocks at the largest width and the smallest batch). One network, one measurement: a
+    configuration named twice (the depth study's 4 blocks is Hopfield-ResNet13) is profiled once."""
     p = config.get("profiles")
     if not p:
         return []
     _check("profiles.archs", p["archs"], EP_ARCHS)
-    specs = [
-        ProfileSpec(a, float(w), int(b))
-        for a, w, b in itertools.product(p["archs"], p["widths"], p["batch_sizes"])
-    ]
-    specs += [ProfileSpec("hopfield_resnet", float(p["widths"][-1]), int(p["batch_sizes"][0]), int(d))
-              for d in p.get("depths", [])]  # fmt: skip
-    return specs
+    cases = [(a, w, b, None) for a, w, b in itertools.product(p["archs"], p["widths"], p["batch_sizes"])]
+    cases += [("hopfield_resnet", p["widths"][-1], p["batch_sizes"][0], d) for d in p.get("depths", [])]
+    specs: dict[ProfileSpec, None] = {}
+    for arch, width, batch_size, blocks in cases:
+        arch, blocks = canonical_network(arch, None if blocks is None else int(blocks))
+        specs.setdefault(ProfileSpec(arch, float(width), int(batch_size), blocks))
+    return list(specs)
 
 
 def profile_args(config: dict[str, Any], spec: ProfileSpec) -> list[str]:

@@ -345,10 +345,13 @@ def bench_file(path: Path, **fields) -> Path:
     data = {
         "arch": "hopfield_resnet13", "width": 1.0, "blocks": 4, "batch_size": 128, "device": "cuda",
         "device_name": "NVIDIA H200", "dtype": "float32", "threads": 16, "free_iterations": 4, "nudge_iterations": 2,
+        "repeats": 5, "load_average": {"before": [0.25, 0.5, 0.5], "after": [1.5, 0.75, 0.5]},
         "ep": {"step_ms": 100.0, "free_ms": 40.0, "minus_ms": 20.0, "plus_ms": 20.0, "gradient_ms": 10.0,
                "update_ms": 2.0, "free_ms_per_iteration": 10.0, "nudged_ms_per_iteration": 20.0,
-               "peak_memory_mb": 1500.0, "gflops": 1.0},
-        "bp": {"arch": "resnet13", "step_ms": 10.0, "peak_memory_mb": 1000.0},
+               "peak_memory_mb": 1500.0, "gflops": 1.0,
+               "spread_ms": {"step": {"min": 95.0, "median": 100.0, "max": 110.0}}},
+        "bp": {"arch": "resnet13", "step_ms": 10.0, "peak_memory_mb": 1000.0,
+               "spread_ms": {"step": {"min": 9.0, "median": 10.0, "max": 12.0}}},
         "flop_bound_ratio": 0.1, "overhead_ratio": 0.5, "schedules": None,
     }  # fmt: skip
     data.update(fields)
@@ -416,6 +419,43 @@ def test_profile_table_ratios_and_paper_reference(benches, tmp_path):
     write_profile_table(table, tmp_path / "p.csv", tmp_path / "p.md")
     text = (tmp_path / "p.md").read_text()
     assert "1612 / 1324" in text and "> 30" in text and "NVIDIA H200" in text
+
+
+def test_profile_table_gives_the_spread_of_the_repeats_and_flags_unsteady_rows(benches, tmp_path):
+    busy = dict(json.loads(Path(benches["source"].iloc[0]).read_text()))
+    busy["ep"] = {**busy["ep"], "spread_ms": {"step": {"min": 60.0, "median": 100.0, "max": 180.0}}}
+    busy_file = tmp_path / "busy.json"
+    busy_file.write_text(json.dumps({**busy, "batch_size": 64}))
+    bench = load_benchmarks([*benches["source"], busy_file])
+    table = profile_table(bench)
+    table = table.set_index(table["source"].map(lambda s: Path(s).stem))
+    steady, unsteady = table.loc["b128"], table.loc["busy"]
+    assert (steady["ep_step_ms_min"], steady["ep_step_ms_max"], steady["repeats"]) == (95.0, 110.0, 5)
+    assert (steady["load_before"], steady["load_after"]) == (0.25, 1.5)
+    assert steady["ep_step_spread"] == pytest.approx(110 / 95) and steady["bp_step_spread"] == 12 / 9
+    assert not steady["unsteady"] and unsteady["unsteady"] and unsteady["ep_step_spread"] == 3.0
+    # The range is carried through the projection: hours scale with the step time.
+    assert steady["projected_hours_max"] == pytest.approx(steady["projected_hours"] * 1.1)
+    # No repeats recorded (the first bench format): no spread and no flag, not a false alarm.
+    assert math.isnan(table.loc["legacy", "ep_step_spread"]) and not table.loc["legacy", "unsteady"]
+    assert not profile_table(bench, max_spread=4.0).set_index(table.index)["unsteady"].any()
+    # 110 / 95 > 1.1: every file with repeats
+    assert profile_table(bench, max_spread=1.1)["unsteady"].sum() == 5
+    with pytest.raises(ValueError, match=r"max_spread is a ratio max / min of repeats, so >= 1; got 0\.5"):
+        profile_table(bench, max_spread=0.5)
+    write_profile_table(table, tmp_path / "p.csv", tmp_path / "p.md")
+    text = (tmp_path / "p.md").read_text()
+    lines = text.splitlines()
+    busy_line = next(line for line in lines if "| 64 |" in line)
+    assert "100.0 (60.0–180.0)" in busy_line and "⚠ unsteady, max/min ×3.00" in busy_line
+    b128 = next(line for line in lines if "| 13 | 1 | 128 |" in line)
+    assert "100.0 (95.0–110.0)" in b128 and "10.0 (9.0–12.0)" in b128 and "0.25 / 1.50" in b128
+    assert "⚠" not in b128 and "max/min ×1.33" in b128
+    assert "more than ×1.5 (max / min)" in text
+    plot_step_phases(bench, tmp_path / "phases.png")  # error bars, the unsteady bar hatched
+    assert_figure(tmp_path / "phases.png")
+    plot_ep_vs_bp(bench, tmp_path / "batch.png", x="batch_size")
+    assert_figure(tmp_path / "batch.png")
 
 
 def test_profile_table_is_independent_of_input_order(benches):

@@ -65,7 +65,7 @@ def test_bad_command_lines_are_one_line_errors(args, message):
 
 
 def test_bench_measures_cep_and_its_backprop_twin(capsys):
-    assert main(["bench", "--width", "0.0625", "--batch-size", "2", "--repeats", "1", "--json"]) == 0
+    assert main(["bench", "--width", "0.0625", "--batch-size", "2", "--repeats", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     # The JSON contract other tools plot against.
     assert r["arch"] == "hopfield_resnet13" and r["free_iterations"] == 4 and r["nudge_iterations"] == 2
@@ -85,6 +85,16 @@ def test_bench_measures_cep_and_its_backprop_twin(capsys):
     assert ep["nudged_ms_per_iteration"] > 0 and ep["gflops"] > 0 and ep["peak_memory_mb"] > 0
     assert bp["arch"] == "resnet13" and bp["step_ms"] > 0 and bp["peak_memory_mb"] > 0
     assert r["flop_bound_ratio"] > 1 and r["overhead_ratio"] > 0.5
+    # Every timing with the spread of its repeats, and how busy the host was around them.
+    parts = {"step", "free", "minus", "plus", "gradient", "update"}
+    assert r["repeats"] == 2 and set(ep["spread_ms"]) >= parts
+    for part, timed in (*ep["spread_ms"].items(), ("bp step", bp["spread_ms"]["step"])):
+        assert 0 < timed["min"] <= timed["median"] <= timed["max"], part
+        assert timed["median"] == pytest.approx((timed["min"] + timed["max"]) / 2), part  # two repeats
+    assert ep["spread_ms"]["step"]["median"] == ep["step_ms"]
+    assert bp["spread_ms"]["step"]["median"] == bp["step_ms"]
+    load = r["load_average"]
+    assert len(load["before"]) == len(load["after"]) == 3 and min(load["before"] + load["after"]) >= 0
     sched = r["schedules"]
     assert sched["tol"] == 1e-3 and all(
         sched[k] is None or sched[k] > 0 for k in ("even_odd", "coloring", "synchronous")
@@ -98,6 +108,7 @@ def test_bench_table_and_options(capsys):
                  "--no-schedules"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "overhead ratio" in out and "minimal kernel set" in out and "channels_last=True" in out
+    assert "min - max of 1 repeats" in out and "load average before / after" in out
     assert main(["bench", "--arch", "hopfield_resnet", "--blocks", "5", *args[3:], "--repeats", "1", "--json",
                  "--no-memory", "--no-schedules"]) == 0  # fmt: skip
     r = json.loads(capsys.readouterr().out)

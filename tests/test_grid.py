@@ -47,7 +47,8 @@ def test_the_paper_grid():
     # Runs shared by studies are trained once: cifar10 relu6 vgg5/HR13 belong to main and both ablations.
     assert len(runs) == len(set(main) | set(activation) | set(residual)) == 30 + 12 + 3
     assert grid.datasets_to_download(config) == ["cifar10", "cifar100", "fashion_mnist"]
-    assert len(grid.profile_specs(config)) == 2 * 3 * 3 + 3
+    # 4 blocks at width 1, batch 16 is hopfield_resnet13 at width 1, batch 16: one job, not two.
+    assert len(grid.profile_specs(config)) == 2 * 3 * 3 + 3 - 1
 
 
 def test_run_settings_are_layered_and_resolve_to_the_papers_values():
@@ -120,6 +121,19 @@ def test_profile_arguments():
     specs = grid.profile_specs(config)
     assert [s.name for s in specs][:2] == ["vgg5-w0.0625-b8", "vgg5-w0.0625-b32"]
     deep = [s for s in specs if s.blocks]
-    assert [s.name for s in deep] == ["hopfield_resnet-d4-w0.125-b8", "hopfield_resnet-d6-w0.125-b8"]
-    args = grid.profile_args(config, deep[1])
+    assert [s.name for s in deep] == ["hopfield_resnet-d6-w0.125-b8"]  # d4 is hopfield_resnet13-w0.125-b8
+    args = grid.profile_args(config, deep[0])
     assert args[:2] == ["--arch", "hopfield_resnet"] and args[-2:] == ["--blocks", "6"]
+    assert len(specs) == 2 * 2 * 2 + 2 - 1
+
+
+def test_one_network_is_profiled_once_however_many_studies_name_it():
+    assert grid.canonical_network("hopfield_resnet", 4) == ("hopfield_resnet13", None)
+    assert grid.canonical_network("hopfield_resnet", None) == ("hopfield_resnet13", None)  # bench default: 4
+    assert grid.canonical_network("hopfield_resnet", 6) == ("hopfield_resnet", 6)
+    assert grid.canonical_network("hopfield_plain13", None) == ("hopfield_plain13", None)
+    config = {"profiles": {"archs": ["hopfield_resnet13", "hopfield_resnet", "vgg5"], "widths": [0.5, 0.5, 1],
+                           "batch_sizes": [8], "depths": [4, 5, 4]}}  # fmt: skip
+    names = [s.name for s in grid.profile_specs(config)]
+    assert names == ["hopfield_resnet13-w0.5-b8", "hopfield_resnet13-w1-b8", "vgg5-w0.5-b8", "vgg5-w1-b8",
+                     "hopfield_resnet-d5-w1-b8"]  # fmt: skip

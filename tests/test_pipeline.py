@@ -123,11 +123,43 @@ def _assert_complete(workdir: Path, configfile: Path) -> None:
         assert [m.step for m in history] == list(range(1, metrics["epochs_completed"] + 1))
 
 
+def job_intervals(log: Path) -> list[tuple[float, float]]:
+    """(start, end) of each attempt of a job, from the 'job started at' / 'job finished at' lines (Unix
+    seconds) its log records."""
+    intervals, start = [], None
+    for event, stamp in re.findall(r"^job (started|finished) at ([\d.]+)$", log.read_text(), re.M):
+        if event == "started":
+            start = float(stamp)
+        else:
+            assert start is not None, f"{log}: finished before it started"
+            intervals.append((start, float(stamp)))
+            start = None
+    return intervals
+
+
+def _assert_profiles_ran_alone(workdir: Path, configfile: Path) -> None:
+    """Each profile job held the machine: no training job was running at any moment of it. One profile per
+    distinct network (the tiny grid's 4-block depth study is its Hopfield-ResNet13)."""
+    config = load(str(configfile.relative_to(ROOT)))
+    profiles = {log.stem: job_intervals(log) for log in (workdir / "logs/profile").glob("*.log")}
+    trains = {str(log): job_intervals(log) for log in (workdir / "logs/train").rglob("*.log")}
+    assert sorted(profiles) == sorted(spec.name for spec in grid.profile_specs(config))
+    assert len(trains) == len(grid.all_runs(config))
+    assert all(len(i) == 1 for i in [*profiles.values(), *trains.values()]), (profiles, trains)
+    for name, ((start, end),) in profiles.items():
+        for train, ((t_start, t_end),) in trains.items():
+            assert t_end <= start or end <= t_start, f"profile {name} overlapped {train}"
+
+
 @pytest.mark.slow
 def test_the_tiny_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     result = snakemake("--cores", "2", "--directory", str(tmp_path), "--configfile", str(TINY))
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_complete(tmp_path, TINY)
+    _assert_profiles_ran_alone(tmp_path, TINY)
+    assert [p.name for p in (tmp_path / "results/profiles").iterdir()] == [
+        "hopfield_resnet13-w0.0625-b2.json"
+    ]
     for name in ("tables/main.csv", "tables/main.md"):
         assert (tmp_path / "results" / name).stat().st_size > 0
     again = snakemake("--cores", "2", "--directory", str(tmp_path), "--configfile", str(TINY))
@@ -204,11 +236,14 @@ def test_the_tiny_pipeline_through_a_real_slurm_cluster(tmp_path):
         # Test-only: our one-node cluster has no accounting database, one fake GPU and 2 CPUs.
         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
         "--default-resources", "slurm_partition=debug", "runtime=10", "mem_mb=1000",
-        "--set-resources", "train:cpus_per_gpu=1", "profile:cpus_per_gpu=1", "--latency-wait", "5",
+        # --set-resources replaces the profile's whole block: the profile's whole node is asked for again.
+        "--set-resources", "train:cpus_per_gpu=1", "profile:cpus_per_gpu=1", "profile:slurm_extra='--exclusive'",
+        "--latency-wait", "5",
         timeout=1200,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     _assert_complete(tmp_path, TINY)
+    _assert_profiles_ran_alone(tmp_path, TINY)
     job_ids = set()
     for run in grid.all_runs(load("tests/pipeline/tiny.yaml")):
         metrics = json.loads((tmp_path / "results/runs" / run.path / "metrics.json").read_text())

@@ -5,6 +5,10 @@ NaN, and the older flat format (`step_ms`, `bp_step_ms`, ... at the top level) i
 per training step at the bench's own iteration counts; `project_to` scales the relaxation phases linearly
 to the authors' 120 free + 2 × 50 nudged iterations (the per-iteration cost does not depend on the count),
 which is what a step of the paper's recipe costs on that hardware.
+
+Every step time is the median of the bench's repeats, reported with their min and max and the host's load
+average before and after; a measurement whose repeats disagree by more than `MAX_SPREAD` (max / min) is
+flagged *unsteady* in the table and hatched in the figure: its host was busy, its bar is not a cost.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from ._figures import PALETTE, PathLike, figure, no_data
 from .runs import label
 
 TOP = ("arch", "width", "blocks", "batch_size", "device", "device_name", "dtype", "threads",
-       "free_iterations", "nudge_iterations", "flop_bound_ratio", "overhead_ratio")  # fmt: skip
+       "free_iterations", "nudge_iterations", "repeats", "flop_bound_ratio", "overhead_ratio")  # fmt: skip
+SPREAD = ("step_ms_min", "step_ms_max")  # of the repeats, from the bench's `spread_ms.step`
+LOAD = ("load_before", "load_after")  # the host's 1-minute load average around the timings
+MAX_SPREAD = 1.5  # repeats whose max / min exceeds this flag the measurement as unsteady
 EP_FIELDS = ("step_ms", "free_ms", "minus_ms", "plus_ms", "gradient_ms", "update_ms", "free_ms_per_iteration",
              "nudged_ms_per_iteration", "peak_memory_mb", "gflops")  # fmt: skip
 BP_FIELDS = ("arch", "step_ms", "peak_memory_mb")
@@ -80,6 +87,11 @@ def read_benchmark(path: PathLike) -> dict[str, object]:
     bp = data.get("bp") if isinstance(data.get("bp"), dict) else {}
     row |= {f"ep_{k}": _number(ep.get(k)) for k in EP_FIELDS}
     row |= {f"bp_{k}": _number(bp.get(k)) for k in BP_FIELDS if k != "arch"}
+    for prefix, part in (("ep", ep), ("bp", bp)):
+        step = (part.get("spread_ms") or {}).get("step") or {}
+        row |= {f"{prefix}_{k}": _number(step.get(k.rsplit("_", 1)[1])) for k in SPREAD}
+    load = data.get("load_average") or {}
+    row |= {k: _number((load.get(k.split("_")[1]) or [None])[0]) for k in LOAD}
     row["bp_arch"] = bp.get("arch")
     for old, new in LEGACY.items():  # the flat format of the first `ep-core bench --json`
         if old in data and math.isnan(row[new]):  # type: ignore[arg-type]
@@ -92,7 +104,8 @@ def read_benchmark(path: PathLike) -> dict[str, object]:
 
 def load_benchmarks(paths: Iterable[PathLike]) -> pd.DataFrame:
     """One row per bench JSON file: the top-level fields, `ep_*` and `bp_*` measurements, depth, source."""
-    columns = ["source", *TOP, *(f"ep_{k}" for k in EP_FIELDS), *(f"bp_{k}" for k in BP_FIELDS), "depth"]
+    columns = ["source", *TOP, *(f"ep_{k}" for k in EP_FIELDS), *(f"bp_{k}" for k in BP_FIELDS),
+               *(f"{m}_{k}" for m in ("ep", "bp") for k in SPREAD), *LOAD, "depth"]  # fmt: skip
     return pd.DataFrame([read_benchmark(p) for p in paths], columns=columns)
 
 
@@ -122,20 +135,40 @@ def phase_times(bench: pd.DataFrame, project_to: tuple[int, int] | None = PAPER_
     return out
 
 
+def spread(bench: pd.DataFrame, max_spread: float = MAX_SPREAD) -> pd.DataFrame:
+    """Per bench row: max / min of the EP and of the BP step's repeats, and `unsteady`: either exceeds
+    `max_spread` (NaN spreads, as from one repeat or an old bench file, are not flagged)."""
+    if max_spread < 1:
+        raise ValueError(f"max_spread is a ratio max / min of repeats, so >= 1; got {max_spread}")
+    out = pd.DataFrame(index=bench.index)
+    for m in ("ep", "bp"):
+        out[f"{m}_step_spread"] = bench[f"{m}_step_ms_max"] / bench[f"{m}_step_ms_min"]
+    out["unsteady"] = (out > max_spread).any(axis=1)
+    return out
+
+
 def profile_table(
-    bench: pd.DataFrame, *, train_examples: int = CIFAR10_TRAIN, epochs: int = PAPER_EPOCHS
+    bench: pd.DataFrame,
+    *,
+    train_examples: int = CIFAR10_TRAIN,
+    epochs: int = PAPER_EPOCHS,
+    max_spread: float = MAX_SPREAD,
 ) -> pd.DataFrame:
-    """One row per bench file: EP vs BP step time and peak memory, phase times, and the step projected to
-    the paper's iteration counts with the hours that makes for `epochs` epochs of `train_examples`
-    examples (training steps only: evaluation is not included). Where the row is the paper's setting
+    """One row per bench file: EP vs BP step time (median, min and max of the repeats) and peak memory,
+    phase times, and the step projected to the paper's iteration counts with the hours that makes for
+    `epochs` epochs of `train_examples` examples (training steps only: evaluation is not included), each
+    with the range the repeats' min and max give; the host's load average around the timings and
+    `unsteady` where the repeats disagree by more than `max_spread`. Where the row is the paper's setting
     (Hopfield-ResNet13, width 1, batch 128) the paper's memory and time figures sit beside ours.
     """
     measured = phase_times(bench, project_to=None)
     projected = phase_times(bench, project_to=PAPER_ITERATIONS)
     table = bench[["device_name", "arch", "bp_arch", "width", "depth", "batch_size", "dtype", "threads",
-                   "free_iterations", "nudge_iterations", "ep_step_ms", "bp_step_ms",
-                   "ep_peak_memory_mb", "bp_peak_memory_mb", "ep_gflops", "overhead_ratio",
+                   "free_iterations", "nudge_iterations", "repeats", "ep_step_ms", "ep_step_ms_min",
+                   "ep_step_ms_max", "bp_step_ms", "bp_step_ms_min", "bp_step_ms_max", "load_before",
+                   "load_after", "ep_peak_memory_mb", "bp_peak_memory_mb", "ep_gflops", "overhead_ratio",
                    "flop_bound_ratio", "source"]].copy()  # fmt: skip
+    table = table.join(spread(bench, max_spread))
     table["step_ratio_ep_bp"] = table["ep_step_ms"] / table["bp_step_ms"]
     table["memory_ratio_ep_bp"] = table["ep_peak_memory_mb"] / table["bp_peak_memory_mb"]
     for column in PHASES:
@@ -143,6 +176,10 @@ def profile_table(
     table["projected_step_s"] = projected["step_ms"] / 1e3
     steps = np.ceil(train_examples / table["batch_size"]) * epochs
     table["projected_hours"] = table["projected_step_s"] * steps / 3600
+    for end in ("min", "max"):  # the repeats' range, carried through the (linear) projection
+        table[f"projected_hours_{end}"] = (
+            table["projected_hours"] * table[f"ep_step_ms_{end}"] / table["ep_step_ms"]
+        )
     paper = table.apply(_is_paper_setting, axis=1).astype(bool)
     table["paper_ep_memory_mib"] = table["arch"].map(PAPER_MEMORY_MIB).where(paper)
     table["paper_bp_memory_mib"] = table["bp_arch"].map(PAPER_MEMORY_MIB).where(paper)
@@ -151,7 +188,26 @@ def profile_table(
     return table.sort_values(order, kind="stable").reset_index(drop=True)
 
 
-def profile_markdown(table: pd.DataFrame) -> str:
+def _ranged(value: object, low: object, high: object, digits: int) -> str:
+    """'93.1 (90.2–95.0)': the median with the min and max of the repeats, when the bench gave them."""
+    if md.missing(value) or md.missing(low) or md.missing(high):
+        return md.number(value, digits)
+    return f"{md.number(value, digits)} ({md.number(low, digits)}–{md.number(high, digits)})"
+
+
+def _steadiness(row: pd.Series) -> str:
+    spreads = [v for v in (row["ep_step_spread"], row["bp_step_spread"]) if not md.missing(v)]
+    if not spreads:
+        return md.DASH
+    worst = f"max/min ×{max(spreads):.2f}"
+    return f"⚠ unsteady, {worst}" if row["unsteady"] else worst
+
+
+def profile_markdown(table: pd.DataFrame, max_spread: float = MAX_SPREAD) -> str:
+    def ranged(column: str, digits: int = 1) -> list[str]:
+        ends = [table[f"{column}_{end}"] for end in ("min", "max")]
+        return [_ranged(*v, digits) for v in zip(table[column], *ends, strict=True)]
+
     cells = pd.DataFrame(
         {
             "device": table["device_name"],
@@ -162,8 +218,8 @@ def profile_markdown(table: pd.DataFrame) -> str:
             "depth": [md.number(d, 0) for d in table["depth"]],
             "width": [f"{w:g}" for w in table["width"]],
             "batch": [md.number(b, 0) for b in table["batch_size"]],
-            "EP step (ms)": [md.number(v, 1) for v in table["ep_step_ms"]],
-            "BP step (ms)": [md.number(v, 1) for v in table["bp_step_ms"]],
+            "EP step (ms)": ranged("ep_step_ms"),
+            "BP step (ms)": ranged("bp_step_ms"),
             "EP / BP time": [md.number(v, 1) for v in table["step_ratio_ep_bp"]],
             "EP memory (MiB)": [md.number(v, 0) for v in table["ep_peak_memory_mb"]],
             "BP memory (MiB)": [md.number(v, 0) for v in table["bp_peak_memory_mb"]],
@@ -172,8 +228,14 @@ def profile_markdown(table: pd.DataFrame) -> str:
                 for e, b in zip(table["paper_ep_memory_mib"], table["paper_bp_memory_mib"], strict=True)
             ],
             "step at 120 + 2×50 it. (s)": [md.number(v, 2) for v in table["projected_step_s"]],
-            "300 epochs (h)": [md.number(v, 1) for v in table["projected_hours"]],
+            "300 epochs (h)": ranged("projected_hours"),
             "paper (h)": [md.DASH if md.missing(v) else f"> {v:g}" for v in table["paper_hours_at_least"]],
+            "repeats": [md.number(v, 0) for v in table["repeats"]],
+            "load before / after": [
+                f"{md.number(a, 2)} / {md.number(b, 2)}"
+                for a, b in zip(table["load_before"], table["load_after"], strict=True)
+            ],
+            "repeats agree?": [_steadiness(r) for _, r in table.iterrows()],
         }
     )
     note = (
@@ -181,13 +243,20 @@ def profile_markdown(table: pd.DataFrame) -> str:
         "CSV); *step at 120 + 2×50 it.* scales the relaxation phases linearly to the authors' counts, and "
         f"*300 epochs* multiplies it by the training steps of 300 epochs of CIFAR-10 ({CIFAR10_TRAIN:,} "
         "images; evaluation not included). The paper's figures were measured on an RTX 4090 / RTX 6000 Ada.\n"
+        "- Times are the median of the repeats with (min–max) beside it; *load before / after* is the host's "
+        "1-minute load average just before and just after the timings (a quiet host shows about its own "
+        "threads after, nothing before). **⚠ unsteady**: the repeats of the EP or the BP step disagree by "
+        f"more than ×{max_spread:g} (max / min) — the host was busy, so that row times its neighbours, not "
+        "the network; rerun it on a quiet machine before reading it as a cost.\n"
     )
     return md.to_markdown(cells) + "\n" + note
 
 
-def write_profile_table(table: pd.DataFrame, csv_path: PathLike, md_path: PathLike) -> None:
+def write_profile_table(
+    table: pd.DataFrame, csv_path: PathLike, md_path: PathLike, max_spread: float = MAX_SPREAD
+) -> None:
     """Write `profile_table(...)` as CSV (full precision) and markdown."""
-    md.write_csv_and_markdown(table, csv_path, md_path, profile_markdown(table))
+    md.write_csv_and_markdown(table, csv_path, md_path, profile_markdown(table, max_spread))
 
 
 # --- figures ----------------------------------------------------------------------------------------------
@@ -209,12 +278,18 @@ def _case_label(row: pd.Series) -> str:
 
 
 def plot_step_phases(
-    bench: pd.DataFrame, png: PathLike, pdf: PathLike | None = None, *, project: bool = True
+    bench: pd.DataFrame,
+    png: PathLike,
+    pdf: PathLike | None = None,
+    *,
+    project: bool = True,
+    max_spread: float = MAX_SPREAD,
 ) -> None:
     """Stacked horizontal bars: seconds per CEP training step by phase, one bar per bench file (architecture,
     width, batch size), one panel per device; each bar is annotated with the hours 300 CIFAR-10 epochs take
-    at that rate. `project` scales the relaxation phases to the authors' 120 + 2 × 50 iterations (else as
-    measured)."""
+    at that rate, carries the min–max of the repeats as an error bar, and is hatched and marked unsteady
+    where the repeats disagree by more than `max_spread`. `project` scales the relaxation phases to the
+    authors' 120 + 2 × 50 iterations (else as measured)."""
     devices = sorted(bench["device_name"].astype(str).unique()) or [None]
     phases = phase_times(bench, PAPER_ITERATIONS if project else None)
     steps = np.ceil(CIFAR10_TRAIN / bench["batch_size"]) * PAPER_EPOCHS
@@ -223,8 +298,11 @@ def plot_step_phases(
         f"Seconds per CEP training step, {how}; number at the end of a bar: hours for {PAPER_EPOCHS} epochs "
         "of CIFAR-10 at that rate (training steps only, evaluation excluded). Paper: Hopfield-ResNet13 takes "
         "over 30 h for 300 epochs on one RTX 4090 / RTX 6000 Ada, much of it kernel-launch and "
-        "synchronisation overhead."
+        "synchronisation overhead. Error bars: min–max of the bench's repeats (the bar is their median); "
+        f"hatched and marked ⚠ ×(max / min): the repeats disagree by more than ×{max_spread:g}, so the host "
+        "was busy and the bar is not a cost."
     )
+    flags = spread(bench, max_spread)
     bars = [max(int((bench["device_name"] == d).sum()), 1) for d in devices]
     panel = (7.5, 1.2 + 0.32 * sum(bars) / len(bars))  # each panel as tall as its bars need
     title = "Where a CEP training step spends its time"
@@ -250,17 +328,34 @@ def plot_step_phases(
                 seconds = np.nan_to_num(seconds)
                 ax.barh(y, seconds, left=left, label=phase, color=colors[column], height=0.7)
                 left += seconds
+            # The repeats' range, scaled like the bar (the projection is linear in the step time).
+            low, high = (
+                left * (rows[f"ep_step_ms_{e}"] / rows["ep_step_ms"]).to_numpy() for e in ("min", "max")
+            )
+            ranged = np.isfinite(low) & np.isfinite(high)
+            if ranged.any():
+                at, lo, hi = left[ranged], low[ranged], high[ranged]
+                ax.errorbar(at, y[ranged], xerr=[at - lo, hi - at], fmt="none", ecolor="black", capsize=2,
+                            elinewidth=0.8, label="min–max of repeats")  # fmt: skip
+            unsteady = flags.loc[rows.index, "unsteady"].to_numpy(dtype=bool)
+            if unsteady.any():
+                ax.barh(y[unsteady], left[unsteady], color="none", edgecolor="black", hatch="///", height=0.7,
+                        label=f"⚠ repeats differ > ×{max_spread:g}")  # fmt: skip
             hours = phases.loc[rows.index, "step_ms"] / 1e3 * steps[rows.index] / 3600
-            for yy, end, h, (_, r) in zip(y, left, hours, rows.iterrows(), strict=True):
+            ends = np.where(ranged, high, left)
+            for yy, end, h, bad, (i, r) in zip(y, ends, hours, unsteady, rows.iterrows(), strict=True):
                 if not np.isfinite(h):
                     continue
                 text = f"{h:.3g} h" if h < 100 else f"{h:,.0f} h"
                 if r["arch"] in PAPER_HOURS_AT_LEAST and _is_paper_setting(r):
                     text += f" (paper: > {PAPER_HOURS_AT_LEAST[r['arch']]:g} h)"
+                if bad:
+                    worst = flags.loc[i, ["ep_step_spread", "bp_step_spread"]].max()
+                    text += f" ⚠ ×{worst:.2g}"
                 ax.annotate(text, (end, yy), ha="left", va="center", fontsize=7, xytext=(3, 0),
                             textcoords="offset points")  # fmt: skip
             ax.set_yticks(y, [_case_label(r) for _, r in rows.iterrows()], fontsize=8)
-            ax.set_xlim(0, left.max() * 1.3 if left.max() > 0 else 1)
+            ax.set_xlim(0, ends.max() * 1.4 if ends.max() > 0 else 1)
             ax.set(title=str(device), xlabel="seconds per training step", ylabel="")
             ax.grid(axis="y", visible=False)
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="phase")
@@ -280,8 +375,9 @@ def _held_value(bench: pd.DataFrame, key: str) -> float:
     return float(values.mode().iloc[0])
 
 
-def scaling_data(bench: pd.DataFrame, x: str) -> tuple[pd.DataFrame, str]:
-    """Long rows (series, method, x, device_name, step_ms, peak_memory_mb), EP and BP, along one axis
+def scaling_data(bench: pd.DataFrame, x: str, max_spread: float = MAX_SPREAD) -> tuple[pd.DataFrame, str]:
+    """Long rows (series, method, x, device_name, step_ms with the repeats' step_ms_min and step_ms_max,
+    unsteady: they disagree by more than `max_spread`, peak_memory_mb), EP and BP, along one axis
     (batch_size, width or depth) with the other two held fixed (the paper's width 1 and batch 128 where
     present), and a phrase saying what is held. Depth compares the Hopfield-ResNet family
     (hopfield_resnet13 and hopfield_resnet with any number of blocks); the other axes compare the named
@@ -299,31 +395,54 @@ def scaling_data(bench: pd.DataFrame, x: str) -> tuple[pd.DataFrame, str]:
         where = " ".join(str(r[k]) for k in several)
         suffix = f" ({where})" if where else ""
         name = "Hopfield-ResNet" if x == "depth" else label("arch", r["arch"])
-        device = r["device_name"]
-        rows.append({"series": f"CEP {name}{suffix}", "method": "CEP", x: r[x], "device_name": device,
-                     "step_ms": r["ep_step_ms"], "peak_memory_mb": r["ep_peak_memory_mb"]})  # fmt: skip
+        methods = [("CEP", f"CEP {name}", "ep")]
         if isinstance(r["bp_arch"], str):
-            rows.append({"series": f"BP {label('arch', r['bp_arch'])}{suffix}", "method": "BP", x: r[x],
-                         "device_name": device, "step_ms": r["bp_step_ms"],
-                         "peak_memory_mb": r["bp_peak_memory_mb"]})  # fmt: skip
+            methods.append(("BP", f"BP {label('arch', r['bp_arch'])}", "bp"))
+        for method, series, m in methods:
+            times = {k: r[f"{m}_{k}"] for k in ("step_ms", "step_ms_min", "step_ms_max")}
+            unsteady = times["step_ms_max"] / times["step_ms_min"] > max_spread
+            rows.append({"series": f"{series}{suffix}", "method": method, x: r[x], **times,
+                         "unsteady": unsteady, "device_name": r["device_name"],
+                         "peak_memory_mb": r[f"{m}_peak_memory_mb"]})  # fmt: skip
     phrase = ", ".join(f"{'width' if k == 'width' else 'batch'} {v:g}" for k, v in held.items())
-    columns = ["series", "method", x, "device_name", "step_ms", "peak_memory_mb"]
+    columns = ["series", "method", x, "device_name", "step_ms", "step_ms_min", "step_ms_max", "unsteady",
+               "peak_memory_mb"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns), phrase
 
 
+def _repeat_ranges(ax, points: pd.DataFrame, x: str, hue_order: list[str]) -> None:
+    """Error bars from the repeats' min to max in each series' colour, and a ring round unsteady points."""
+    for series, color in zip(hue_order, sns.color_palette(PALETTE, len(hue_order)), strict=True):
+        s = points[
+            (points["series"] == series) & points["step_ms_min"].notna() & points["step_ms_max"].notna()
+        ]
+        if not s.empty:
+            yerr = [s["step_ms"] - s["step_ms_min"], s["step_ms_max"] - s["step_ms"]]
+            ax.errorbar(s[x], s["step_ms"], yerr=yerr, fmt="none", ecolor=color, elinewidth=0.8, capsize=2)
+    bad = points[points["unsteady"].astype(bool)]
+    ax.scatter(bad[x], bad["step_ms"], s=140, facecolors="none", edgecolors="red", linewidths=1.2, zorder=6)
+
+
 def plot_ep_vs_bp(
-    bench: pd.DataFrame, png: PathLike, pdf: PathLike | None = None, *, x: str = "batch_size"
+    bench: pd.DataFrame,
+    png: PathLike,
+    pdf: PathLike | None = None,
+    *,
+    x: str = "batch_size",
+    max_spread: float = MAX_SPREAD,
 ) -> None:
-    """Two panels, step time (log scale) and peak device memory, against `x` (batch_size, width or depth)
-    with the other two held fixed, CEP solid and BP dashed; the paper's memory at batch 128 (HR13 CEP
-    1612 MiB, BP ResNet13 1324 MiB) is drawn as stars when x is the batch size at width 1."""
-    data, held = scaling_data(bench, x)
+    """Two panels, step time (log scale, min–max of the repeats as error bars, a ring round a point whose
+    repeats disagree by more than `max_spread`) and peak device memory, against `x` (batch_size, width or
+    depth) with the other two held fixed, CEP solid and BP dashed; the paper's memory at batch 128 (HR13
+    CEP 1612 MiB, BP ResNet13 1324 MiB) is drawn as stars when x is the batch size at width 1."""
+    data, held = scaling_data(bench, x, max_spread)
     title = f"CEP vs backprop: cost against {X_LABELS[x].split(' (')[0]} ({held}) — {_devices(data)}"
     paper_stars = x == "batch_size" and held == "width 1"
     caption = (
         "One CEP training step (free phase, −β and +β phases, gradient, update) at the bench's iteration "
         "counts vs one backprop step of the twin network on the same batch. Memory: peak allocated device "
-        "memory (not measured on CPU)."
+        "memory (not measured on CPU). Error bars: min–max of the bench's repeats; a red ring: they disagree "
+        f"by more than ×{max_spread:g} (a busy host, not a cost)."
     )
     if paper_stars:
         caption += " Stars: the paper's measurement (RTX 4090 / RTX 6000 Ada)."
@@ -342,6 +461,7 @@ def plot_ep_vs_bp(
                     palette=PALETTE, ax=ax, legend=ax is axes.flat[-1],
                 )  # fmt: skip
                 if column == "step_ms":
+                    _repeat_ranges(ax, points, x, hue_order)
                     ax.set_yscale("log")
                 if x in ("batch_size", "width"):
                     ax.set_xscale("log", base=2)

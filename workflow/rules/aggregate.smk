@@ -61,6 +61,8 @@ rule profiles:
     localrule: True
     conda:
         "../../environment.yml"
+    params:
+        max_spread=config["profiles"]["max_spread"],
     script:
         "../scripts/profiles.py"
 

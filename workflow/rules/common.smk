@@ -48,6 +48,13 @@ def train_tags(wildcards):
     }
 
 
+def every_core(wildcards):
+    """Threads of a job that must run alone: every core of the run (`--cores`), so no other job starts
+    beside it. A function, so that a cluster profile's `set-threads` replaces it unevaluated.
+    """
+    return workflow.cores
+
+
 def profile_args(wildcards):
     return " ".join(grid.profile_args(config, PROFILES[wildcards.profile]))
 
