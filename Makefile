@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint demo demo-run gradcheck clean
+.PHONY: setup test lint demo demo-run gradcheck bench-tta gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,15 @@ demo: setup
 # One training run on digits, without the pipeline.
 demo-run: setup
 	$(BIN)/ep-core train --config configs/demo_digits.yaml --out runs/demo
+
+# Time to accuracy: the authors' recipe against ep.recipe=fast on digits, 3 seeds, interleaved
+# (docs/benchmarks.md). Writes results/benchmarks/tta.json and prints the table. TTA_ARGS adds flags.
+bench-tta: setup
+	$(BIN)/ep-core bench-tta $(TTA_ARGS)
+
+# GPU readiness in one script (~10 min on one CUDA GPU; never needed for CI): scripts/gpu-check.sh.
+gpu-check: setup
+	BIN=$(BIN) bash scripts/gpu-check.sh
 
 gradcheck: setup
 	$(BIN)/ep-core gradcheck --arch hopfield_resnet13 --width 0.0625 --estimator cep --beta 0.001 --dtype float64

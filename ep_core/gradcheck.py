@@ -157,7 +157,7 @@ def _run(
     def estimator_at(variant: str, b: float) -> EquilibriumProp:
         return EquilibriumProp(
             beta=b, variant=variant, free_iterations=max_iterations, nudge_iterations=max_iterations,
-            order=order, cost=cost, tol=tol,
+            order=order, cost=cost, tol=tol, clip_norm=None,
         )  # fmt: skip
 
     ep = estimator_at(estimator, beta)

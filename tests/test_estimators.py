@@ -19,6 +19,7 @@ def _exact(beta, variant="cep", **kw):
         nudge_iterations=20_000,
         order="coloring",
         tol=1e-14,
+        clip_norm=None,
         **kw,
     )
 
@@ -120,7 +121,7 @@ def test_batched_and_separate_phases_agree_and_one_sided_uses_the_free_state():
 def test_gradients_step_a_torch_optimizer_downhill():
     net = small_net("vgg5")
     x, y = batch(net, n=16)
-    ep = EquilibriumProp(beta=0.05, free_iterations=60, nudge_iterations=30)
+    ep = EquilibriumProp(beta=0.05, free_iterations=60, nudge_iterations=30, clip_norm=None)
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     first = ep.estimate(net, x, y)
     for _ in range(15):
@@ -133,7 +134,9 @@ def test_gradients_step_a_torch_optimizer_downhill():
 def test_global_norm_clipping():
     net = small_net("hopfield_resnet13")
     x, y = batch(net)
-    raw = EquilibriumProp(beta=0.1, free_iterations=30, nudge_iterations=10).estimate(net, x, y)
+    raw = EquilibriumProp(beta=0.1, free_iterations=30, nudge_iterations=10, clip_norm=None).estimate(
+        net, x, y
+    )
     clipped = EquilibriumProp(beta=0.1, free_iterations=30, nudge_iterations=10, clip_norm=1e-3).estimate(
         net, x, y
     )
@@ -175,7 +178,13 @@ def test_tol_stops_a_nudged_phase_on_its_displacement_not_on_the_whole_state():
     net = small_net("hopfield_resnet13")
     x, y = batch(net)
     free = converged(net, x)
-    common = {"beta": 0.1, "free_iterations": 0, "nudge_iterations": 20_000, "order": "coloring"}
+    common = {
+        "beta": 0.1,
+        "free_iterations": 0,
+        "nudge_iterations": 20_000,
+        "order": "coloring",
+        "clip_norm": None,
+    }
     exact = EquilibriumProp(**common, tol=1e-13).estimate(net, x, y, free)
     # 1e-13 of the displacement is below float64's resolution: the phase ends at its rounding floor instead
     # of running to the budget

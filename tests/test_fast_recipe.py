@@ -40,6 +40,7 @@ def test_paired_anderson_nudged_phases_match_the_reference_gradient(resnet_fixed
         "nudge_iterations": 20_000,
         "order": "coloring",
         "tol": 1e-12,
+        "clip_norm": None,
     }
     plain = EquilibriumProp(**common).estimate(net, x, y, free)
     mixed = EquilibriumProp(**common, nudge_solver="anderson").estimate(net, x, y, free)
