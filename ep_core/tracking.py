@@ -117,14 +117,17 @@ def _open_client(uri: str):
     from mlflow.tracking import MlflowClient
 
     _bound_http_client()
-    client = MlflowClient(tracking_uri=uri)
     path = sqlite_path(uri)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # MLflow creates and migrates the tables in the store's constructor, without a lock; the store is
-        # cached per process, so this runs once per process and later ones find the tables made.
-        with FileLock(f"{path}.lock", timeout=STORE_TIMEOUT_S):
-            _ = client._tracking_client.store
+    if path is None:
+        return MlflowClient(tracking_uri=uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # MLflow creates and migrates the tables in its stores' constructors, without a lock (the client's
+    # constructor already builds one); the stores are cached per process, so this runs once per process
+    # and the later processes find the tables made.
+    with FileLock(f"{path}.lock", timeout=STORE_TIMEOUT_S):
+        client = MlflowClient(tracking_uri=uri)
+        _ = client._tracking_client.store
+        _ = client._get_registry_client().store
     return client
 
 
