@@ -434,7 +434,15 @@ class RunTracker:
 
 def summarise_parent(init: dict[str, Any], metrics_files: list[Path]) -> dict[str, Any]:
     """Close the pipeline's parent run and list its child runs beside each run's metrics.json: the
-    summary says, per run, whether MLflow's final test accuracy equals the run directory's."""
+    summary says, per run, whether MLflow's final test accuracy equals the run directory's. First each run
+    directory is synced (what an outage held back); MirrorError if MLflow still lacks some."""
+    from .rundir import sync_run
+
+    behind = [
+        path.parent for path in metrics_files if (path.parent / LINK).exists() and not sync_run(path.parent)
+    ]
+    if behind:
+        raise MirrorError(f"MLflow still lacks {len(behind)} run(s), e.g. {behind[0]}; rerun when it answers")
     client = _client(init["tracking_uri"])
     children = bounded("listing the pipeline's runs", client.search_runs, [init["experiment_id"]],
                        filter_string=f"tags.mlflow.parentRunId = '{init['parent_run_id']}'")  # fmt: skip

@@ -223,7 +223,9 @@ def test_a_kill_before_the_first_checkpoint_leaves_no_orphan_run(tmp_path):
     job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     # Killed after its MLflow run exists and epoch 1 is logged, before any checkpoint (every 2 epochs).
-    while not ((out / "mlflow.json").exists() and json.loads((out / "mlflow.json").read_text())["epochs_sent"]):
+    while not (
+        (out / "mlflow.json").exists() and json.loads((out / "mlflow.json").read_text())["epochs_sent"]
+    ):
         assert job.poll() is None and time.time() < deadline
         time.sleep(0.05)
     job.kill()

@@ -16,4 +16,4 @@ rule profile:
     params:
         args=profile_args,
     shell:
-        "OMP_NUM_THREADS={threads} ep-core bench {params.args} --json > {output} 2> {log}"
+        "OMP_NUM_THREADS={threads} ep-core bench {params.args} --json --output {output} 2> {log}"
