@@ -62,15 +62,20 @@ def prepare_out(out: Path) -> None:
         ) from None
 
 
+def parse_file(path: Path, parse, kind: str, what: str, error: type[ValueError] = RunDirError) -> Any:
+    """`parse(text of path)`, or `error`: one line naming the file, why, and `what` to do about it."""
+    try:
+        return parse(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as problem:
+        raise error(f"{path}: not valid {kind} ({first_line(problem)}); {what}") from None
+
+
 def read_saved_config(out: Path) -> dict[str, dict[str, Any]] | None:
     path = out / CONFIG
     if not path.exists():
         return None
     what = "restore it or use another --out (deleting it loses the record of the run's settings)"
-    try:
-        saved = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise RunDirError(f"{path}: not valid YAML ({first_line(error)}); {what}") from None
+    saved = parse_file(path, yaml.safe_load, "YAML", what)
     if not isinstance(saved, dict) or not all(isinstance(v, dict) for v in saved.values()):
         raise RunDirError(f"{path}: not a run configuration (a mapping of sections); {what}")
     return saved
@@ -81,10 +86,7 @@ def read_metrics(out: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     what = "delete it and rerun to resume the run from its checkpoint (or redo it)"
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise RunDirError(f"{path}: not valid JSON ({first_line(error)}); {what}") from None
+    metrics = parse_file(path, json.loads, "JSON", what)
     if not isinstance(metrics, dict) or "status" not in metrics or "final" not in metrics:
         raise RunDirError(f"{path}: not a run's metrics (no status/final); {what}")
     return metrics

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_write_text
+from .rundir import parse_file
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 TIMEOUT_ENV = "EP_CORE_MLFLOW_TIMEOUT"
@@ -183,10 +184,10 @@ def init_tracking(
 
 def read_init(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        init = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise TrackingError(f"{path}: not a readable init.json ({str(error).splitlines()[0]})") from None
+    what = "give a pipeline's results/mlflow/init.json or a tracking URI"
+    if not path.is_file():
+        raise TrackingError(f"{path}: no such init.json; {what}")
+    init = parse_file(path, json.loads, "JSON", what, TrackingError)
     if not isinstance(init, dict) or "tracking_uri" not in init or "experiment_id" not in init:
         raise TrackingError(f"{path}: not an init.json (needs tracking_uri and experiment_id)")
     return init
@@ -248,13 +249,9 @@ def read_link(out: str | Path) -> dict[str, Any] | None:
     path = Path(out) / LINK
     if not path.exists():
         return None
-    try:
-        link = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise TrackingError(
-            f"{path}: not readable ({str(error).splitlines()[0]}); delete it to mirror the run as a new "
-            "MLflow run"
-        ) from None
+    link = parse_file(
+        path, json.loads, "JSON", "delete it to mirror the run as a new MLflow run", TrackingError
+    )
     if not isinstance(link, dict) or "tracking_uri" not in link or "key" not in link:
         raise TrackingError(
             f"{path}: not an MLflow link file; delete it to mirror the run as a new MLflow run"

@@ -198,7 +198,7 @@ def test_bad_out_directories(tmp_path, base_config, capsys, kind):
 @pytest.mark.parametrize(
     ("target", "content", "needle"),
     [
-        ("missing.json", None, "not a readable init.json"),
+        ("missing.json", None, "missing.json: no such init.json"),
         ("list.json", "[1, 2]", "not an init.json"),
         ("foo://bar", None, "--mlflow: 'foo://bar' is not a tracking URI"),
         ("mlflow.db", None, "--mlflow: 'mlflow.db' is not a tracking URI"),
