@@ -103,6 +103,13 @@ def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training import train
 
+    for flag, value in (("--run-name", args.run_name), ("--mlflow-experiment", args.mlflow_experiment)):
+        if value is not None and not args.mlflow:
+            raise ValueError(f"{flag}: applies with --mlflow only")
+    if args.mlflow_experiment is not None and args.mlflow and args.mlflow.endswith(".json"):
+        raise ValueError(
+            "--mlflow-experiment: the init.json names the experiment; give a tracking URI instead"
+        )
     config = load_config(args.config, args.set)
     tracker = None
     if args.mlflow:
@@ -114,7 +121,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.mlflow.endswith(".json"):
             tracker = RunTracker.from_file(args.mlflow, name)
         else:  # the store and experiment are made at the first call that succeeds (sqlite: under a lock)
-            tracker = RunTracker.for_uri(args.mlflow, args.mlflow_experiment, name)
+            tracker = RunTracker.for_uri(args.mlflow, args.mlflow_experiment or "ep-core", name)
     return train(config, args.out, tracker=tracker, threads=args.threads, diverged_ok=args.diverged_ok)
 
 
@@ -133,7 +140,7 @@ def _add_train(sub) -> None:
         "--mlflow", metavar="URI|INIT.json",
         help="mirror the run to MLflow: a tracking URI (e.g. sqlite:///mlflow.db) or a pipeline's init.json",
     )  # fmt: skip
-    p.add_argument("--mlflow-experiment", default="ep-core", help="experiment name with a tracking URI")
+    p.add_argument("--mlflow-experiment", help="experiment name with a tracking URI (default ep-core)")
     p.add_argument("--run-name", help="MLflow run name (default: the --out directory's name)")
     p.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
     p.add_argument(

@@ -104,6 +104,14 @@ BAD_COMMANDS = [
     (["bench", "--no-schedules", "--schedule-tol", "1e-4"], "--schedule-tol: does not apply"),
     (["bench", "--device", "tpu"], "--device: 'tpu' is not"),
     (["train", "--set", "ep.beta=0.1"], "the following arguments are required: --out"),
+    (["train", "--out", "run", "--run-name", "x"], "--run-name: applies with --mlflow only"),
+    (
+        ["train", "--out", "run", "--mlflow-experiment", "x"],
+        "--mlflow-experiment: applies with --mlflow only",
+    ),
+    (["train", "--out", "run", "--mlflow", "i.json", "--mlflow-experiment", "x"], "the init.json names the"),
+    (["train", "--out", "run", "--threads", "0"], "argument --threads: must be >= 1"),
+    (["sync"], "the following arguments are required: RUN_DIR"),
     (["download", "--dataset", "imagenet"], "unknown dataset 'imagenet'; valid choices: cifar10"),
     (["frobnicate"], "argument command: invalid choice: 'frobnicate'"),
 ]

@@ -154,7 +154,9 @@ def start_until_checkpoint(tmp_path: Path, *extra: str):
     args = [str(BIN / "snakemake"), target, "--snakefile", str(ROOT / "Snakefile"), "--cores", "1", *extra,
             "--directory", str(tmp_path), "--configfile", str(configfile)]  # fmt: skip
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    driver = subprocess.Popen(args, capture_output=True, text=True, env=env, start_new_session=True)
+    driver = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     deadline = time.time() + 300
     while not ((run_dir / "checkpoint.pt").exists() and (run_dir / "history.csv").exists()):
         assert driver.poll() is None and time.time() < deadline
