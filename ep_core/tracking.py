@@ -21,6 +21,7 @@ training run then mirrors itself through a `RunTracker`, which never lets MLflow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -198,15 +199,16 @@ def set_parent_status(init: dict[str, Any], status: str) -> None:
     bounded(f"marking the parent run {status}", client.set_terminated, init["parent_run_id"], status=status)
 
 
-def pipeline_status(log: str | Path | None, failed: bool) -> str:
+def pipeline_status(log: str | Path | list | None, failed: bool) -> str:
     """The parent run's status at the end of a pipeline: FINISHED, KILLED (interrupted by the user:
-    Snakemake's log says 'Terminating processes on user request') or FAILED."""
+    Snakemake's log — one file or the list its hooks receive — says 'Terminating processes on user
+    request') or FAILED."""
     if not failed:
         return "FINISHED"
-    try:
-        text = Path(log).read_text() if log else ""
-    except OSError:
-        text = ""
+    text = ""
+    for path in log if isinstance(log, list | tuple) else [log] if log else []:
+        with contextlib.suppress(OSError):  # a log that is gone says nothing
+            text += Path(path).read_text()
     return "KILLED" if "Terminating processes on user request" in text else "FAILED"
 
 

@@ -254,6 +254,7 @@ def test_the_pipeline_parent_status_follows_the_snakemake_outcome(tmp_path):
     log = tmp_path / "snakemake.log"
     log.write_text("...\nTerminating processes on user request, this might take some time.\n")
     assert tracking.pipeline_status(log, failed=True) == "KILLED"
+    assert tracking.pipeline_status([str(log)], failed=True) == "KILLED"  # what Snakemake's hooks get
     log.write_text("Error in rule train:\n")
     assert tracking.pipeline_status(log, failed=True) == "FAILED"
     assert tracking.pipeline_status(None, failed=False) == "FINISHED"
