@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint demo demo-run gradcheck bench-tta gpu-check clean
+.PHONY: setup test lint demo unlock demo-run gradcheck bench-tta gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -26,10 +26,15 @@ test: lint
 	$(BIN)/python -m pytest -q --durations=10 tests
 
 # The whole pipeline at demo scale (digits, CPU): every run, table, figure, MLflow, and the report.
+# --rerun-incomplete: after Ctrl-C, `make demo` again resumes (interrupted training jobs from their checkpoints).
 demo: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 --configfile configs/pipeline_demo.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 --rerun-incomplete --configfile configs/pipeline_demo.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 --configfile configs/pipeline_demo.yaml \
 		--report results/report.html
+
+# After the driver was killed (kill -9, a lost terminal): release its lock, then `make demo` resumes.
+unlock: setup
+	$(BIN)/snakemake --unlock --cores 1 --configfile configs/pipeline_demo.yaml
 	@echo
 	@echo "Results: $(CURDIR)/results (tables/, figures/, runs/; report.html)"
 	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow/mlflow.db --host 127.0.0.1"

@@ -2,6 +2,8 @@
 # The grid (which runs, which studies, which settings) is config.yaml; all logic lives in ep_core.
 from snakemake.utils import min_version, validate
 
+from ep_core.tracking import mark_parent, pipeline_status
+
 min_version("9.0")
 
 
@@ -20,6 +22,23 @@ include: "workflow/rules/tracking.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/aggregate.smk"
+
+
+# The pipeline's parent MLflow run follows the outcome: RUNNING while jobs run, FINISHED on success,
+# FAILED when a job fails, KILLED when interrupted (Ctrl-C). MLflow being down never fails the pipeline.
+MLFLOW_INIT = "results/mlflow/init.json"
+
+
+onstart:
+    mark_parent(MLFLOW_INIT, "RUNNING")
+
+
+onsuccess:
+    mark_parent(MLFLOW_INIT, "FINISHED")
+
+
+onerror:
+    mark_parent(MLFLOW_INIT, pipeline_status(log, failed=True))
 
 
 rule all:

@@ -19,14 +19,26 @@ import numpy as np
 import torch
 
 
-def atomic_write_bytes(path: Path, write) -> None:
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, write, previous: Path | None = None) -> None:
+    """Write via a temporary file in the same directory, then rename it over `path`: a kill leaves the old
+    file or the new one. The file gets the mode a plain `open` would (0644 under umask 022; mkstemp makes
+    0600). With `previous`, the old file is first renamed there (kept as a fallback)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -37,8 +49,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+def save_checkpoint(path: Path, state: dict[str, Any], previous: Path | None = None) -> None:
+    atomic_write_bytes(path, lambda f: torch.save(state, f), previous)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -4,12 +4,50 @@ one line on stderr (no traceback) with exit status 2."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 
 from .estimators import VARIANTS
 from .networks import NETWORKS
 from .schedule import ORDERS
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is one `--help` away), exit status 2 as argparse's."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _input_size(text: str) -> int:
+    value = _at_least(16)(text)
+    if value % 16:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 16, got {value}")
+    return value
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -40,18 +78,18 @@ def _add_gradcheck(sub) -> None:
         "gradcheck", help="compare EP/CEP gradients with the implicit-differentiation reference"
     )
     p.add_argument("--arch", required=True, choices=list(NETWORKS))
-    p.add_argument("--width", type=float, default=1 / 16, help="channel multiplier (default 1/16)")
+    p.add_argument("--width", type=_positive, default=1 / 16, help="channel multiplier (default 1/16)")
     p.add_argument("--estimator", choices=VARIANTS, default="cep")
     p.add_argument("--beta", type=float, default=1e-3)
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-size", type=_input_size, default=32, help="a multiple of 16")
+    p.add_argument("--batch-size", type=_at_least(1), default=8)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--order", choices=ORDERS, default="coloring")
     p.add_argument("--activation", default="relu6", help="relu6, relu1 or relu_random")
     p.add_argument("--cost", default="mse", help="mse or cross_entropy")
-    p.add_argument("--tol", type=float, default=1e-14, help="relative residual every phase relaxes to")
-    p.add_argument("--max-iterations", type=int, default=20_000)
+    p.add_argument("--tol", type=_positive, default=1e-14, help="relative residual every phase relaxes to")
+    p.add_argument("--max-iterations", type=_at_least(1), default=20_000)
     p.add_argument("--min-cosine", type=float, default=None, help="exit 1 if any tensor's cosine is below")
     p.add_argument(
         "--sweep", type=_floats, default=(), metavar="B1,B2,...",
@@ -67,17 +105,25 @@ def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training import train
 
+    for flag, value in (("--run-name", args.run_name), ("--mlflow-experiment", args.mlflow_experiment)):
+        if value is not None and not args.mlflow:
+            raise ValueError(f"{flag}: applies with --mlflow only")
+    if args.mlflow_experiment is not None and args.mlflow and args.mlflow.endswith(".json"):
+        raise ValueError(
+            "--mlflow-experiment: the init.json names the experiment; give a tracking URI instead"
+        )
     config = load_config(args.config, args.set)
     tracker = None
     if args.mlflow:
         from pathlib import Path
 
-        from .tracking import RunTracker, init_tracking
+        from .tracking import RunTracker
 
-        source = Path(args.mlflow)
-        init = source if source.suffix == ".json" else init_tracking(args.mlflow, args.mlflow_experiment)
-        name = args.run_name or Path(args.out).name
-        tracker = RunTracker.from_file(init, name) if isinstance(init, Path) else RunTracker(init, name)
+        name = args.run_name or Path(args.out).resolve().name
+        if args.mlflow.endswith(".json"):
+            tracker = RunTracker.from_file(args.mlflow, name)
+        else:  # the store and experiment are made at the first call that succeeds (sqlite: under a lock)
+            tracker = RunTracker.for_uri(args.mlflow, args.mlflow_experiment or "ep-core", name)
     return train(config, args.out, tracker=tracker, threads=args.threads, diverged_ok=args.diverged_ok)
 
 
@@ -96,13 +142,33 @@ def _add_train(sub) -> None:
         "--mlflow", metavar="URI|INIT.json",
         help="mirror the run to MLflow: a tracking URI (e.g. sqlite:///mlflow.db) or a pipeline's init.json",
     )  # fmt: skip
-    p.add_argument("--mlflow-experiment", default="ep-core", help="experiment name with a tracking URI")
+    p.add_argument("--mlflow-experiment", help="experiment name with a tracking URI (default ep-core)")
     p.add_argument("--run-name", help="MLflow run name (default: the --out directory's name)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
     p.add_argument(
         "--diverged-ok", action="store_true", help="exit 0 when the run diverges (it is recorded as diverged)"
     )
     p.set_defaults(func=_train)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from .rundir import sync_run
+
+    behind = 0
+    for out in args.run_dirs:
+        if sync_run(out):
+            print(f"{out}: MLflow is up to date")
+        else:
+            behind += 1
+    return 1 if behind else 0
+
+
+def _add_sync(sub) -> None:
+    p = sub.add_parser(
+        "sync", help="send what MLflow lacks of run directories (after an outage); exit 1 if still behind"
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.set_defaults(func=_sync)
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -127,8 +193,16 @@ def _bench(args: argparse.Namespace) -> int:
 
     from .benchmark import format_result, run_benchmark
 
+    if args.blocks is not None and args.arch != "hopfield_resnet":
+        raise ValueError(f"--blocks: applies to --arch hopfield_resnet only, not {args.arch}")
+    if args.anderson_memory is not None and "anderson" not in (args.solver, args.nudge_solver):
+        raise ValueError("--anderson-memory: applies to --solver or --nudge-solver anderson only")
+    if args.no_schedules and args.schedule_tol is not None:
+        raise ValueError("--schedule-tol: does not apply with --no-schedules")
     if args.arch == "hopfield_resnet" and args.blocks is None:
         args.blocks = 4
+    args.anderson_memory = 5 if args.anderson_memory is None else args.anderson_memory
+    args.schedule_tol = 1e-3 if args.schedule_tol is None else args.schedule_tol
     result = run_benchmark(
         args.arch, width=args.width, batch_size=args.batch_size, free_iterations=args.free_iterations,
         nudge_iterations=args.nudge_iterations, repeats=args.repeats, device=args.device, dtype=args.dtype,
@@ -140,7 +214,15 @@ def _bench(args: argparse.Namespace) -> int:
         schedule_tol=None if args.no_schedules else args.schedule_tol,
         schedule_max_iterations=args.schedule_max_iterations, compare_dtypes=tuple(args.compare_dtype),
     )  # fmt: skip
-    print(json.dumps(result, indent=2) if args.json else format_result(result))
+    text = json.dumps(result, indent=2) if args.json else format_result(result)
+    if args.output:  # written whole or not at all: a killed job never leaves a partial report
+        from pathlib import Path
+
+        from .checkpoint import atomic_write_text
+
+        atomic_write_text(Path(args.output), text + "\n")
+    else:
+        print(text)
     return 0
 
 
@@ -153,29 +235,39 @@ def _add_bench(sub) -> None:
         "its backprop twin, peak memory and iterations to a tolerance",
     )
     p.add_argument("--arch", default="hopfield_resnet13", choices=list(NETWORKS))
-    p.add_argument("--blocks", type=int, default=None, help="hopfield_resnet only (default 4)")
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--free-iterations", type=int, default=4)
-    p.add_argument("--nudge-iterations", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--blocks", type=_at_least(1), default=None, help="hopfield_resnet only (default 4)")
+    p.add_argument("--width", type=_positive, default=1.0)
+    p.add_argument("--input-size", type=_input_size, default=32, help="a multiple of 16")
+    p.add_argument("--batch-size", type=_at_least(1), default=8)
+    p.add_argument("--free-iterations", type=_at_least(1), default=4)
+    p.add_argument("--nudge-iterations", type=_at_least(1), default=2)
+    p.add_argument("--repeats", type=_at_least(1), default=3)
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], default="float32")
     p.add_argument("--order", choices=ORDERS, default="even_odd")
     p.add_argument("--solver", choices=SOLVERS, default="fixed_point", help="free phase")
     p.add_argument("--nudge-solver", choices=SOLVERS, default="fixed_point", help="nudged phases")
-    p.add_argument("--anderson-memory", type=int, default=5)
-    p.add_argument("--chunk-size", type=int, default=None, help="relax at most this many examples at once")
+    p.add_argument(
+        "--anderson-memory", type=_at_least(1), default=None, help="an anderson solver (default 5)"
+    )
+    p.add_argument(
+        "--chunk-size", type=_at_least(1), default=None, help="relax at most this many examples at once"
+    )
     p.add_argument("--memory-only", action="store_true", help="only the peak memory of a step (EP and BP)")
-    p.add_argument("--tol", type=float, default=None, help="early stop of each phase (default: fixed length)")
+    p.add_argument(
+        "--tol", type=_positive, default=None, help="early stop of each phase (default: fixed length)"
+    )
     p.add_argument("--separate-phases", action="store_true", help="run the -beta and +beta phases unstacked")
     p.add_argument("--channels-last", action="store_true", help="NHWC weights and states")
     p.add_argument("--compile", action="store_true", help="torch.compile the sweeps")
     p.add_argument("--cuda-graphs", action="store_true", help="replay each phase as one CUDA graph (CUDA)")
-    p.add_argument("--overhead-rounds", type=int, default=3, help="interleaved rounds of the overhead ratio")
-    p.add_argument("--schedule-tol", type=float, default=1e-3, help="residual for the iterations-to-tol runs")
-    p.add_argument("--schedule-max-iterations", type=int, default=400)
+    p.add_argument(
+        "--overhead-rounds", type=_at_least(1), default=3, help="interleaved rounds of the overhead ratio"
+    )
+    p.add_argument(
+        "--schedule-tol", type=_positive, default=None, help="residual for the iterations-to-tol runs (1e-3)"
+    )
+    p.add_argument("--schedule-max-iterations", type=_at_least(1), default=400)
     p.add_argument("--no-schedules", action="store_true", help="skip the iterations-to-tol runs")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-bp", action="store_true", help="skip the backprop twin")
@@ -184,6 +276,7 @@ def _add_bench(sub) -> None:
         help="also time the free iteration and kernel set in this dtype, interleaved (repeatable)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true")
+    p.add_argument("--output", metavar="FILE", help="write the report to FILE (atomically) instead of stdout")
     p.set_defaults(func=_bench)
 
 
@@ -193,11 +286,18 @@ def _add_bench_tta(sub) -> None:
     add_parser(sub)
 
 
-SUBCOMMANDS: list[Callable] = [_add_train, _add_download, _add_gradcheck, _add_bench, _add_bench_tta]
+SUBCOMMANDS: list[Callable] = [
+    _add_train,
+    _add_sync,
+    _add_download,
+    _add_gradcheck,
+    _add_bench,
+    _add_bench_tta,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ep-core", description=__doc__.splitlines()[0])
+    parser = Parser(prog="ep-core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -256,9 +257,10 @@ def validate(c: RunConfig) -> RunConfig:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
-    for key in ("free_iterations", "nudge_iterations", "eval_iterations"):
-        if getattr(c.ep, key) < 0:
-            raise ConfigError(f"ep.{key}: must be >= 0, got {getattr(c.ep, key)}")
+    for key in ("free_iterations", "nudge_iterations", "eval_iterations"):  # 0: no relaxation, no gradient
+        if getattr(c.ep, key) < 1:
+            raise ConfigError(f"ep.{key}: must be >= 1, got {getattr(c.ep, key)}")
+    _check_ranges(c)
     if c.ep.beta is not None and (c.ep.beta <= 0 if c.ep.estimator == "cep" else c.ep.beta == 0):
         need = "> 0 (centered EP nudges with -beta and +beta)" if c.ep.estimator == "cep" else "!= 0"
         raise ConfigError(f"ep.beta: must be {need}, got {c.ep.beta}")
@@ -288,6 +290,55 @@ def validate(c: RunConfig) -> RunConfig:
         if value is not None and value <= 0:
             raise ConfigError(f"ep.{key}: must be positive or null, got {value}")
     return c
+
+
+def _values(value: float | list[float] | None) -> list[float]:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def _check_ranges(c: RunConfig) -> None:
+    """Numbers outside the range where they mean something (torch would accept some, silently)."""
+    o = c.optim
+    if any(not v > 0 for v in _values(o.lr)):
+        raise ConfigError(f"optim.lr: must be > 0 (one number or one per tensor), got {o.lr}")
+    if any(v < 0 for v in _values(o.weight_decay)):
+        raise ConfigError(
+            f"optim.weight_decay: must be >= 0 (one number or one per tensor), got {o.weight_decay}"
+        )
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.momentum: must be in [0, 1), got {o.momentum}")
+    if o.eta_min is not None and o.eta_min < 0:
+        raise ConfigError(f"optim.eta_min: must be >= 0 or null, got {o.eta_min}")
+    minimum = {"train.seed": (c.train.seed, 0), "data.split_seed": (c.data.split_seed, 0),
+               "data.num_workers": (c.data.num_workers, 0),
+               "data.synthetic_train": (c.data.synthetic_train, 1),
+               "data.synthetic_test": (c.data.synthetic_test, 1)}  # fmt: skip
+    for key, (value, low) in minimum.items():
+        if value < low:
+            raise ConfigError(f"{key}: must be >= {low}, got {value}")
+    if c.model.gains is not None and any(not g > 0 for g in c.model.gains):
+        raise ConfigError(f"model.gains: must all be > 0, got {c.model.gains}")
+    _check_fits_in_memory(c.model.width, c.model.arch)
+
+
+# Bytes per parameter a training run holds at least: float32 weights, their gradient, the optimizer's state.
+BYTES_PER_PARAMETER = 3 * 4
+
+
+def _check_fits_in_memory(width: float, arch: str) -> None:
+    """Reject widths whose network cannot fit in this machine's memory, before anything is allocated. The
+    estimate is a lower bound (never rejects a network that fits): every architecture has a 3×3
+    convolution between two last-stage layers of 512·width channels, 9·(512·width)² weights."""
+    channels = max(1, round(512 * width))
+    parameters = 9 * channels**2
+    needed = parameters * BYTES_PER_PARAMETER
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ConfigError(
+            f"model.width: {width:g} gives {arch} at least {parameters:.2e} parameters, which need at least "
+            f"{needed / 2**30:.3g} GiB (weights, gradients, optimizer state); this machine has "
+            f"{available / 2**30:.3g} GiB"
+        )
 
 
 def resolve(c: RunConfig) -> RunConfig:

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .config import BP_ARCHS, EP_ARCHS, build_config
+from .config import BP_ARCHS, EP_ARCHS, RunConfig, build_config, resolve
 from .datasets import DATASETS
 
 STUDY_KINDS = ("main", "activation_ablation", "residual_ablation")
@@ -122,11 +122,31 @@ def validate_grid(config: dict[str, Any]) -> list[RunSpec]:
         raise GridError("studies: the grid has no runs")
     for run in runs:
         try:
-            build_config({}, run_overrides(config, run))
+            check_against_network(build_config({}, run_overrides(config, run)))
         except ValueError as error:
             raise GridError(f"settings for {run.name}: {error}") from None
     profile_specs(config)
     return runs
+
+
+def check_against_network(run_config: RunConfig) -> None:
+    """The settings that only the network can check (per-tensor lr/weight-decay lists, per-edge gains):
+    build it on the meta device — shapes only, nothing allocated, no data needed — and apply the run's own
+    checks, so a dry run rejects what the job would."""
+    o, m = run_config.optim, run_config.model
+    if not (isinstance(o.lr, list) or isinstance(o.weight_decay, list) or m.gains is not None):
+        return
+    import torch
+
+    from .datasets import dataset_info
+    from .optimization import per_tensor
+    from .training import build_model
+
+    with torch.device("meta"):
+        model = build_model(resolve(run_config), dataset_info(run_config.data.name))
+    for key, value in (("optim.lr", o.lr), ("optim.weight_decay", o.weight_decay)):
+        if isinstance(value, list):
+            per_tensor(key, value, model)
 
 
 def datasets_to_download(config: dict[str, Any]) -> list[str]:

@@ -10,7 +10,6 @@ written last, with status completed, diverged or failed.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from .backprop import build_bp_network
@@ -41,16 +39,24 @@ from .networks import build_network
 from .optimization import build_optimizer, build_scheduler
 from .provenance import device_description, git_commit, package_versions
 from .records import initial_scales, write_csv, write_json, write_weight_records
-from .tracking import RunTracker
+from .rundir import (
+    CHECKPOINT,
+    CONFIG,
+    HISTORY,
+    METRICS,
+    MODEL,
+    PREVIOUS_CHECKPOINT,
+    RECORDS,
+    RunDirError,
+    first_line,
+    prepare_out,
+    read_metrics,
+    read_saved_config,
+    sync_run,
+)
+from .tracking import LINK, RunTracker
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CONFIG, EXIT_DIVERGED = 0, 1, 2, 3
-CHECKPOINT, METRICS, HISTORY, MODEL, CONFIG = (
-    "checkpoint.pt",
-    "metrics.json",
-    "history.csv",
-    "model.pt",
-    "config.yaml",
-)
 # Keys that do not change what a run computes: a resumed run may differ in them.
 OPERATIONAL_KEYS = {"data.data_dir", "data.num_workers", "train.device", "train.checkpoint_every"}
 BEST_TEST_PROTOCOL = (
@@ -222,7 +228,27 @@ class Run:
         }  # fmt: skip
 
     def save(self) -> None:
-        save_checkpoint(self.out / CHECKPOINT, self.state())
+        save_checkpoint(self.out / CHECKPOINT, self.state(), previous=self.out / PREVIOUS_CHECKPOINT)
+
+    def resume(self) -> bool:
+        """Restore the latest readable checkpoint (falling back to the one before it, with a warning);
+        False when there is none. Unreadable checkpoints and no fallback: a one-line RunDirError."""
+        paths = [p for p in (self.out / CHECKPOINT, self.out / PREVIOUS_CHECKPOINT) if p.exists()]
+        bad: list[str] = []
+        for path in paths:
+            try:
+                self.restore(load_checkpoint(path, map_location=self.s.device))
+            except Exception as error:  # truncated, zero bytes, not a checkpoint: try the previous one
+                bad.append(f"{path} is unreadable ({type(error).__name__}: {first_line(error)[:120]})")
+                continue
+            if bad:
+                log(f"warning: {bad[0]}; resuming from the previous checkpoint {path.name}")
+            return True
+        if bad:
+            names = " and ".join(p.name for p in paths)
+            raise RunDirError(f"{'; '.join(bad)}; no readable checkpoint is left: delete {names} to restart "
+                              "the run from epoch 1")  # fmt: skip
+        return False
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         s = self.s
@@ -339,9 +365,6 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
-RECORDS = (CONFIG, HISTORY, METRICS, "weights_summary.csv", "weights_histograms.json")
-
-
 def _write_records(run: Run, status: str, message: str | None, tracker: RunTracker | None) -> None:
     """The run's closing files, metrics.json last; a diverged run gets every file a completed one has
     (its weights as they were when it diverged), a failed one only history and metrics."""
@@ -350,10 +373,13 @@ def _write_records(run: Run, status: str, message: str | None, tracker: RunTrack
     if status != "failed":
         save_checkpoint(out / MODEL, run.s.model.state_dict())
         write_weight_records(out, run.s.model, run.s.scales)
+    if tracker is not None:  # first the epochs, so that metrics.json can name the MLflow run
+        tracker.sync(run.s.config.flat(), run.history)
+        run.mlflow_run_id = run.mlflow_run_id or tracker.run_id
     metrics = run.metrics(status, message)
     write_json(out / METRICS, metrics)
     if tracker is not None:
-        tracker.finish(metrics, out, list(RECORDS))
+        tracker.sync(run.s.config.flat(), run.history, metrics, [out / name for name in RECORDS])
 
 
 def train(
@@ -373,31 +399,31 @@ def train(
         torch.set_num_threads(threads)
     setup = prepare(config)  # may raise ConfigError/ValueError: nothing written yet
     config = setup.config
-    metrics_path = out / METRICS
-    ckpt_path = out / CHECKPOINT
-    if (out / CONFIG).exists() or ckpt_path.exists():
-        saved = yaml.safe_load((out / CONFIG).read_text()) if (out / CONFIG).exists() else None
-        differences = _config_differences(saved, config) if saved else []
-        if differences:
-            raise ConfigError(
-                f"{out} holds a run with another configuration ({differences[0]}); use another --out"
-            )
-    if metrics_path.exists():
-        previous = json.loads(metrics_path.read_text())
-        if previous.get("status") == "completed":
-            log(f"{out}: already completed (test_acc {previous['final']['test_acc']:.2f}); nothing to do")
-            return EXIT_COMPLETED
-        metrics_path.unlink()  # a failed/diverged run is retried from its last checkpoint
+    saved = read_saved_config(out)  # an unreadable config.yaml/metrics.json: a one-line RunDirError
+    differences = _config_differences(saved, config) if saved else []
+    if differences:
+        raise ConfigError(
+            f"{out} holds a run with another configuration ({differences[0]}); use another --out"
+        )
+    previous = read_metrics(out)
+    if previous is not None and previous["status"] == "completed":
+        log(f"{out}: already completed (test_acc {previous['final']['test_acc']:.2f}); nothing to do")
+        if tracker is not None and (out / LINK).exists():
+            sync_run(out)  # a run that ended while MLflow was down: send the rest now
+        return EXIT_COMPLETED
+    prepare_out(out)  # a file, or a place that cannot be written: one line, nothing left behind
 
     run = Run(setup, out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / CONFIG, dump_config(config))
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=setup.device)
-        run.restore(ckpt)
+    if run.resume():
         log(f"{out}: resuming at epoch {run.epoch + 1}, batch {run.next_batch}")
+    if previous is not None:
+        (out / METRICS).unlink()  # a failed/diverged run is retried from its last checkpoint
+    atomic_write_text(out / CONFIG, dump_config(config))
+    params = config.flat()
     if tracker is not None:
-        run.mlflow_run_id = tracker.start(config.flat(), resume_run_id=run.mlflow_run_id)
+        tracker.attach(out, resume_run_id=run.mlflow_run_id)
+        tracker.sync(params, run.history)
+        run.mlflow_run_id = tracker.run_id
     epochs = config.train.epochs
     try:
         with StopRequest() as stop:
@@ -406,18 +432,23 @@ def train(
                     run.save()
                     where = f"epoch {run.epoch + 1}, batch {run.next_batch}"
                     log(f"{out}: stopped by signal {stop.signal}; checkpoint saved at {where}")
+                    if tracker is not None:
+                        tracker.sync(params, run.history, stopped=True)
                     return 128 + int(stop.signal)
                 row = run.finish_epoch()
                 run.history.append(row)
                 write_csv(out / HISTORY, run.history, ("epoch",))
-                if tracker is not None:
-                    tracker.log_epoch(row)
                 print(_epoch_line(row, epochs), flush=True)
                 run.epoch, run.next_batch, run.acc = run.epoch + 1, 0, Accumulator()
                 if run.epoch % config.train.checkpoint_every == 0 or stop:
-                    run.save()
+                    run.save()  # before MLflow hears of the epoch: a resumed run never redoes a sent epoch
+                if tracker is not None:
+                    tracker.sync(params, run.history, force=False)
+                    run.mlflow_run_id = run.mlflow_run_id or tracker.run_id
                 if stop:
                     log(f"{out}: stopped by signal {stop.signal}; checkpoint saved after epoch {run.epoch}")
+                    if tracker is not None:
+                        tracker.sync(params, run.history, stopped=True)
                     return 128 + int(stop.signal)
     except DivergenceError as error:
         message = f"diverged in epoch {run.epoch + 1}, batch {run.next_batch + 1}: {error}"
@@ -429,7 +460,9 @@ def train(
         _write_records(run, "failed", f"{type(error).__name__}: {error}", tracker)
         return EXIT_FAILED
     _write_records(run, "completed", None, tracker)
+    ckpt_path = out / CHECKPOINT
     ckpt_path.unlink(missing_ok=True)
+    (out / PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
     final = run.history[-1]
     log(f"{out}: completed {epochs} epochs, test_acc {final['test_acc']:.2f}, {run.elapsed():.0f}s")
     return EXIT_COMPLETED

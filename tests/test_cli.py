@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ep_core.checkpoint import _umask
 from ep_core.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,17 +103,20 @@ def test_bench_measures_cep_and_its_backprop_twin(capsys):
     assert sched["coloring"] is not None
 
 
-def test_bench_table_and_options(capsys):
+def test_bench_table_and_options(capsys, tmp_path):
     args = ["bench", "--arch", "vgg5", "--width", "0.0625", "--input-size", "16", "--batch-size", "2"]
     assert main([*args, "--repeats", "1", "--separate-phases", "--channels-last", "--no-memory", "--no-bp",
                  "--no-schedules"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "overhead ratio" in out and "minimal kernel set" in out and "channels_last=True" in out
     assert "min - max of 1 repeats" in out and "load average before / after" in out
+    report = tmp_path / "profiles" / "d5.json"  # the profile rule's way: written whole, mode from the umask
     assert main(["bench", "--arch", "hopfield_resnet", "--blocks", "5", *args[3:], "--repeats", "1", "--json",
-                 "--no-memory", "--no-schedules"]) == 0  # fmt: skip
-    r = json.loads(capsys.readouterr().out)
+                 "--no-memory", "--no-schedules", "--output", str(report)]) == 0  # fmt: skip
+    assert capsys.readouterr().out == "" and report.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    r = json.loads(report.read_text())
     assert r["blocks"] == 5 and r["bp"] is None and r["ep"]["peak_memory_mb"] is None
+    assert [p.name for p in report.parent.iterdir()] == ["d5.json"]  # no temporary file left
 
 
 def test_download_of_bundled_data_needs_no_network(tmp_path, capsys):

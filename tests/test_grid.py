@@ -1,5 +1,6 @@
 """The pipeline's job grid (ep_core.grid): what config.yaml and the demo config expand to."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,12 @@ def test_the_demo_grid_replaces_the_papers():
         ),
         ({"settings": {"all": {"ep.bta": 0.1}}}, "unknown key ep.bta; valid keys in ep:"),
         ({"settings": {"ep": {"optim.lr": "fast"}}}, "optim.lr: expected a number"),
+        ({"settings": {"all": {"optim.lr": -1}}}, "settings for digits-vgg5-relu6-s0: optim.lr: must be > 0"),
+        ({"settings": {"ep": {"optim.momentum": 5}}}, "optim.momentum: must be in [0, 1)"),
+        ({"settings": {"all": {"model.width": 1e9}}}, "model.width: 1e+09 gives vgg5 at least"),
+        # checked against the network itself (built on the meta device), as the job would
+        ({"settings": {"ep": {"optim.lr": [0.1, 0.2]}}}, "optim.lr: vgg5 has 10 parameter tensors"),
+        ({"settings": {"ep": {"model.gains": [0.5]}}}, "gains: vgg5 has 5 edges, got 1 gains"),
         ({"studies": {}}, "studies: the grid has no runs"),
     ],
 )
@@ -112,7 +119,7 @@ def test_bad_grids_name_the_problem(change, message):
         "studies": {"main": {"kind": "main", "datasets": ["digits"], "archs": ["vgg5"]}},
     }
     config.update(change)
-    with pytest.raises(grid.GridError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(grid.GridError, match=re.escape(message)):
         grid.validate_grid(config)
 
 

@@ -80,6 +80,7 @@ def test_dry_run_plans_exactly_the_jobs_the_config_implies(tmp_path, configfile)
             {"studies": {"main": {"kind": "main", "datasets": ["digits"], "archs": ["vgg5"], "seeds": [-1]}}},
             "-1 is less than the minimum of 0",
         ),
+        ({"settings": {"all": {"optim.lr": -1}}}, "optim.lr: must be > 0"),  # what a run would reject
     ],
 )
 def test_a_bad_workflow_config_fails_naming_the_problem(tmp_path, config, message):
@@ -173,27 +174,35 @@ def kill_config() -> dict:
     return config
 
 
-@pytest.mark.slow
-def test_a_killed_training_job_resumes_with_rerun_incomplete_in_the_same_mlflow_run(tmp_path):
+def start_until_checkpoint(tmp_path: Path, *extra: str):
+    """The kill grid's first EP run as the only target, started in its own process group and left running
+    until its first checkpoint exists. Returns the driver, its command line, the run and its directory."""
     configfile = tmp_path / "kill.yaml"
     configfile.write_text(yaml.safe_dump(kill_config()))
     run = grid.RunSpec("synthetic", "hopfield_resnet13", "relu6", 0)
-    target = f"results/runs/{run.path}/metrics.json"
     run_dir = tmp_path / "results/runs" / run.path
     # The target goes first: --configfile takes several values and would swallow it.
-    args = [str(BIN / "snakemake"), target, "--snakefile", str(ROOT / "Snakefile"), "--cores", "1",
+    target = f"results/runs/{run.path}/metrics.json"
+    args = [str(BIN / "snakemake"), target, "--snakefile", str(ROOT / "Snakefile"), "--cores", "1", *extra,
             "--directory", str(tmp_path), "--configfile", str(configfile)]  # fmt: skip
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     driver = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     )
     deadline = time.time() + 300
     while not ((run_dir / "checkpoint.pt").exists() and (run_dir / "history.csv").exists()):
         assert driver.poll() is None and time.time() < deadline
         time.sleep(0.1)
+    return driver, args, run, run_dir
+
+
+@pytest.mark.slow
+def test_a_killed_training_job_resumes_with_rerun_incomplete_in_the_same_mlflow_run(tmp_path):
+    driver, args, run, run_dir = start_until_checkpoint(tmp_path)
+    configfile, target = args[-1], args[1]
     time.sleep(0.5)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its job, as a node failure would
-    driver.wait()
+    driver.communicate()
     import torch
 
     run_id = torch.load(run_dir / "checkpoint.pt", weights_only=True)["mlflow_run_id"]
@@ -215,6 +224,27 @@ def test_a_killed_training_job_resumes_with_rerun_incomplete_in_the_same_mlflow_
     assert [c.info.run_id for c in children] == [run_id] and children[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run_id, "test_acc")]
     assert sorted(set(steps)) == list(range(1, 7))
+
+
+@pytest.mark.slow
+def test_an_interrupted_pipeline_is_marked_killed_and_resumes_as_make_demo_reruns_it(tmp_path):
+    """Ctrl-C (SIGINT to the driver's process group, as a terminal sends it) mid-training: the parent run is
+    KILLED; the Makefile's command (with --rerun-incomplete) resumes the job from its checkpoint and the
+    parent ends FINISHED."""
+    driver, args, run, run_dir = start_until_checkpoint(tmp_path, "--rerun-incomplete")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    os.killpg(driver.pid, signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode != 0 and not (run_dir / "metrics.json").exists()
+    init, client, _ = _mlflow_runs(tmp_path)
+    assert client.get_run(init["parent_run_id"]).info.status == "KILLED", stderr[-2000:]
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming at epoch" in (tmp_path / "logs/train" / f"{run.path}.log").read_text()
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    _, client, children = _mlflow_runs(tmp_path)
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    assert client.get_run(init["parent_run_id"]).info.status == "FINISHED"
 
 
 def _slurm_up() -> str | None:

@@ -24,5 +24,5 @@ rule profile:
         threads=config["resources"]["profile"]["threads"],
     shell:
         "echo job started at $(date +%s.%N) > {log}; "
-        "OMP_NUM_THREADS={params.threads} ep-core bench {params.args} --json > {output} 2>> {log}; "
+        "OMP_NUM_THREADS={params.threads} ep-core bench {params.args} --json --output {output} 2>> {log}; "
         "echo job finished at $(date +%s.%N) >> {log}"

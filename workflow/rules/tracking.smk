@@ -1,5 +1,6 @@
 # MLflow: the database, experiment and the pipeline's parent run are created once, by one process,
-# before any training job writes to them (parallel first-time writers corrupt a fresh sqlite file).
+# before any training job writes to them (a sqlite store is also created under a file lock); the summary
+# first sends MLflow whatever an outage held back (`ep-core sync`), so MLflow ends equal to the run dirs.
 
 
 rule mlflow_init:

@@ -1,5 +1,5 @@
-"""Rule mlflow_summary: close the pipeline's parent run once every training run has finished, and write
-what MLflow holds under it (run ids and statuses) next to the runs' own metrics.json."""
+"""Rule mlflow_summary: send MLflow what it lacks of every run (`ep-core sync`: after an outage), close the
+pipeline's parent run, and write what MLflow holds under it next to the runs' own metrics.json."""
 
 import sys
 
