@@ -2,11 +2,15 @@
 # The grid (which runs, which studies, which settings) is config.yaml; all logic lives in ep_core.
 from snakemake.utils import min_version, validate
 
+from ep_core.grid import drop_nulls
+
 min_version("9.0")
 
 
 configfile: f"{workflow.basedir}/config.yaml"
 
+
+drop_nulls(config)  # a --configfile drops a study (or profiling) by setting it to null
 
 validate(config, "workflow/schemas/config.schema.yaml")
 

@@ -49,7 +49,10 @@ def expected_counts(config: dict) -> dict[str, int]:
     return {rule: n for rule, n in counts.items() if n}
 
 
-@pytest.mark.parametrize("configfile", [None, "configs/pipeline_demo.yaml", "tests/pipeline/tiny.yaml"])
+@pytest.mark.parametrize(
+    "configfile",
+    [None, "configs/pipeline_demo.yaml", "tests/pipeline/tiny.yaml", "tests/pipeline/fashion_only.yaml"],
+)
 def test_dry_run_plans_exactly_the_jobs_the_config_implies(tmp_path, configfile):
     args = ["-n", "--cores", "2", "--directory", str(tmp_path)]
     if configfile:
@@ -65,6 +68,13 @@ def test_dry_run_plans_exactly_the_jobs_the_config_implies(tmp_path, configfile)
         counts[rule] == 1 for rule in counts if rule not in ("train", "profile", "download", "convergence")
     )
     assert counts["mlflow_init"] == 1 and counts["all"] == 1
+    # The studies a grid has are the aggregations it plans (depth study, sweep), and nothing else:
+    # the Fashion-MNIST-only grid stands alone, with no CIFAR job or download.
+    kinds = {s["kind"] for s in grid.studies(config).values()}
+    assert ("depth" in counts) == ("depth_ablation" in kinds) and ("sweep" in counts) == ("sweep" in kinds)
+    datasets = {r.dataset for r in grid.all_runs(config)}
+    assert all(f"results/runs/{d}/" in result.stdout for d in datasets)
+    assert not {"cifar10", "cifar100"} - datasets or "cifar" not in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -168,7 +168,7 @@ def plot_activation_ablation(
 # --- the table --------------------------------------------------------------------------------------------
 
 
-def _loss_drop(history: pd.DataFrame) -> pd.Series:
+def loss_drop(history: pd.DataFrame) -> pd.Series:
     """Per run: (training loss of epoch 1 − the lowest over epochs) / (of epoch 1); 0 for a one-epoch run.
     The lowest, not the last: a net that trained and then became unstable did not stall."""
     ordered = history.sort_values(["run_dir", "epoch"])
@@ -210,7 +210,7 @@ def ablation_table(
     epochs, architecture, variant, n, n_failed, {final_test_acc,best_test_acc,final_train_loss,
     train_loss_drop}_{mean,std}, finding, holds.
     """
-    runs = runs.join(_loss_drop(history), on="run_dir")
+    runs = runs.join(loss_drop(history), on="run_dir")
     ep = runs[runs["algorithm"].isin(EP_ALGORITHMS)].rename(columns={"epochs_planned": "epochs_"})
     keys = ["dataset", "algorithm", "width", "epochs_"]
 
