@@ -19,6 +19,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..benchmark import BP_TWIN
+from ..naming import network_name
 from . import _markdown as md
 from ._figures import PALETTE, PathLike, figure, no_data
 from .runs import label
@@ -198,14 +199,11 @@ def _devices(bench: pd.DataFrame) -> str:
 
 
 def _case_label(row: pd.Series) -> str:
-    """'Hopfield-ResNet13  w=1 B=128'; a `hopfield_resnet` by its depth and blocks, 'Hopfield-ResNet13 (4
-    blocks)', so that the depth study's 4-block net is not mistaken for `hopfield_resnet13` beside it."""
-    arch = row["arch"]
-    if arch == "hopfield_resnet":
-        name = f"Hopfield-ResNet{row['depth']:g} ({row['blocks']:g} blocks)"
-    else:
-        name = label("arch", arch)
-    return f"{name}  w={row['width']:g} B={row['batch_size']:g}"
+    """'Hopfield-ResNet13  w=1 B=128', 'Hopfield-ResNet19 (6 blocks)  w=1 B=16': the network's one name
+    (`naming.network_name`; 4 blocks is Hopfield-ResNet13 itself)."""
+    blocks = row.get("blocks")
+    blocks = None if blocks is None or pd.isna(blocks) else int(blocks)
+    return f"{network_name(row['arch'], blocks)}  w={row['width']:g} B={row['batch_size']:g}"
 
 
 def plot_step_phases(
