@@ -30,6 +30,7 @@ demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 --configfile configs/pipeline_demo.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 --configfile configs/pipeline_demo.yaml \
 		--report results/report.html
+	$(BIN)/ep-core attach results/report.html
 	@echo
 	@echo "Results: $(CURDIR)/results (tables/, figures/, runs/; report.html)"
 	@echo "MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/results/mlflow/mlflow.db --host 127.0.0.1"

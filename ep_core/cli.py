@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .estimators import VARIANTS
 from .networks import NETWORKS
@@ -120,6 +121,32 @@ def _add_download(sub) -> None:
     p.set_defaults(func=_download)
 
 
+def _attach(args: argparse.Namespace) -> int:
+    import json
+
+    from .tracking import log_files_to_parent
+
+    init = Path(args.init)
+    if not init.is_file():
+        raise ValueError(f"--init: {str(init)!r} does not exist (the pipeline's mlflow_init writes it)")
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        raise ValueError(f"{missing[0]!r} does not exist")
+    log_files_to_parent(json.loads(init.read_text()), [Path(f) for f in args.files], Path(args.root))
+    print(f"logged {len(args.files)} file(s) to the pipeline's parent MLflow run")
+    return 0
+
+
+def _add_attach(sub) -> None:
+    p = sub.add_parser(
+        "attach", help="log files (e.g. results/report.html) to the pipeline's parent MLflow run"
+    )
+    p.add_argument("files", nargs="+")
+    p.add_argument("--init", default="results/mlflow/init.json", help="the pipeline's init.json")
+    p.add_argument("--root", default="results", help="artifact paths are relative to this folder")
+    p.set_defaults(func=_attach)
+
+
 def _bench(args: argparse.Namespace) -> int:
     import json
 
@@ -181,7 +208,7 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=_bench)
 
 
-SUBCOMMANDS: list[Callable] = [_add_train, _add_download, _add_gradcheck, _add_bench]
+SUBCOMMANDS: list[Callable] = [_add_train, _add_download, _add_gradcheck, _add_bench, _add_attach]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,8 +72,8 @@ def network_name(arch: str, blocks: int | None = None) -> str:
     if n is None:
         return slug
     if skips_of(slug):
-        return f"Hopfield-ResNet{layers_of(n)} ({n} blocks)"
-    return f"Hopfield-Plain{layers_of(n)} ({n} blocks, no skips)"
+        return f"Hopfield-ResNet{layers_of(n)} ({n} block{'s' * (n != 1)})"
+    return f"Hopfield-Plain{layers_of(n)} ({n} block{'s' * (n != 1)}, no skips)"
 
 
 def network_of_config(config: dict[str, Any]) -> str:
@@ -86,7 +86,7 @@ def network_of_config(config: dict[str, Any]) -> str:
 # MLflow's UI groups charts by the part of a metric's name before '/', and lists unprefixed ones first: the
 # accuracies and losses stay as history.csv names them, everything else goes to a group of its own.
 HEADLINE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
-RESOURCE_METRICS = ("lr", "peak_memory_mb", "grad_norm")
+RESOURCE_METRICS = ("lr", "peak_memory_mb")
 
 
 def mlflow_metric_name(column: str) -> str:

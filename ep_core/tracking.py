@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .naming import mlflow_metric_name
+
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 
@@ -49,6 +51,8 @@ def init_tracking(
     else:
         experiment_id = client.create_experiment(experiment)
     parent = None
+    # MLflow 3 opens an experiment on its GenAI pages unless told it holds model training runs.
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
     if parent_name is not None:
         parent = client.create_run(experiment_id, run_name=parent_name, tags={"ep_core.role": "pipeline"})
     return {
@@ -113,7 +117,9 @@ class RunTracker:
 
         now = int(time.time() * 1000)
         step = int(row["epoch"])
-        metrics = [Metric(k, v, now, step) for k, v in _scalars("", row).items() if k != "epoch"]
+        metrics = [
+            Metric(mlflow_metric_name(k), v, now, step) for k, v in _scalars("", row).items() if k != "epoch"
+        ]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, metrics: dict[str, Any], out: Path, files: list[str]) -> None:
@@ -129,6 +135,8 @@ class RunTracker:
         final = [Metric(f"summary.{k}", v, now, 0) for k, v in _scalars("", summary).items()]
         self.client.log_batch(self.run_id, metrics=final)
         self.client.set_tag(self.run_id, "ep_core.status", metrics["status"])
+        if metrics.get("alphas"):  # the caps a relu_random run drew (seeded): a param beside the config
+            self.client.log_param(self.run_id, "model.alphas", json.dumps(metrics["alphas"]))
         for name in files:
             if (out / name).exists():
                 self.client.log_artifact(self.run_id, str(out / name))
@@ -158,3 +166,35 @@ def summarise_parent(init: dict[str, str], metrics_files: list[Path]) -> dict[st
         })  # fmt: skip
     close_parent(init)
     return {"parent_run_id": init["parent_run_id"], "children": len(children), "runs": rows}
+
+
+STATUSES = ("completed", "diverged", "failed")
+
+
+def log_files_to_parent(init: dict[str, str], files: list[Path], root: Path) -> None:
+    """Log files as artifacts of the pipeline's parent run, under their folder relative to `root`
+    (results/tables/main.md → tables/main.md; results/report.html → report.html)."""
+    client = _client(init["tracking_uri"])
+    for path in map(Path, files):
+        folder = path.resolve().parent.relative_to(root.resolve()).as_posix()
+        client.log_artifact(init["parent_run_id"], str(path), artifact_path=None if folder == "." else folder)
+
+
+def log_to_parent(
+    init: dict[str, str], summary: dict[str, Any], files: list[Path], root: Path
+) -> dict[str, int]:
+    """What a researcher landing on the pipeline's parent run needs: how many runs completed, diverged or
+    failed (metrics `runs/completed`, ... and a tag), the summary itself, and the pipeline's tables and
+    figures as artifacts (`log_files_to_parent`)."""
+    from mlflow.entities import Metric
+
+    client = _client(init["tracking_uri"])
+    run_id = init["parent_run_id"]
+    counts = {status: sum(r["status"] == status for r in summary["runs"]) for status in STATUSES}
+    counts["total"] = len(summary["runs"])
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"runs/{k}", float(v), now, 0) for k, v in counts.items()])
+    client.set_tag(run_id, "ep_core.runs", ", ".join(f"{v} {k}" for k, v in counts.items()))
+    client.log_dict(run_id, summary, "summary.json")
+    log_files_to_parent(init, files, root)
+    return counts

@@ -342,7 +342,7 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
-RECORDS = (CONFIG, HISTORY, METRICS, "weights_summary.csv", "weights_histograms.json")
+RECORDS = (CONFIG, HISTORY, METRICS, MODEL, "weights_summary.csv", "weights_histograms.json")
 
 
 def _write_records(run: Run, status: str, message: str | None, tracker: RunTracker | None) -> None:

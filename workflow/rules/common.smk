@@ -84,5 +84,16 @@ if SWEEP:
     AGGREGATES.append("results/tables/sweep.md")
 
 
+# The aggregation rules, whose tables and figures the pipeline's parent run in MLflow carries.
+AGGREGATE_RULES = ["main_table", "ablations", "weights", "convergence"]
+AGGREGATE_RULES += (
+    ["profiles"] * bool(PROFILES) + ["depth"] * bool(DEPTH) + ["sweep"] * bool(SWEEP)
+)
+
+
+def parent_artifacts(wildcards):
+    return [path for name in AGGREGATE_RULES for path in getattr(rules, name).output]
+
+
 def final_targets():
     return ["results/mlflow/summary.json", *AGGREGATES]
