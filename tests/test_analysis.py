@@ -520,7 +520,7 @@ def test_weight_table_and_figures_are_written(real, tmp_path):
     assert table.set_index("graph").loc["resnet13", ["ep_runs", "bp_runs"]].tolist() == [2, 1]
     assert weight_table(weights, activation="relu1").set_index("graph").loc["resnet13", "ep_runs"] == 1
     write_weight_table(table, tmp_path / "w.csv", tmp_path / "w.md")
-    assert "hopfield_resnet13 / resnet13" in (tmp_path / "w.md").read_text()
+    assert "Hopfield-ResNet13 / ResNet13" in (tmp_path / "w.md").read_text()
     plot_weight_profiles(weights, tmp_path / "profiles.png")
     plot_weight_histograms(real["hr13_s0"], real["resnet13_bp"], tmp_path / "hist.png")
     plot_weight_histograms(real["vgg5"], None, tmp_path / "hist_ep_only.png")

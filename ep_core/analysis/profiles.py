@@ -320,8 +320,9 @@ def plot_ep_vs_bp(
     paper_stars = x == "batch_size" and held == "width 1"
     caption = (
         "One CEP training step (free phase, −β and +β phases, gradient, update) at the bench's iteration "
-        "counts vs one backprop step of the twin network on the same batch. Memory: peak allocated device "
-        "memory (not measured on CPU)."
+        "counts vs one backprop step of the twin network on the same batch. Memory: the rise in peak memory "
+        "during one step, each measured in a fresh process: on a GPU the allocator's peak above what was "
+        "allocated before the step, on a CPU the rise of the process's peak resident set (RSS)."
     )
     if paper_stars:
         caption += " Stars: the paper's measurement (RTX 4090 / RTX 6000 Ada)."
@@ -331,7 +332,7 @@ def plot_ep_vs_bp(
         for ax, (column, ylabel) in zip(axes.flat, panels, strict=True):
             points = data.dropna(subset=[column])
             if points.empty:
-                where = " (CPU runs)" if column == "peak_memory_mb" else ""
+                where = " (bench run with --no-memory?)" if column == "peak_memory_mb" else ""
                 no_data(ax, f"no {ylabel.split(' (')[0]} in the bench files{where}")
             else:
                 sns.lineplot(
