@@ -152,7 +152,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from .benchmark import format_result, run_benchmark
 
-    if args.arch == "hopfield_resnet" and args.blocks is None:
+    if args.arch in ("hopfield_resnet", "hopfield_plain") and args.blocks is None:
         args.blocks = 4
     result = run_benchmark(
         args.arch, width=args.width, batch_size=args.batch_size, free_iterations=args.free_iterations,
@@ -177,7 +177,9 @@ def _add_bench(sub) -> None:
         "its backprop twin, peak memory and iterations to a tolerance",
     )
     p.add_argument("--arch", default="hopfield_resnet13", choices=list(NETWORKS))
-    p.add_argument("--blocks", type=int, default=None, help="hopfield_resnet only (default 4)")
+    p.add_argument(
+        "--blocks", type=int, default=None, help="hopfield_resnet / hopfield_plain only (default 4)"
+    )
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)

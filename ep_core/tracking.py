@@ -51,8 +51,6 @@ def init_tracking(
     else:
         experiment_id = client.create_experiment(experiment)
     parent = None
-    # MLflow 3 opens an experiment on its GenAI pages unless told it holds model training runs.
-    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
     if parent_name is not None:
         parent = client.create_run(experiment_id, run_name=parent_name, tags={"ep_core.role": "pipeline"})
     return {

@@ -220,8 +220,8 @@ def test_the_mlflow_ui_shows_the_runs_their_params_and_metrics_in_a_browser(tiny
                 assert server.poll() is None and time.time() < deadline, "mlflow ui did not start"
                 time.sleep(1)
         parent = client.get_run(init["parent_run_id"])
-        # The experiment opens on its training runs: the pipeline's parent, its children nested under it.
-        url = f"{base}/#/experiments/{init['experiment_id']}"
+        # The experiment's training runs: the pipeline's parent, its children nested under it.
+        url = f"{base}/#/experiments/{init['experiment_id']}/runs"
         text = _rendered(url, parent.info.run_name, "matching runs")
         assert parent.info.run_name in text and f"{len(children) + 1} matching runs" in text, text[:2000]
         # A child run's page: its name, the dotted config params, the metrics by their groups' names.
