@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from . import _markdown as md
 from ._figures import PALETTE, PathLike, figure, grid_shape, hide_unused, no_data
-from .ablations import EP_ALGORITHMS, FAILED, loss_drop
-from .runs import COMPLETED, label
+from .ablations import EP_ALGORITHMS, loss_drop
+from .runs import label, seed_stats
 
 GROUP = ["dataset", "algorithm", "width", "epochs"]
 VARIANTS = {True: "with skips (Hopfield-ResNet)", False: "no skips (Hopfield-Plain)"}
@@ -32,22 +31,12 @@ def depth_table(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     family = runs[runs["algorithm"].isin(EP_ALGORITHMS) & runs["blocks"].notna()]
     family = family.rename(columns={"epochs": "epochs_completed", "epochs_planned": "epochs"})
     keys = [*GROUP, "skips", "blocks", "depth", "network"]
-    columns = [*keys, "n", "n_failed", *(f"{s}_{t}" for s in STATS for t in ("mean", "std"))]
-    if family.empty:
-        return pd.DataFrame(columns=columns)
-
-    def summary(group: pd.DataFrame) -> pd.Series:
-        ok = group[group["status"] == COMPLETED]
-        out: dict[str, float] = {"n": len(ok), "n_failed": int(group["status"].isin(FAILED).sum())}
-        for stat in STATS:
-            out[f"{stat}_mean"] = ok[stat].mean() if len(ok) else np.nan
-            out[f"{stat}_std"] = ok[stat].std(ddof=1) if len(ok) > 1 else np.nan
-        return pd.Series(out)
-
-    table = family.groupby(keys)[["status", *STATS]].apply(summary).reset_index()
-    table = table.astype({"n": int, "n_failed": int, "blocks": int, "depth": int, "skips": bool})
+    table = seed_stats(family, keys, STATS)
+    if table.empty:
+        return table
+    table = table.astype({"blocks": int, "depth": int, "skips": bool})
     table = table.sort_values([*GROUP, "skips", "blocks"], ascending=[True] * 4 + [False, True])
-    return table[columns].reset_index(drop=True)
+    return table.reset_index(drop=True)
 
 
 def depth_markdown(table: pd.DataFrame) -> str:
@@ -60,16 +49,8 @@ def depth_markdown(table: pd.DataFrame) -> str:
             "network": [label("arch", v) for v in table["network"]],
             "weight layers": table["depth"].astype(str),
             "skips": ["yes" if v else "no" for v in table["skips"]],
-            "runs": [
-                f"{n}" + (f" (+{f} failed)" if f else "")
-                for n, f in zip(table["n"], table["n_failed"], strict=True)
-            ],
-            "final test acc. (%)": [
-                md.mean_std(m, s, n)
-                for m, s, n in zip(
-                    table["final_test_acc_mean"], table["final_test_acc_std"], table["n"], strict=True
-                )
-            ],
+            "runs": md.runs_cells(table),
+            "final test acc. (%)": md.mean_std_cells(table, "final_test_acc"),
             "train-loss drop": [
                 md.DASH if md.missing(m) else f"{m:.1%}" + ("" if md.missing(s) else f" ± {s:.1%}")
                 for m, s in zip(table["train_loss_drop_mean"], table["train_loss_drop_std"], strict=True)

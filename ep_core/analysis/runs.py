@@ -25,6 +25,7 @@ PathLike = str | Path
 
 COMPLETED = "completed"
 INCOMPLETE = "incomplete"  # no metrics.json: still running, killed, or never started
+FAILED = ("diverged", "failed")
 
 # The paper's table names the BP twin of VGG5 "vgg5" (paper_results.csv); its EP graphs keep their names.
 TABLE_ARCH = {"vgg5_bp": "vgg5", "resnet13": "resnet13"}
@@ -87,6 +88,27 @@ def depth_of(config: dict) -> int:
         return 5
     blocks = blocks_of(network)
     return layers_of(blocks) if blocks is not None else 13
+
+
+def seed_stats(runs: pd.DataFrame, keys: list[str], stats: Iterable[str]) -> pd.DataFrame:
+    """Per group of `keys`: n (completed runs), n_failed (diverged or failed) and {stat}_{mean,std} over the
+    completed runs (seeds) of each column in `stats` (NaN values left out); one row per group."""
+    stats = list(stats)
+
+    def summary(group: pd.DataFrame) -> pd.Series:
+        ok = group[group["status"] == COMPLETED]
+        out: dict[str, float] = {"n": len(ok), "n_failed": int(group["status"].isin(FAILED).sum())}
+        for stat in stats:
+            values = ok[stat].dropna()
+            out[f"{stat}_mean"] = values.mean() if len(values) else math.nan
+            out[f"{stat}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        return pd.Series(out)
+
+    columns = [*keys, "n", "n_failed", *(f"{s}_{t}" for s in stats for t in ("mean", "std"))]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    table = runs.groupby(keys)[["status", *stats]].apply(summary).reset_index()
+    return table.astype({"n": int, "n_failed": int})[columns]
 
 
 def _read_json(path: Path) -> dict | None:

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from . import _markdown as md
 from ._figures import PALETTE, PathLike, figure, no_data
-from .runs import COMPLETED, label
+from .runs import label, seed_stats
 
 GROUP = ["dataset", "network", "algorithm", "width", "epochs"]
-FAILED = ("diverged", "failed")
 STATS = ("best_val_acc", "val_selected_test_acc", "final_test_acc")
 
 
@@ -30,31 +28,12 @@ def sweep_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     {best_val_acc, val_selected_test_acc, final_test_acc}_{mean,std} and `chosen` (highest mean validation
     accuracy of its group). `runs` is `load_runs(dirs, keys)`."""
     runs = runs.rename(columns={"epochs": "epochs_completed", "epochs_planned": "epochs"})
-    columns = [
-        *GROUP,
-        *keys,
-        "n",
-        "n_failed",
-        *(f"{s}_{t}" for s in STATS for t in ("mean", "std")),
-        "chosen",
-    ]
-    if runs.empty or not keys:
-        return pd.DataFrame(columns=columns)
-
-    def summary(group: pd.DataFrame) -> pd.Series:
-        ok = group[group["status"] == COMPLETED]
-        out: dict[str, float] = {"n": len(ok), "n_failed": int(group["status"].isin(FAILED).sum())}
-        for stat in STATS:
-            values = ok[stat].dropna()
-            out[f"{stat}_mean"] = values.mean() if len(values) else np.nan
-            out[f"{stat}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
-        return pd.Series(out)
-
-    table = runs.groupby([*GROUP, *keys])[["status", *STATS]].apply(summary).reset_index()
-    table = table.astype({"n": int, "n_failed": int})
-    best = table.dropna(subset=["best_val_acc_mean"]).groupby(GROUP)["best_val_acc_mean"].idxmax()
-    table["chosen"] = table.index.isin(best.to_numpy())
-    return table[columns].sort_values([*GROUP, *keys], kind="stable").reset_index(drop=True)
+    if not keys:
+        raise ValueError("sweep_table: name the swept keys (e.g. ['ep.beta'])")
+    table = seed_stats(runs, [*GROUP, *keys], STATS)
+    chosen = table.dropna(subset=["best_val_acc_mean"]).groupby(GROUP)["best_val_acc_mean"].idxmax()
+    table["chosen"] = table.index.isin(chosen.to_numpy())
+    return table.sort_values([*GROUP, *keys], kind="stable").reset_index(drop=True)
 
 
 def _setting(row: pd.Series, keys: list[str]) -> str:
@@ -70,15 +49,9 @@ def sweep_markdown(table: pd.DataFrame, keys: list[str]) -> str:
             "width": [f"{v:g}" for v in table["width"]],
             "epochs": table["epochs"].astype(str),
             "setting": [_setting(r, keys) for _, r in table.iterrows()],
-            "runs": [
-                f"{n}" + (f" (+{f} failed)" if f else "")
-                for n, f in zip(table["n"], table["n_failed"], strict=True)
-            ],
+            "runs": md.runs_cells(table),
             **{
-                heading: [
-                    md.mean_std(m, s, n)
-                    for m, s, n in zip(table[f"{stat}_mean"], table[f"{stat}_std"], table["n"], strict=True)
-                ]
+                heading: md.mean_std_cells(table, stat)
                 for stat, heading in (
                     ("best_val_acc", "best validation acc. (%)"),
                     ("val_selected_test_acc", "test acc. at that epoch (%)"),
