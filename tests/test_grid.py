@@ -180,6 +180,12 @@ def test_one_name_per_network():
     assert naming.network_name("hopfield_resnet13") == "Hopfield-ResNet13"
     assert (naming.blocks_of("hopfield_plain13"), naming.skips_of("hopfield_plain13")) == (4, False)
     assert build_network("hopfield_resnet", blocks=6, width=1 / 16).arch == "hopfield_resnet19"
+    # MLflow groups charts by the prefix before '/': accuracies and losses first, then their own groups
+    names = ["test_acc", "train_loss", "lr", "free_seconds", "activity.h1a", "free_residual", "grad_norm"]
+    assert [naming.mlflow_metric_name(n) for n in names] == [
+        "test_acc", "train_loss", "resources/lr", "resources/free_seconds", "diagnostics/activity.h1a",
+        "diagnostics/free_residual", "diagnostics/grad_norm",
+    ]  # fmt: skip
     # A main-study hopfield_resnet whose blocks come from the settings is named, and trained, by its depth.
     config = {"data_dir": "data", "seeds": [0],
               "studies": {"m": {"kind": "main", "datasets": ["fashion_mnist"], "archs": ["hopfield_resnet"]}},
