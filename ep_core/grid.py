@@ -143,11 +143,19 @@ def _networks(config: dict[str, Any], study: str, s: dict[str, Any], dataset: st
     and without skips at each of its `blocks` (4 blocks is hopfield_resnet13 / hopfield_plain13 itself,
     shared with the other studies); a block-counted arch elsewhere takes `model.blocks` from the settings."""
     if s["kind"] == "depth_ablation":
+        if s.get("archs"):
+            raise GridError(
+                f"studies.{study}.archs: a depth study trains hopfield_resnet with and without skips at each "
+                "of its blocks; leave archs out"
+            )
         if not s.get("blocks"):
             raise GridError(f"studies.{study}.blocks: a depth study needs a list of block counts")
         skips = s.get("skips", [True, False])
         archs = [("hopfield_resnet" if skip else "hopfield_plain") for skip in skips]
         return [canonical_network(a, int(b)) for b in s["blocks"] for a in archs]
+    for key in ("blocks", "skips"):
+        if key in s:
+            raise GridError(f"studies.{study}.{key}: only a study of kind depth_ablation has {key}")
     if not s.get("archs"):
         raise GridError(f"studies.{study}.archs: a {s['kind']} study needs a list of architectures")
     _check(f"studies.{study}.archs", s["archs"], EP_ARCHS + BP_ARCHS)

@@ -146,6 +146,10 @@ def test_the_demo_grid_replaces_the_papers():
             "studies.d.blocks: a depth study needs a list of block counts",
         ),
         (
+            {"studies": {"m": {"kind": "main", "datasets": ["digits"], "archs": ["vgg5"], "blocks": [4]}}},
+            "studies.m.blocks: only a study of kind depth_ablation has blocks",
+        ),
+        (
             {
                 "studies": {
                     "m": {
