@@ -31,6 +31,7 @@ demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 --rerun-incomplete --configfile configs/pipeline_demo.yaml
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores 2 --configfile configs/pipeline_demo.yaml \
 		--report results/report.html
+	$(BIN)/ep-core attach results/report.html
 
 # After the driver was killed (kill -9, a lost terminal): release its lock, then `make demo` resumes.
 unlock: setup

@@ -3,12 +3,15 @@
 from snakemake.utils import min_version, validate
 
 from ep_core.tracking import mark_parent, pipeline_status
+from ep_core.grid import drop_nulls
 
 min_version("9.0")
 
 
 configfile: f"{workflow.basedir}/config.yaml"
 
+
+drop_nulls(config)  # a --configfile drops a study (or profiling) by setting it to null
 
 validate(config, "workflow/schemas/config.schema.yaml")
 

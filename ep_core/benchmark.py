@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from .backprop import build_bp_network
 from .estimators import EquilibriumProp, device_clock
 from .flops import bp_flops, ep_step_flops, iteration_flops, minimal_kernel_set
+from .naming import BLOCK_ARCHS
 from .networks import HopfieldNetwork, build_network
 from .relaxation import input_drive, relax, relax_list
 from .schedule import ORDERS, update_groups
@@ -102,7 +103,7 @@ def build_setup(
         "input_size": input_size,
         "width": width,
     }
-    if arch == "hopfield_resnet" and blocks is not None:
+    if arch in BLOCK_ARCHS and blocks is not None:
         kwargs["blocks"] = blocks
     net = build_network(arch, **kwargs).to(device=device, dtype=dtype)
     if channels_last:

@@ -7,6 +7,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .estimators import VARIANTS
 from .networks import NETWORKS
@@ -188,18 +189,46 @@ def _add_download(sub) -> None:
     p.set_defaults(func=_download)
 
 
+def _attach(args: argparse.Namespace) -> int:
+    import json
+
+    from .tracking import log_files_to_parent
+
+    init = Path(args.init)
+    if not init.is_file():
+        raise ValueError(f"--init: {str(init)!r} does not exist (the pipeline's mlflow_init writes it)")
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        raise ValueError(f"{missing[0]!r} does not exist")
+    log_files_to_parent(json.loads(init.read_text()), [Path(f) for f in args.files], Path(args.root))
+    print(f"logged {len(args.files)} file(s) to the pipeline's parent MLflow run")
+    return 0
+
+
+def _add_attach(sub) -> None:
+    p = sub.add_parser(
+        "attach", help="log files (e.g. results/report.html) to the pipeline's parent MLflow run"
+    )
+    p.add_argument("files", nargs="+")
+    p.add_argument("--init", default="results/mlflow/init.json", help="the pipeline's init.json")
+    p.add_argument("--root", default="results", help="artifact paths are relative to this folder")
+    p.set_defaults(func=_attach)
+
+
 def _bench(args: argparse.Namespace) -> int:
     import json
 
     from .benchmark import format_result, run_benchmark
 
-    if args.blocks is not None and args.arch != "hopfield_resnet":
-        raise ValueError(f"--blocks: applies to --arch hopfield_resnet only, not {args.arch}")
+    if args.blocks is not None and args.arch not in ("hopfield_resnet", "hopfield_plain"):
+        raise ValueError(
+            f"--blocks: applies to --arch hopfield_resnet or hopfield_plain only, not {args.arch}"
+        )
     if args.anderson_memory is not None and "anderson" not in (args.solver, args.nudge_solver):
         raise ValueError("--anderson-memory: applies to --solver or --nudge-solver anderson only")
     if args.no_schedules and args.schedule_tol is not None:
         raise ValueError("--schedule-tol: does not apply with --no-schedules")
-    if args.arch == "hopfield_resnet" and args.blocks is None:
+    if args.arch in ("hopfield_resnet", "hopfield_plain") and args.blocks is None:
         args.blocks = 4
     args.anderson_memory = 5 if args.anderson_memory is None else args.anderson_memory
     args.schedule_tol = 1e-3 if args.schedule_tol is None else args.schedule_tol
@@ -235,7 +264,7 @@ def _add_bench(sub) -> None:
         "its backprop twin, peak memory and iterations to a tolerance",
     )
     p.add_argument("--arch", default="hopfield_resnet13", choices=list(NETWORKS))
-    p.add_argument("--blocks", type=_at_least(1), default=None, help="hopfield_resnet only (default 4)")
+    p.add_argument("--blocks", type=_at_least(1), default=None, help="hopfield_resnet/_plain (default 4)")
     p.add_argument("--width", type=_positive, default=1.0)
     p.add_argument("--input-size", type=_input_size, default=32, help="a multiple of 16")
     p.add_argument("--batch-size", type=_at_least(1), default=8)
@@ -293,6 +322,7 @@ SUBCOMMANDS: list[Callable] = [
     _add_gradcheck,
     _add_bench,
     _add_bench_tta,
+    _add_attach,
 ]
 
 

@@ -27,7 +27,7 @@ from .recipes import RECIPES, apply_recipe
 from .relaxation import SOLVERS
 from .schedule import ORDERS
 
-EP_ARCHS = ("vgg5", "hopfield_resnet13", "hopfield_plain13", "hopfield_resnet")
+EP_ARCHS = ("vgg5", "hopfield_resnet13", "hopfield_plain13", "hopfield_resnet", "hopfield_plain")
 BP_ARCHS = ("resnet13", "vgg5_bp")
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
 PRESETS = ("auto", "authors_ep", "authors_bp_resnet", "authors_bp_vgg", "plain")
@@ -62,7 +62,7 @@ class ModelConfig:
     width: float = 1.0  # channel multiplier (1 = the paper's 128-256-512-512)
     activation: str = field(default="relu6", metadata=choices(*ACTIVATIONS))
     alpha_range: list[float] = field(default_factory=lambda: list(AUTHORS_ALPHA_RANGE))  # relu_random caps
-    blocks: int = 4  # hopfield_resnet only
+    blocks: int = 4  # hopfield_resnet and hopfield_plain only
     gains: list[float] | None = None  # per-edge init gains; None: the authors'
 
 

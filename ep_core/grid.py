@@ -1,12 +1,17 @@
 """The pipeline's job grid, from the workflow config (config.yaml): which training runs, with which
-settings, belong to which study (the paper's table, the activation and residual ablations), and which
+settings, belong to which study (the paper's table, the ablations, the depth study, sweeps), and which
 profiling jobs to time. The Snakefile only asks this module; all the logic lives (and is tested) here.
 
-A study is a product datasets × archs × activations × seeds. Runs shared by studies are trained once:
-a run is identified by its directory `results/runs/{dataset}/{arch}/{activation}/seed{seed}` (backprop
-networks use plain ReLU, labelled `relu`). Settings are dotted `ep-core train` keys layered from the
-general to the specific — all < family (ep/bp) < dataset < arch — and every run's resolved settings are
-validated with the run configuration itself, so a bad key fails the whole DAG before any job starts.
+A study is a product datasets × archs × activations × seeds (a depth study: × blocks × with/without skips;
+a sweep: × every combination of its swept values). A study set to null is dropped, so a `--configfile`
+can stand alone: it nulls the studies of config.yaml it does not want. Runs shared by studies are
+trained once: a run is identified by its directory `results/runs/{dataset}/{network}/{activation}[/
+{settings}]/seed{seed}`, where `network` is the network's one name (`naming.network_slug`: the depth
+study's 6-block net is `hopfield_resnet19`), backprop networks use plain ReLU (labelled `relu`), and the
+optional segment lists the settings the study fixes (`data.val_size=300,ep.beta=0.2`). Settings are dotted
+`ep-core train` keys layered from the general to the specific — all < family (ep/bp) < dataset < arch <
+the study's own — and every run's resolved settings are validated with the run configuration itself, so a
+bad key fails the whole DAG before any job starts.
 """
 
 from __future__ import annotations
@@ -18,14 +23,23 @@ from typing import Any
 
 from .config import BP_ARCHS, EP_ARCHS, RunConfig, build_config, resolve
 from .datasets import DATASETS
+from .naming import BLOCK_ARCHS, canonical_network, network_name, network_slug
 
-STUDY_KINDS = ("main", "activation_ablation", "residual_ablation")
+STUDY_KINDS = ("main", "activation_ablation", "residual_ablation", "depth_ablation", "sweep")
 TORCHVISION_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
 BP_ACTIVATION = "relu"
+EP_ACTIVATIONS = ("relu6", "relu1", "relu_random")
+# Keys a study's runs are identified by: a study may not set them through `settings` or `sweep`.
+IDENTITY_KEYS = ("data.name", "data.data_dir", "model.arch", "model.blocks", "model.activation", "train.seed")
 
 
 class GridError(ValueError):
     """A workflow config that names something unknown: one line, naming the key."""
+
+
+def _text(value: Any) -> str:
+    """A setting's value as it appears in a run's directory and name: 0.2, true, adam, [0,10]."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -34,14 +48,26 @@ class RunSpec:
     arch: str
     activation: str
     seed: int
+    blocks: int | None = None  # hopfield_resnet / hopfield_plain only
+    settings: tuple[tuple[str, Any], ...] = ()  # what the study fixes (its settings, a sweep's point)
+
+    @property
+    def network(self) -> str:
+        return network_slug(self.arch, self.blocks)
+
+    @property
+    def variant(self) -> str:
+        return ",".join(f"{k}={_text(v)}" for k, v in self.settings)
 
     @property
     def path(self) -> str:
-        return f"{self.dataset}/{self.arch}/{self.activation}/seed{self.seed}"
+        variant = f"{self.variant}/" if self.settings else ""
+        return f"{self.dataset}/{self.network}/{self.activation}/{variant}seed{self.seed}"
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-{self.arch}-{self.activation}-s{self.seed}"
+        variant = [self.variant] if self.settings else []
+        return "-".join([self.dataset, self.network, self.activation, *variant, f"s{self.seed}"])
 
     @property
     def family(self) -> str:
@@ -67,52 +93,157 @@ def _check(key: str, values: list, allowed: tuple) -> None:
             raise GridError(f"{key}: {value!r} is not allowed; valid choices: {', '.join(allowed)}")
 
 
+def studies(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The grid's studies, without those set to null (how a --configfile drops config.yaml's)."""
+    return {name: s for name, s in (config.get("studies") or {}).items() if s is not None}
+
+
+def drop_nulls(config: dict[str, Any]) -> dict[str, Any]:
+    """Remove, in place, what a --configfile set to null: studies (dropped from the grid) and top-level
+    sections (`profiles: null` plans no profiling), so that the schema sees only what is there."""
+    for key in [k for k, v in config.items() if v is None]:
+        del config[key]
+    if isinstance(config.get("studies"), dict):
+        for name in [k for k, v in config["studies"].items() if v is None]:
+            del config["studies"][name]
+    return config
+
+
+def _layered(config: dict[str, Any], family: str, dataset: str, arch: str) -> dict[str, Any]:
+    """`settings` layered all < family < dataset < arch."""
+    settings = config.get("settings") or {}
+    layered: dict[str, Any] = {}
+    for layer in (settings.get("all"), settings.get(family), (settings.get("dataset") or {}).get(dataset),
+                  (settings.get("arch") or {}).get(arch)):  # fmt: skip
+        layered |= layer or {}
+    return layered
+
+
+def _study_points(study: str, s: dict[str, Any]) -> list[tuple[tuple[str, Any], ...]]:
+    """The settings each run of the study fixes: its `settings`, times every point of its `sweep`."""
+    fixed = dict(s.get("settings") or {})
+    sweep = s.get("sweep") or {}
+    if s["kind"] == "sweep" and not sweep:
+        raise GridError(f"studies.{study}.sweep: a sweep needs dotted keys with lists of values")
+    if sweep and s["kind"] != "sweep":
+        raise GridError(f"studies.{study}.sweep: only a study of kind sweep sweeps; this one is {s['kind']}")
+    for where, keys in (("settings", fixed), ("sweep", sweep)):
+        bad = [k for k in keys if k in IDENTITY_KEYS]
+        if bad:
+            raise GridError(f"studies.{study}.{where}: {bad[0]} is set by the study's own axes, not here")
+    points = []
+    for values in itertools.product(*sweep.values()):
+        point = fixed | dict(zip(sweep, values, strict=True))
+        points.append(tuple(sorted(point.items())))
+    return points
+
+
+def _networks(config: dict[str, Any], study: str, s: dict[str, Any], dataset: str):
+    """(arch, blocks) of every network of the study on `dataset`. A depth study's are hopfield_resnet with
+    and without skips at each of its `blocks` (4 blocks is hopfield_resnet13 / hopfield_plain13 itself,
+    shared with the other studies); a block-counted arch elsewhere takes `model.blocks` from the settings."""
+    if s["kind"] == "depth_ablation":
+        if s.get("archs"):
+            raise GridError(
+                f"studies.{study}.archs: a depth study trains hopfield_resnet with and without skips at each "
+                "of its blocks; leave archs out"
+            )
+        if not s.get("blocks"):
+            raise GridError(f"studies.{study}.blocks: a depth study needs a list of block counts")
+        skips = s.get("skips", [True, False])
+        archs = [("hopfield_resnet" if skip else "hopfield_plain") for skip in skips]
+        return [canonical_network(a, int(b)) for b in s["blocks"] for a in archs]
+    for key in ("blocks", "skips"):
+        if key in s:
+            raise GridError(f"studies.{study}.{key}: only a study of kind depth_ablation has {key}")
+    if not s.get("archs"):
+        raise GridError(f"studies.{study}.archs: a {s['kind']} study needs a list of architectures")
+    _check(f"studies.{study}.archs", s["archs"], EP_ARCHS + BP_ARCHS)
+    out = []
+    for arch in s["archs"]:
+        family = "bp" if arch in BP_ARCHS else "ep"
+        blocks = (
+            _layered(config, family, dataset, arch).get("model.blocks", 4) if arch in BLOCK_ARCHS else None
+        )
+        out.append((arch, None if blocks is None else int(blocks)))
+    return out
+
+
 def study_runs(config: dict[str, Any], study: str) -> list[RunSpec]:
     s = config["studies"][study]
+    if s is None:
+        return []
     _check(f"studies.{study}.kind", [s["kind"]], STUDY_KINDS)
     _check(f"studies.{study}.datasets", s["datasets"], DATASETS)
-    _check(f"studies.{study}.archs", s["archs"], EP_ARCHS + BP_ARCHS)
+    _check(f"studies.{study}.activations", s.get("activations", []), EP_ACTIVATIONS)
     seeds = s.get("seeds", config["seeds"])
+    points = _study_points(study, s)
     runs = []
-    for dataset, arch, seed in itertools.product(s["datasets"], s["archs"], seeds):
-        activations = [BP_ACTIVATION] if arch in BP_ARCHS else s.get("activations", ["relu6"])
-        _check(f"studies.{study}.activations", [a for a in activations if a != BP_ACTIVATION],
-               ("relu6", "relu1", "relu_random"))  # fmt: skip
-        runs += [RunSpec(dataset, arch, activation, int(seed)) for activation in activations]
+    for dataset in s["datasets"]:
+        for (arch, blocks), seed, point in itertools.product(
+            _networks(config, study, s, dataset), seeds, points
+        ):
+            activations = [BP_ACTIVATION] if arch in BP_ARCHS else s.get("activations", ["relu6"])
+            runs += [RunSpec(dataset, arch, a, int(seed), blocks, point) for a in activations]
     return runs
 
 
 def all_runs(config: dict[str, Any]) -> list[RunSpec]:
-    """Every distinct run of every study, in a stable order."""
-    seen: dict[RunSpec, None] = {}
-    for study in config["studies"]:
+    """Every distinct run of every study, in a stable order; two different runs never share a directory."""
+    seen: dict[str, RunSpec] = {}
+    for study in studies(config):
         for run in study_runs(config, study):
-            seen.setdefault(run)
-    return list(seen)
+            other = seen.setdefault(run.path, run)
+            if other != run:
+                raise GridError(
+                    f"studies.{study}: {run.arch} and {other.arch} are one network ({run.network}) with the "
+                    "same settings; name it once"
+                )
+    return list(seen.values())
 
 
 def runs_of_kind(config: dict[str, Any], kind: str) -> list[RunSpec]:
     _check("kind", [kind], STUDY_KINDS)
     seen: dict[RunSpec, None] = {}
-    for study, s in config["studies"].items():
+    for study, s in studies(config).items():
         if s["kind"] == kind:
             for run in study_runs(config, study):
                 seen.setdefault(run)
     return list(seen)
 
 
+def sweep_keys(config: dict[str, Any]) -> list[str]:
+    """The dotted keys the grid's sweeps vary, in the order first given."""
+    keys: dict[str, None] = {}
+    for s in studies(config).values():
+        if s["kind"] == "sweep":
+            keys |= dict.fromkeys(s.get("sweep") or {})
+    return list(keys)
+
+
 def run_overrides(config: dict[str, Any], run: RunSpec) -> list[str]:
-    """`key=value` settings of one run (the layers of `settings`, then what the run's identity fixes)."""
-    settings = config.get("settings", {})
-    layered: dict[str, Any] = {}
-    for layer in (settings.get("all"), settings.get(run.family), settings.get("dataset", {}).get(run.dataset),
-                  settings.get("arch", {}).get(run.arch)):  # fmt: skip
-        layered |= layer or {}
+    """`key=value` settings of one run (the layers of `settings`, the study's, then the run's identity)."""
+    layered = _layered(config, run.family, run.dataset, run.arch) | dict(run.settings)
     layered |= {"data.name": run.dataset, "data.data_dir": config["data_dir"], "model.arch": run.arch,
                 "train.seed": run.seed}  # fmt: skip
+    if run.blocks is not None:
+        layered["model.blocks"] = run.blocks
     if run.family == "ep":
         layered["model.activation"] = run.activation
     return [f"{k}={json.dumps(v)}" for k, v in layered.items()]
+
+
+def run_tags(run: RunSpec) -> dict[str, str]:
+    """The MLflow tags of a run: its identity, the network by its one name."""
+    tags = {
+        "dataset": run.dataset,
+        "architecture": run.network,
+        "network": network_name(run.network),
+        "activation": run.activation,
+        "algorithm": run.family,
+        "seed": str(run.seed),
+    }
+    return tags | ({"settings": run.variant} if run.settings else {})
 
 
 def validate_grid(config: dict[str, Any]) -> list[RunSpec]:
@@ -120,11 +251,18 @@ def validate_grid(config: dict[str, Any]) -> list[RunSpec]:
     runs = all_runs(config)
     if not runs:
         raise GridError("studies: the grid has no runs")
+    sweeps = set(runs_of_kind(config, "sweep"))
     for run in runs:
         try:
-            check_against_network(build_config({}, run_overrides(config, run)))
+            resolved = build_config({}, run_overrides(config, run))
+            check_against_network(resolved)
         except ValueError as error:
             raise GridError(f"settings for {run.name}: {error}") from None
+        if run in sweeps and resolved.data.val_size <= 0:
+            raise GridError(
+                f"settings for {run.name}: a sweep chooses its best setting on validation; set data.val_size "
+                "> 0 in the sweep study's settings"
+            )
     profile_specs(config)
     return runs
 
@@ -151,14 +289,6 @@ def check_against_network(run_config: RunConfig) -> None:
 
 def datasets_to_download(config: dict[str, Any]) -> list[str]:
     return sorted({r.dataset for r in all_runs(config)} & set(TORCHVISION_DATASETS))
-
-
-def canonical_network(arch: str, blocks: int | None = None) -> tuple[str, int | None]:
-    """The one identity of a network: a `hopfield_resnet` with 4 blocks (its default) is exactly
-    `hopfield_resnet13` (networks.hopfield_resnet13 builds it so), so both name `hopfield_resnet13`."""
-    if arch == "hopfield_resnet" and blocks in (None, 4):
-        return "hopfield_resnet13", None
-    return arch, blocks
 
 
 def profile_specs(config: dict[str, Any]) -> list[ProfileSpec]:
@@ -197,7 +327,7 @@ def convergence_runs(config: dict[str, Any]) -> list[RunSpec]:
     chosen: dict[str, RunSpec] = {}
     for run in runs_of_kind(config, "main"):
         if run.family == "ep":
-            chosen.setdefault(run.arch, run)
+            chosen.setdefault(run.network, run)
     return list(chosen.values())
 
 

@@ -25,6 +25,7 @@ from .interactions import (
     Interaction,
     bias_phi,
 )
+from .naming import network_slug
 
 BASE_CHANNELS = (128, 256, 512, 512)
 VGG5_GAINS = (0.4, 0.7, 0.6, 0.3, 0.6)  # authors' dhcnresnet.py (upstream used 0.4 for the dense edge)
@@ -264,8 +265,8 @@ def hopfield_resnet(
     edges.append(
         EdgeSpec(f"{layers[block_in].name}_to_out", block_in, len(layers) - 1, "dense", RESNET_DENSE_GAIN)
     )
-    if arch is None:
-        arch = f"hopfield_resnet{blocks}" if skips else f"hopfield_plain_resnet{blocks}"
+    if arch is None:  # its one name (naming.network_slug): hopfield_resnet19, hopfield_plain19
+        arch = network_slug("hopfield_resnet" if skips else "hopfield_plain", blocks)
     return HopfieldNetwork(arch, layers, edges, **kwargs)
 
 
@@ -279,11 +280,17 @@ def hopfield_plain13(**kwargs) -> HopfieldNetwork:
     return hopfield_resnet(blocks=4, skips=False, arch="hopfield_plain13", **kwargs)
 
 
+def hopfield_plain(blocks: int = 4, **kwargs) -> HopfieldNetwork:
+    """`hopfield_resnet` with `blocks` blocks and no skip couplings: the depth ablation's no-skip twin."""
+    return hopfield_resnet(blocks=blocks, skips=False, **kwargs)
+
+
 NETWORKS: dict[str, Callable[..., HopfieldNetwork]] = {
     "vgg5": vgg5,
     "hopfield_resnet13": hopfield_resnet13,
     "hopfield_plain13": hopfield_plain13,
     "hopfield_resnet": hopfield_resnet,
+    "hopfield_plain": hopfield_plain,
 }
 
 

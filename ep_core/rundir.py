@@ -26,7 +26,7 @@ CHECKPOINT, METRICS, HISTORY, MODEL, CONFIG = (
     "config.yaml",
 )
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the one before the latest: the fallback if that is unreadable
-RECORDS = (CONFIG, HISTORY, METRICS, "weights_summary.csv", "weights_histograms.json")
+RECORDS = (CONFIG, HISTORY, METRICS, MODEL, "weights_summary.csv", "weights_histograms.json")
 
 
 class RunDirError(ConfigError):

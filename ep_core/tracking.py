@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_write_text
+from .naming import mlflow_metric_name
 from .rundir import parse_file
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
@@ -363,7 +364,11 @@ class RunTracker:
         for row in pending:
             step = int(row["epoch"])
             stamp = int(time.time() * 1000)
-            metrics = [Metric(k, v, stamp, step) for k, v in _scalars("", row).items() if k != "epoch"]
+            metrics = [
+                Metric(mlflow_metric_name(k), v, stamp, step)
+                for k, v in _scalars("", row).items()
+                if k != "epoch"
+            ]
             bounded(f"logging epoch {step}", client.log_batch, run_id, metrics=metrics)
         link["epochs_sent"] = len(rows)
         self._save()
@@ -375,6 +380,10 @@ class RunTracker:
         final = [Metric(k, v, now, 0) for k, v in _summary_metrics(metrics).items()]
         bounded("logging the summary", client.log_batch, run_id, metrics=final)
         bounded("tagging the status", client.set_tag, run_id, "ep_core.status", metrics["status"])
+        if metrics.get("alphas"):  # the caps a relu_random run drew (seeded): a param beside the config
+            bounded(
+                "logging the caps", client.log_param, run_id, "model.alphas", json.dumps(metrics["alphas"])
+            )
         for path in files:
             if path.exists():
                 bounded(f"sending {path.name}", client.log_artifact, run_id, str(path))
@@ -461,3 +470,35 @@ def summarise_parent(init: dict[str, Any], metrics_files: list[Path]) -> dict[st
         })  # fmt: skip
     set_parent_status(init, "FINISHED")
     return {"parent_run_id": init["parent_run_id"], "children": len(children), "runs": rows}
+
+
+STATUSES = ("completed", "diverged", "failed")
+
+
+def log_files_to_parent(init: dict[str, str], files: list[Path], root: Path) -> None:
+    """Log files as artifacts of the pipeline's parent run, under their folder relative to `root`
+    (results/tables/main.md → tables/main.md; results/report.html → report.html)."""
+    client = _client(init["tracking_uri"])
+    for path in map(Path, files):
+        folder = path.resolve().parent.relative_to(root.resolve()).as_posix()
+        client.log_artifact(init["parent_run_id"], str(path), artifact_path=None if folder == "." else folder)
+
+
+def log_to_parent(
+    init: dict[str, str], summary: dict[str, Any], files: list[Path], root: Path
+) -> dict[str, int]:
+    """What a researcher landing on the pipeline's parent run needs: how many runs completed, diverged or
+    failed (metrics `runs/completed`, ... and a tag), the summary itself, and the pipeline's tables and
+    figures as artifacts (`log_files_to_parent`)."""
+    from mlflow.entities import Metric
+
+    client = _client(init["tracking_uri"])
+    run_id = init["parent_run_id"]
+    counts = {status: sum(r["status"] == status for r in summary["runs"]) for status in STATUSES}
+    counts["total"] = len(summary["runs"])
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"runs/{k}", float(v), now, 0) for k, v in counts.items()])
+    client.set_tag(run_id, "ep_core.runs", ", ".join(f"{v} {k}" for k, v in counts.items()))
+    client.log_dict(run_id, summary, "summary.json")
+    log_files_to_parent(init, files, root)
+    return counts

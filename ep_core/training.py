@@ -35,6 +35,7 @@ from .checkpoint import (
 from .config import BP_ARCHS, ConfigError, RunConfig, dump_config, resolve
 from .datasets import Data, DatasetInfo, load_data
 from .learners import BPLearner, DivergenceError, EPLearner, StepResult
+from .naming import BLOCK_ARCHS, network_name, network_of_config
 from .networks import build_network
 from .optimization import build_optimizer, build_scheduler
 from .provenance import device_description, git_commit, package_versions
@@ -102,7 +103,7 @@ def build_model(config: RunConfig, info: DatasetInfo) -> nn.Module:
     shape = {"in_channels": info.in_channels, "num_classes": info.num_classes, "input_size": info.input_size}
     if m.arch in BP_ARCHS:
         return build_bp_network(m.arch, width=m.width, **shape)
-    extra = {"blocks": m.blocks} if m.arch == "hopfield_resnet" else {}
+    extra = {"blocks": m.blocks} if m.arch in BLOCK_ARCHS else {}
     return build_network(
         m.arch, width=m.width, activation=m.activation, alpha_seed=config.train.seed,
         alpha_range=tuple(m.alpha_range), gains=m.gains, **shape, **extra,
@@ -334,6 +335,8 @@ class Run:
                 (r["peak_memory_mb"] for r in self.history), default=_peak_memory_mb(s.device)
             ),
             "seed": s.config.train.seed,
+            "network": network_of_config(s.config.to_dict()),
+            "network_name": network_name(network_of_config(s.config.to_dict())),
             "alphas": model.alphas.tolist() if hasattr(model, "alphas") else None,
             "num_parameters": sum(p.numel() for p in model.parameters()),
             "device": device_description(s.device),

@@ -18,6 +18,7 @@ import ep_core
 from ep_core.analysis import (
     ablation_table,
     convergence_traces,
+    depth_table,
     evaluation_batch,
     load_benchmarks,
     load_history,
@@ -28,17 +29,22 @@ from ep_core.analysis import (
     phase_times,
     plot_activation_ablation,
     plot_convergence,
+    plot_depth_ablation,
     plot_ep_vs_bp,
     plot_residual_ablation,
     plot_step_phases,
+    plot_sweep,
     plot_weight_histograms,
     plot_weight_profiles,
     profile_table,
     residual_trace,
+    sweep_table,
     weight_layers,
     weight_table,
     write_ablation_table,
+    write_depth_table,
     write_profile_table,
+    write_sweep_table,
     write_table,
     write_weight_table,
 )
@@ -104,15 +110,19 @@ def fake_run(
     losses: list[float] | None = None,
     epochs: int = 300,
     width: float = 1.0,
+    settings: tuple[str, ...] = (),
+    val_acc: float = 50.0,
 ) -> Path:
-    """A run directory with a hand-written metrics.json (and history.csv from `losses`)."""
+    """A run directory with a hand-written metrics.json (and history.csv from `losses`); `settings` are
+    `key=value` overrides of its configuration."""
     config = resolve(
         build_config(
             {
                 "data": {"name": dataset},
                 "model": {"arch": arch, "activation": activation, "width": width},
                 "train": {"seed": seed, "epochs": epochs},
-            }
+            },
+            list(settings),
         )
     ).to_dict()
     last = len(losses) if losses else 1
@@ -120,7 +130,7 @@ def fake_run(
         "status": status,
         "epochs_completed": last,
         "final": {"epoch": last, "train_loss": losses[-1] if losses else 0.1, "test_acc": final},
-        "best_val": None if val is None else {"epoch": 1, "val_acc": 50.0, "test_acc": val},
+        "best_val": None if val is None else {"epoch": 1, "val_acc": val_acc, "test_acc": val},
         "best_test_over_epochs": None if best is None else {"epoch": 1, "test_acc": best, "protocol": "x"},
         "wall_seconds": 1.0,
         "peak_memory_mb": 10.0,
@@ -176,8 +186,8 @@ def test_unfinished_run_is_incomplete(tmp_path, real):
 def test_load_history_stacks_runs_with_their_identity(real):
     history = load_history(real.values())
     assert len(history) == 2 * (len(real) - 1)  # the diverged run never finished an epoch
-    assert list(history.columns[:10]) == ["run_dir", "status", "dataset", "arch", "table_arch", "algorithm",
-                                          "activation", "seed", "width", "epochs_planned"]  # fmt: skip
+    assert list(history.columns[:11]) == ["run_dir", "status", "dataset", "arch", "network", "table_arch",
+                                          "algorithm", "activation", "seed", "width", "epochs_planned"]  # fmt: skip
     bp = history[history["algorithm"] == "bp"]
     assert (
         bp["free_residual"].isna().all()
@@ -205,14 +215,12 @@ def table_runs(tmp_path) -> pd.DataFrame:
 
 def test_main_table_means_counts_and_paper_figures(table_runs):
     table = main_table(table_runs, PAPER_CSV)
-    paper = pd.read_csv(PAPER_CSV)
-    reported = paper[paper["algorithm"] != "ep_prior_best"]
-    # every paper row, in the paper's order, first (a key run at two widths has two rows)
-    keys = table.loc[table["in_paper"], ["dataset", "architecture", "algorithm"]].apply(tuple, axis=1)
-    assert list(dict.fromkeys(keys)) == list(
-        reported[["dataset", "architecture", "algorithm"]].apply(tuple, axis=1)
-    )
-    assert table["in_paper"].tolist() == sorted(table["in_paper"], reverse=True)
+    # only what the grid ran: the paper's rows first, in the paper's order, then ours the paper lacks
+    keys = table[["dataset", "architecture", "algorithm"]].apply(tuple, axis=1).tolist()
+    assert list(dict.fromkeys(keys)) == [
+        ("cifar10", "vgg5", "bp"), ("cifar10", "hopfield_resnet13", "cep"), ("digits", "vgg5", "cep")
+    ]  # fmt: skip
+    assert table["in_paper"].tolist() == [True, True, True, False] and (table["n"] > 0).all()
     hr = table[
         (table["dataset"] == "cifar10")
         & (table["architecture"] == "hopfield_resnet13")
@@ -226,30 +234,31 @@ def test_main_table_means_counts_and_paper_figures(table_runs):
     assert hr["final_mean"] == pytest.approx(statistics.mean([92.0, 93.0, 94.5]))
     assert (hr["val_selected_n"], hr["val_selected_mean"]) == (2, pytest.approx(93.0))
     assert hr["wall_hours_mean"] == pytest.approx(1 / 3600) and hr["devices"] == "cpu"  # completed runs only
-    assert hr["paper"] == 93.92 and hr["diff_vs_paper"] == pytest.approx(
-        statistics.mean([93.0, 94.0, 95.5]) - 93.92
-    )
+    assert hr["paper_setting"] and hr["paper"] == 93.92
+    assert hr["diff_vs_paper"] == pytest.approx(statistics.mean([93.0, 94.0, 95.5]) - 93.92)
     assert math.isnan(hr["prior_ep"])
     # the BP twin of VGG5 is the paper's "vgg5, bp" row; the prior-EP figure sits on EP rows only
     vgg = table[(table["dataset"] == "cifar10") & (table["architecture"] == "vgg5")].set_index("algorithm")
     assert (
-        vgg.loc["bp", "n"] == 1 and vgg.loc["bp", "paper"] == 92.11 and math.isnan(vgg.loc["bp", "prior_ep"])
+        list(vgg.index) == ["bp"]
+        and vgg.loc["bp", "paper"] == 92.11
+        and math.isnan(vgg.loc["bp", "prior_ep"])
     )
-    assert (
-        vgg.loc["cep", "n"] == 0 and vgg.loc["cep", "paper"] == 92.84 and vgg.loc["cep", "prior_ep"] == 90.3
-    )
-    # paper rows without runs: n = 0; our settings outside the paper: paper NaN, listed after
-    c100 = table[table["dataset"] == "cifar100"]
-    assert len(c100) == 4 and (c100["n"] == 0).all() and c100["in_paper"].all()
     extra = table[~table["in_paper"]]
-    assert extra[["dataset", "architecture", "algorithm", "n"]].values.tolist() == [
-        ["digits", "vgg5", "cep", 1]
-    ]
-    assert extra["paper"].isna().all()
-    # a smoke run of a paper row (another width and length) gets its own row, beside the paper's figure
+    assert extra["paper"].isna().all() and extra["diff_vs_paper"].isna().all()
+    # a smoke run of a paper row (another width and length): its own row, the paper's figure beside it for
+    # reference, but no difference (it is not the paper's model)
     smoke = table[(table["architecture"] == "hopfield_resnet13") & (table["width"] == 0.0625)].iloc[0]
     assert (smoke["epochs"], smoke["n"], smoke["paper"], smoke["in_paper"]) == (2, 1, 93.92, True)
+    assert not smoke["paper_setting"] and math.isnan(smoke["diff_vs_paper"])
     assert (table["algorithm"] != "ep_prior_best").all()
+
+
+def test_the_paper_setting_needs_the_papers_iterations(tmp_path):
+    runs = load_runs([fake_run(tmp_path / "a", final=90.0, best=91.0, settings=("ep.free_iterations=30",))])
+    (row,) = main_table(runs, PAPER_CSV).itertuples()
+    assert (row.paper, row.free_iterations, row.paper_setting) == (93.92, 30, False)
+    assert math.isnan(row.diff_vs_paper)
 
 
 def test_write_table_markdown_and_csv(table_runs, tmp_path):
@@ -262,8 +271,11 @@ def test_write_table_markdown_and_csv(table_runs, tmp_path):
         if "Hopfield-ResNet13" in line and "| 1 |" in line and "CIFAR-10 " in line
     )
     assert "94.2 ± 1.3 (n=3)" in row and "93.92" in row and "| +0.25 |" in row  # 94.1667 − 93.92
-    assert "1 diverged/failed (excluded)" in row and "93.0 ± 0.7 (n=2)" in row
-    assert "| CIFAR-100 | ResNet13 | BP | – | – | 0 completed | – | – | – | 75.12 |" in text
+    assert "1 diverged/failed (excluded)" in row and "93.0 ± 0.7 (n=2)" in row and "| paper |" in row
+    smoke = next(line for line in text.splitlines() if "| 0.0625 |" in line)
+    assert "reduced (w=0.0625, 2 ep., 120/50 it.)" in smoke and "| 93.92 |" in smoke
+    assert "+" not in smoke.split("93.92")[1].split("|")[2]  # no difference beside a reduced-scale row
+    assert "CIFAR-100" not in text and "0 completed" not in text  # rows the grid did not run: left out
     assert "optimistic" in text
     back = pd.read_csv(tmp_path / "t.csv")
     assert len(back) == len(table) and back["paper"].sum() == pytest.approx(table["paper"].sum())
@@ -548,7 +560,7 @@ def test_weight_table_and_figures_are_written(real, tmp_path):
     assert table.set_index("graph").loc["resnet13", ["ep_runs", "bp_runs"]].tolist() == [2, 1]
     assert weight_table(weights, activation="relu1").set_index("graph").loc["resnet13", "ep_runs"] == 1
     write_weight_table(table, tmp_path / "w.csv", tmp_path / "w.md")
-    assert "hopfield_resnet13 / resnet13" in (tmp_path / "w.md").read_text()
+    assert "Hopfield-ResNet13 / ResNet13" in (tmp_path / "w.md").read_text()
     plot_weight_profiles(weights, tmp_path / "profiles.png")
     plot_weight_histograms(real["hr13_s0"], real["resnet13_bp"], tmp_path / "hist.png")
     plot_weight_histograms(real["vgg5"], None, tmp_path / "hist_ep_only.png")
@@ -607,8 +619,11 @@ def test_convergence_traces_and_figure(real, tmp_path):
 def test_no_inputs_give_empty_tables_and_figures_that_say_so(tmp_path):
     runs, history = load_runs([]), load_history([])
     table = main_table(runs, PAPER_CSV)
-    assert len(table) == 10 and (table["n"] == 0).all()  # still the paper's rows
+    assert table.empty  # rows the grid did not run are left out
     assert ablation_table(runs, history).empty and weight_table(load_weights([])).empty
+    assert depth_table(runs, history).empty and sweep_table(runs, ["ep.beta"]).empty
+    plot_depth_ablation(depth_table(runs, history), tmp_path / "d.png")
+    plot_sweep(sweep_table(runs, ["ep.beta"]), ["ep.beta"], tmp_path / "b.png")
     assert profile_table(load_benchmarks([])).empty
     plot_residual_ablation(history, tmp_path / "r.png")
     plot_activation_ablation(history, tmp_path / "a.png")
@@ -616,17 +631,67 @@ def test_no_inputs_give_empty_tables_and_figures_that_say_so(tmp_path):
     plot_step_phases(load_benchmarks([]), tmp_path / "s.png")
     plot_ep_vs_bp(load_benchmarks([]), tmp_path / "e.png")
     plot_convergence(convergence_traces({}, torch.zeros(1), 3), tmp_path / "c.png")
-    for name in "rawsec":
+    for name in "rawsecdb":
         assert (tmp_path / f"{name}.png").stat().st_size > 0 and (tmp_path / f"{name}.pdf").stat().st_size > 0
 
 
-def test_bars_name_the_depth_study_net_apart_from_hopfield_resnet13():
+def test_depth_table_and_figure(tmp_path):
+    dirs = []
+    for arch, blocks, losses in (
+        ("hopfield_resnet", 2, [1.0, 0.5]),
+        ("hopfield_plain", 2, [1.0, 0.9]),
+        ("hopfield_resnet13", 4, [1.0, 0.6]),
+        ("hopfield_plain13", 4, [1.0, 0.99]),
+    ):
+        for seed, acc in ((0, 80.0), (1, 70.0)):
+            dirs.append(fake_run(tmp_path / f"{arch}{blocks}-{seed}", arch=arch, seed=seed, losses=losses,
+                                 final=acc, best=acc, settings=(f"model.blocks={blocks}",)))  # fmt: skip
+    dirs.append(fake_run(tmp_path / "vgg", arch="vgg5", losses=[1.0, 0.1], final=99.0))  # not of the family
+    table = depth_table(load_runs(dirs), load_history(dirs))
+    assert table[["network", "depth", "skips", "n"]].values.tolist() == [
+        ["hopfield_resnet7", 7, True, 2], ["hopfield_resnet13", 13, True, 2],
+        ["hopfield_plain7", 7, False, 2], ["hopfield_plain13", 13, False, 2],
+    ]  # fmt: skip
+    row = table.set_index("network").loc["hopfield_plain7"]
+    assert row["train_loss_drop_mean"] == pytest.approx(0.1) and row["final_test_acc_mean"] == 75.0
+    assert row["final_test_acc_std"] == pytest.approx(statistics.stdev([80.0, 70.0]))
+    write_depth_table(table, tmp_path / "d.csv", tmp_path / "d.md")
+    text = (tmp_path / "d.md").read_text()
+    assert "| Hopfield-Plain7 (2 blocks, no skips) | 7 | no | 2 | 75.0 ± 7.1 (n=2) | 10.0% ± 0.0% |" in text
+    plot_depth_ablation(table, tmp_path / "d.png")
+    assert_figure(tmp_path / "d.png")
+
+
+def test_a_sweep_chooses_its_setting_on_validation_not_on_test(tmp_path):
+    dirs = []
+    for beta, val_acc, test_acc in ((0.1, 80.0, 90.0), (0.2, 85.0, 70.0), (0.4, 60.0, 95.0)):
+        for seed in (0, 1):
+            dirs.append(fake_run(tmp_path / f"{beta}-{seed}", arch="vgg5", seed=seed, final=test_acc,
+                                 val=test_acc + seed, val_acc=val_acc + seed, best=test_acc,
+                                 settings=(f"ep.beta={beta}", "data.val_size=100")))  # fmt: skip
+    runs = load_runs(dirs, ["ep.beta"])
+    table = sweep_table(runs, ["ep.beta"])
+    assert table["ep.beta"].tolist() == [0.1, 0.2, 0.4] and table["n"].tolist() == [2, 2, 2]
+    chosen = table[table["chosen"]].iloc[0]
+    assert chosen["ep.beta"] == 0.2 and chosen["val_selected_test_acc_mean"] == 70.5  # not 0.4's 95.5
+    write_sweep_table(table, ["ep.beta"], tmp_path / "s.csv", tmp_path / "s.md")
+    line = next(x for x in (tmp_path / "s.md").read_text().splitlines() if "**chosen**" in x)
+    assert "ep.beta = 0.2" in line and "85.5 ± 0.7 (n=2)" in line
+    plot_sweep(table, ["ep.beta"], tmp_path / "s.png")
+    assert_figure(tmp_path / "s.png")
+
+
+def test_bars_name_each_network_by_its_one_name():
     from ep_core.analysis.profiles import _case_label
 
     case = {"width": 0.125, "batch_size": 8.0, "depth": 13.0}
+    # 4 blocks *is* Hopfield-ResNet13: one network, one name
     assert _case_label(pd.Series({**case, "arch": "hopfield_resnet", "blocks": 4.0})) == (
-        "Hopfield-ResNet13 (4 blocks)  w=0.125 B=8"
+        "Hopfield-ResNet13  w=0.125 B=8"
     )
     assert _case_label(pd.Series({**case, "arch": "hopfield_resnet13", "blocks": math.nan})) == (
         "Hopfield-ResNet13  w=0.125 B=8"
+    )
+    assert _case_label(pd.Series({**case, "arch": "hopfield_resnet", "blocks": 6.0})) == (
+        "Hopfield-ResNet19 (6 blocks)  w=0.125 B=8"
     )

@@ -132,3 +132,25 @@ def test_the_readme_python_example_runs():
     first, second = result.stdout.splitlines()
     assert first.startswith("120 ") and first.endswith("torch.Size([8, 10])")
     assert second.startswith("loss ") and "'nudged': RelaxStats(iterations=50" in second
+
+
+def test_attach_logs_files_to_the_pipelines_parent_run(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from ep_core.tracking import init_tracking
+
+    results = tmp_path / "results"
+    init = init_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "e", results / "mlflow/artifacts", "pipeline")
+    (results / "mlflow/init.json").write_text(json.dumps(init))
+    (results / "report.html").write_text("<html>report</html>")
+    (results / "tables").mkdir()
+    (results / "tables/main.md").write_text("| a |")
+    files = [str(results / "report.html"), str(results / "tables/main.md")]
+    assert main(["attach", *files, "--init", str(results / "mlflow/init.json"), "--root", str(results)]) == 0
+    client = MlflowClient(init["tracking_uri"])
+    listed = {
+        a.path for folder in ("", "tables") for a in client.list_artifacts(init["parent_run_id"], folder)
+    }
+    assert {"report.html", "tables/main.md"} <= listed
+    assert main(["attach", str(tmp_path / "nothing.html"), "--init", str(results / "mlflow/init.json")]) == 2
+    assert "nothing.html' does not exist" in capsys.readouterr().err

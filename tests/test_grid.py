@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ep_core import grid
+from ep_core import build_network, grid, naming
 from ep_core.config import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +45,19 @@ def test_the_paper_grid():
     }
     residual = grid.runs_of_kind(config, "residual_ablation")
     assert {r.arch for r in residual} == {"hopfield_resnet13", "hopfield_plain13"}
+    # The depth study: 4, 6, 8 blocks with and without skips; its 4-block nets are the residual ablation's.
+    depth = grid.runs_of_kind(config, "depth_ablation")
+    assert len(depth) == 3 * 2 * 3 and set(residual) <= set(depth)
+    assert {r.network for r in depth} == {
+        "hopfield_resnet13", "hopfield_plain13", "hopfield_resnet19", "hopfield_plain19", "hopfield_resnet25",
+        "hopfield_plain25",
+    }  # fmt: skip
+    sweep = grid.runs_of_kind(config, "sweep")
+    assert len(sweep) == 3 * 3 and grid.sweep_keys(config) == ["ep.beta"]
+    assert sweep[0].path == "cifar10/hopfield_resnet13/relu6/data.val_size=5000,ep.beta=0.1/seed0"
     # Runs shared by studies are trained once: cifar10 relu6 vgg5/HR13 belong to main and both ablations.
-    assert len(runs) == len(set(main) | set(activation) | set(residual)) == 30 + 12 + 3
+    assert len(runs) == len(set(main) | set(activation) | set(residual) | set(depth) | set(sweep))
+    assert len(runs) == 30 + 12 + 3 + 12 + 9
     assert grid.datasets_to_download(config) == ["cifar10", "cifar100", "fashion_mnist"]
     # 4 blocks at width 1, batch 16 is hopfield_resnet13 at width 1, batch 16: one job, not two.
     assert len(grid.profile_specs(config)) == 2 * 3 * 3 + 3 - 1
@@ -81,7 +92,7 @@ def test_the_demo_grid_replaces_the_papers():
     config = load("configs/pipeline_demo.yaml")
     runs = grid.validate_grid(config)
     assert {r.dataset for r in runs} == {"digits"} and grid.datasets_to_download(config) == []
-    assert len(grid.runs_of_kind(config, "main")) == 8 and len(runs) == 8 + 2 + 1
+    assert len(grid.runs_of_kind(config, "main")) == 8 and len(runs) == 8 + 2 + 1 + 12 + 3
     c = build_config({}, grid.run_overrides(config, runs[0]))
     assert (c.train.epochs, c.model.width, c.ep.free_iterations, c.train.device) == (10, 0.0625, 30, "cpu")
 
@@ -110,6 +121,53 @@ def test_the_demo_grid_replaces_the_papers():
         ({"settings": {"ep": {"optim.lr": [0.1, 0.2]}}}, "optim.lr: vgg5 has 10 parameter tensors"),
         ({"settings": {"ep": {"model.gains": [0.5]}}}, "gains: vgg5 has 5 edges, got 1 gains"),
         ({"studies": {}}, "studies: the grid has no runs"),
+        ({"studies": {"main": None}}, "studies: the grid has no runs"),
+        (
+            {
+                "studies": {
+                    "s": {
+                        "kind": "sweep",
+                        "datasets": ["digits"],
+                        "archs": ["vgg5"],
+                        "sweep": {"ep.beta": [0.1, 0.2]},
+                    }
+                }
+            },
+            "a sweep chooses its best setting on validation; set data.val_size > 0",
+        ),
+        (
+            {
+                "studies": {
+                    "s": {
+                        "kind": "sweep",
+                        "datasets": ["digits"],
+                        "archs": ["vgg5"],
+                        "sweep": {"model.arch": ["vgg5"]},
+                    }
+                }
+            },
+            "studies.s.sweep: model.arch is set by the study's own axes",
+        ),
+        (
+            {"studies": {"d": {"kind": "depth_ablation", "datasets": ["digits"]}}},
+            "studies.d.blocks: a depth study needs a list of block counts",
+        ),
+        (
+            {"studies": {"m": {"kind": "main", "datasets": ["digits"], "archs": ["vgg5"], "blocks": [4]}}},
+            "studies.m.blocks: only a study of kind depth_ablation has blocks",
+        ),
+        (
+            {
+                "studies": {
+                    "m": {
+                        "kind": "main",
+                        "datasets": ["digits"],
+                        "archs": ["hopfield_resnet13", "hopfield_resnet"],
+                    }
+                }
+            },
+            "hopfield_resnet and hopfield_resnet13 are one network (hopfield_resnet13)",
+        ),
     ],
 )
 def test_bad_grids_name_the_problem(change, message):
@@ -121,6 +179,45 @@ def test_bad_grids_name_the_problem(change, message):
     config.update(change)
     with pytest.raises(grid.GridError, match=re.escape(message)):
         grid.validate_grid(config)
+
+
+def test_one_name_per_network():
+    assert [naming.network_slug(a, b) for a, b in
+            [("hopfield_resnet", 6), ("hopfield_resnet", 4), ("hopfield_plain", 8), ("vgg5", None)]] == [
+        "hopfield_resnet19", "hopfield_resnet13", "hopfield_plain25", "vgg5"]  # fmt: skip
+    assert naming.network_name("hopfield_resnet", 6) == naming.network_name("hopfield_resnet19")
+    assert naming.network_name("hopfield_resnet19") == "Hopfield-ResNet19 (6 blocks)"
+    assert naming.network_name("hopfield_plain", 2) == "Hopfield-Plain7 (2 blocks, no skips)"
+    assert naming.network_name("hopfield_resnet13") == "Hopfield-ResNet13"
+    assert (naming.blocks_of("hopfield_plain13"), naming.skips_of("hopfield_plain13")) == (4, False)
+    assert build_network("hopfield_resnet", blocks=6, width=1 / 16).arch == "hopfield_resnet19"
+    # MLflow groups charts by the prefix before '/': accuracies and losses first, then their own groups
+    names = ["test_acc", "train_loss", "lr", "free_seconds", "activity.h1a", "free_residual", "grad_norm"]
+    assert [naming.mlflow_metric_name(n) for n in names] == [
+        "test_acc", "train_loss", "resources/lr", "resources/free_seconds", "diagnostics/activity.h1a",
+        "diagnostics/free_residual", "diagnostics/grad_norm",
+    ]  # fmt: skip
+    # A main-study hopfield_resnet whose blocks come from the settings is named, and trained, by its depth.
+    config = {"data_dir": "data", "seeds": [0],
+              "studies": {"m": {"kind": "main", "datasets": ["fashion_mnist"], "archs": ["hopfield_resnet"]}},
+              "settings": {"arch": {"hopfield_resnet": {"model.blocks": 6}}}}  # fmt: skip
+    (run,) = grid.validate_grid(config)
+    assert (
+        run.path == "fashion_mnist/hopfield_resnet19/relu6/seed0"
+        and "model.blocks=6" in grid.run_overrides(config, run)
+    )
+    assert grid.run_tags(run)["architecture"] == "hopfield_resnet19"
+    assert grid.run_tags(run)["network"] == "Hopfield-ResNet19 (6 blocks)"
+
+
+def test_a_custom_grid_stands_alone_by_nulling_the_studies_it_does_not_want():
+    config = load("tests/pipeline/fashion_only.yaml")
+    runs = grid.validate_grid(config)
+    assert {r.dataset for r in runs} == {"fashion_mnist"} and grid.datasets_to_download(config) == [
+        "fashion_mnist"
+    ]
+    assert len(runs) == 2 * 2 and grid.profile_specs(config) == []
+    assert set(grid.studies(config)) == {"main"}
 
 
 def test_profile_arguments():

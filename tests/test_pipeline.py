@@ -6,9 +6,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -49,7 +51,10 @@ def expected_counts(config: dict) -> dict[str, int]:
     return {rule: n for rule, n in counts.items() if n}
 
 
-@pytest.mark.parametrize("configfile", [None, "configs/pipeline_demo.yaml", "tests/pipeline/tiny.yaml"])
+@pytest.mark.parametrize(
+    "configfile",
+    [None, "configs/pipeline_demo.yaml", "tests/pipeline/tiny.yaml", "tests/pipeline/fashion_only.yaml"],
+)
 def test_dry_run_plans_exactly_the_jobs_the_config_implies(tmp_path, configfile):
     args = ["-n", "--cores", "2", "--directory", str(tmp_path)]
     if configfile:
@@ -65,6 +70,13 @@ def test_dry_run_plans_exactly_the_jobs_the_config_implies(tmp_path, configfile)
         counts[rule] == 1 for rule in counts if rule not in ("train", "profile", "download", "convergence")
     )
     assert counts["mlflow_init"] == 1 and counts["all"] == 1
+    # The studies a grid has are the aggregations it plans (depth study, sweep), and nothing else:
+    # the Fashion-MNIST-only grid stands alone, with no CIFAR job or download.
+    kinds = {s["kind"] for s in grid.studies(config).values()}
+    assert ("depth" in counts) == ("depth_ablation" in kinds) and ("sweep" in counts) == ("sweep" in kinds)
+    datasets = {r.dataset for r in grid.all_runs(config)}
+    assert all(f"results/runs/{d}/" in result.stdout for d in datasets)
+    assert not {"cifar10", "cifar100"} - datasets or "cifar" not in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -122,6 +134,33 @@ def _assert_complete(workdir: Path, configfile: Path) -> None:
         assert child.data.params["train.seed"] == str(run.seed) and child.data.tags["dataset"] == run.dataset
         history = client.get_metric_history(child.info.run_id, "test_acc")
         assert [m.step for m in history] == list(range(1, metrics["epochs_completed"] + 1))
+        # one name per network; the files (model.pt too) as artifacts; the drawn caps as a param; the
+        # per-layer diagnostics in their own group of the UI, the accuracies unprefixed (listed first)
+        assert child.data.tags["architecture"] == run.network == metrics["network"]
+        assert child.info.run_name == run.name
+        assert "model.pt" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        if metrics["alphas"]:
+            assert json.loads(child.data.params["model.alphas"]) == metrics["alphas"]
+        if run.family == "ep":
+            assert any(k.startswith("diagnostics/activity.") for k in child.data.metrics)
+            assert not any(k.startswith("activity.") for k in child.data.metrics)
+    # the parent run, where a user lands: the counts, the summary, the tables and figures
+    assert parent.data.metrics["runs/completed"] == len(runs) and parent.data.metrics["runs/failed"] == 0
+    artifacts = {
+        a.path
+        for folder in ("", "tables", "figures")
+        for a in client.list_artifacts(parent.info.run_id, folder)
+    }
+    assert {"summary.json", "tables/main.md", "figures/depth_ablation.png", "figures/sweep.png"} <= artifacts
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """The tiny grid, run once end to end (its working directory); shared by the tests that read it."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = snakemake("--cores", "2", "--directory", str(workdir), "--configfile", str(TINY))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
 
 
 def job_intervals(log: Path) -> list[tuple[float, float]]:
@@ -153,18 +192,84 @@ def _assert_profiles_ran_alone(workdir: Path, configfile: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_tiny_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
-    result = snakemake("--cores", "2", "--directory", str(tmp_path), "--configfile", str(TINY))
-    assert result.returncode == 0, result.stderr[-3000:]
-    _assert_complete(tmp_path, TINY)
-    _assert_profiles_ran_alone(tmp_path, TINY)
-    assert [p.name for p in (tmp_path / "results/profiles").iterdir()] == [
+def test_the_tiny_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tiny_pipeline):
+    _assert_complete(tiny_pipeline, TINY)
+    _assert_profiles_ran_alone(tiny_pipeline, TINY)
+    assert [p.name for p in (tiny_pipeline / "results/profiles").iterdir()] == [
         "hopfield_resnet13-w0.0625-b2.json"
     ]
-    for name in ("tables/main.csv", "tables/main.md"):
-        assert (tmp_path / "results" / name).stat().st_size > 0
-    again = snakemake("--cores", "2", "--directory", str(tmp_path), "--configfile", str(TINY))
+    for name in ("tables/main.csv", "tables/main.md", "tables/depth.md", "tables/sweep.md"):
+        assert (tiny_pipeline / "results" / name).stat().st_size > 0
+    again = snakemake("--cores", "2", "--directory", str(tiny_pipeline), "--configfile", str(TINY))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _page_text(url: str, budget_ms: int = 30_000) -> str:
+    """The page as headless Chromium renders it (scripts run for `budget_ms` of virtual time), as text."""
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--no-zygote", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180,
+    ).stdout  # fmt: skip
+    text = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+
+
+def _rendered(url: str, *needles: str) -> str:
+    """The page's text once every needle shows (rendering can take up to a minute on a busy machine)."""
+    for budget in (15_000, 30_000, 60_000):
+        text = _page_text(url, budget)
+        if all(n in text for n in needles):
+            break
+    return text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium here (Debian: apt-get install chromium; .ci/run does)"
+)
+def test_the_mlflow_ui_shows_the_runs_their_params_and_metrics_in_a_browser(tiny_pipeline):
+    init, client, children = _mlflow_runs(tiny_pipeline)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "ui", "--backend-store-uri", init["tracking_uri"], "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "mlflow ui did not start"
+                time.sleep(1)
+        parent = client.get_run(init["parent_run_id"])
+        # The experiment's training runs: the pipeline's parent, its children nested under it.
+        url = f"{base}/#/experiments/{init['experiment_id']}/runs"
+        text = _rendered(url, parent.info.run_name, "matching runs")
+        assert parent.info.run_name in text and f"{len(children) + 1} matching runs" in text, text[:2000]
+        # A child run's page: its name, the dotted config params, the metrics by their groups' names.
+        child = next(c for c in children if c.data.tags["architecture"] == "hopfield_resnet13")
+        url = f"{base}/#/experiments/{init['experiment_id']}/runs/{child.info.run_id}"
+        text = _rendered(url, child.info.run_name, "ep.beta", "test_acc")
+        beta = child.data.params["ep.beta"]
+        assert child.info.run_name in text and f"ep.beta {beta}" in text, text[:2000]
+        acc = child.data.metrics["test_acc"]
+        shown = str(int(acc)) if acc.is_integer() else repr(acc)  # as JavaScript prints a number
+        assert f"test_acc {shown}" in text and "diagnostics/activity." in text
+        assert f"Parent run {parent.info.run_name}" in text
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def kill_config() -> dict:

@@ -7,6 +7,7 @@ frames built by the `load_*` functions, so each table or figure is a determinist
 
 from .ablations import ablation_table, plot_activation_ablation, plot_residual_ablation, write_ablation_table
 from .convergence import convergence_traces, evaluation_batch, load_network, plot_convergence, residual_trace
+from .depth import depth_table, plot_depth_ablation, write_depth_table
 from .profiles import (
     load_benchmarks,
     phase_times,
@@ -16,6 +17,7 @@ from .profiles import (
     write_profile_table,
 )
 from .runs import load_history, load_runs
+from .sweep import plot_sweep, sweep_table, write_sweep_table
 from .tables import main_table, read_paper_results, write_table
 from .weights import (
     load_weights,
@@ -29,6 +31,7 @@ from .weights import (
 __all__ = [
     "ablation_table",
     "convergence_traces",
+    "depth_table",
     "evaluation_batch",
     "load_benchmarks",
     "load_history",
@@ -39,18 +42,23 @@ __all__ = [
     "phase_times",
     "plot_activation_ablation",
     "plot_convergence",
+    "plot_depth_ablation",
     "plot_ep_vs_bp",
     "plot_residual_ablation",
     "plot_step_phases",
+    "plot_sweep",
     "plot_weight_histograms",
     "plot_weight_profiles",
     "profile_table",
     "read_paper_results",
     "residual_trace",
+    "sweep_table",
     "weight_layers",
     "weight_table",
     "write_ablation_table",
+    "write_depth_table",
     "write_profile_table",
+    "write_sweep_table",
     "write_table",
     "write_weight_table",
 ]

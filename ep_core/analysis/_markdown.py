@@ -58,3 +58,16 @@ def write_csv_and_markdown(
     """The full-precision table as CSV and its readable rendering as markdown, both written atomically."""
     atomic_write_text(Path(csv_path), frame.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(Path(md_path), markdown)
+
+
+def runs_cells(table: pd.DataFrame) -> list[str]:
+    """'3' or '3 (+1 failed)' from the n and n_failed columns."""
+    return [
+        f"{n}" + (f" (+{f} failed)" if f else "") for n, f in zip(table["n"], table["n_failed"], strict=True)
+    ]
+
+
+def mean_std_cells(table: pd.DataFrame, stat: str, digits: int = 1) -> list[str]:
+    """`mean_std` of the {stat}_mean, {stat}_std and n columns, row by row."""
+    means, stds = table[f"{stat}_mean"], table[f"{stat}_std"]
+    return [mean_std(m, s, n, digits) for m, s, n in zip(means, stds, table["n"], strict=True)]

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from . import _markdown as md
 from ._figures import PALETTE, PathLike, figure, grid_shape, hide_unused, no_data
-from .runs import COMPLETED, label
+from .runs import COMPLETED, FAILED, label, seed_stats
 
 RESIDUAL_VARIANTS = ("hopfield_resnet13", "hopfield_plain13")
 ACTIVATION_ORDER = ("relu6", "relu1", "relu_random")  # the paper's ranking, best first
 ACTIVATION_LABELS = {"relu6": "ReLU6 (α = 6)", "relu1": "ReLU1 (α = 1)", "relu_random": "random α per layer"}
 EP_ALGORITHMS = ("cep", "ep")
-FAILED = ("diverged", "failed")
 METRIC_LABELS = {
     "train_loss": "training loss (mean per example)",
     "test_acc": "test accuracy (%)",
@@ -168,7 +166,7 @@ def plot_activation_ablation(
 # --- the table --------------------------------------------------------------------------------------------
 
 
-def _loss_drop(history: pd.DataFrame) -> pd.Series:
+def loss_drop(history: pd.DataFrame) -> pd.Series:
     """Per run: (training loss of epoch 1 − the lowest over epochs) / (of epoch 1); 0 for a one-epoch run.
     The lowest, not the last: a net that trained and then became unstable did not stall."""
     ordered = history.sort_values(["run_dir", "epoch"])
@@ -178,20 +176,8 @@ def _loss_drop(history: pd.DataFrame) -> pd.Series:
 
 
 def _variant_rows(runs: pd.DataFrame, keys: list[str], variant: str) -> pd.DataFrame:
-    def summary(group: pd.DataFrame) -> pd.Series:
-        ok = group[group["status"] == COMPLETED]
-        out: dict[str, float] = {"n": len(ok), "n_failed": int(group["status"].isin(FAILED).sum())}
-        for column in ("final_test_acc", "best_test_acc", "final_train_loss", "train_loss_drop"):
-            out[f"{column}_mean"] = ok[column].mean() if len(ok) else np.nan
-            out[f"{column}_std"] = ok[column].std(ddof=1) if len(ok) > 1 else np.nan
-        return pd.Series(out)
-
-    columns = ["status", "final_test_acc", "best_test_acc", "final_train_loss", "train_loss_drop"]
-    if runs.empty:
-        stats = [f"{c}_{s}" for c in columns[1:] for s in ("mean", "std")]
-        return pd.DataFrame(columns=[*keys, variant, "n", "n_failed", *stats])
-    rows = runs.groupby([*keys, variant])[columns].apply(summary).reset_index()
-    return rows.astype({"n": int, "n_failed": int})
+    stats = ("final_test_acc", "best_test_acc", "final_train_loss", "train_loss_drop")
+    return seed_stats(runs, [*keys, variant], stats)
 
 
 def ablation_table(
@@ -210,7 +196,7 @@ def ablation_table(
     epochs, architecture, variant, n, n_failed, {final_test_acc,best_test_acc,final_train_loss,
     train_loss_drop}_{mean,std}, finding, holds.
     """
-    runs = runs.join(_loss_drop(history), on="run_dir")
+    runs = runs.join(loss_drop(history), on="run_dir")
     ep = runs[runs["algorithm"].isin(EP_ALGORITHMS)].rename(columns={"epochs_planned": "epochs_"})
     keys = ["dataset", "algorithm", "width", "epochs_"]
 
@@ -264,28 +250,10 @@ def ablation_markdown(table: pd.DataFrame) -> str:
             "epochs": table["epochs"].astype(str),
             "architecture": [label("arch", v) for v in table["architecture"]],
             "variant": [ACTIVATION_LABELS.get(v, label("arch", v)) for v in table["variant"]],
-            "runs": [
-                f"{n}" + (f" (+{f} failed)" if f else "")
-                for n, f in zip(table["n"], table["n_failed"], strict=True)
-            ],
-            "final test acc. (%)": [
-                md.mean_std(m, s, n)
-                for m, s, n in zip(
-                    table["final_test_acc_mean"], table["final_test_acc_std"], table["n"], strict=True
-                )
-            ],
-            "best test acc. (%)": [
-                md.mean_std(m, s, n)
-                for m, s, n in zip(
-                    table["best_test_acc_mean"], table["best_test_acc_std"], table["n"], strict=True
-                )
-            ],
-            "final train loss": [
-                md.mean_std(m, s, n, 4)
-                for m, s, n in zip(
-                    table["final_train_loss_mean"], table["final_train_loss_std"], table["n"], strict=True
-                )
-            ],
+            "runs": md.runs_cells(table),
+            "final test acc. (%)": md.mean_std_cells(table, "final_test_acc"),
+            "best test acc. (%)": md.mean_std_cells(table, "best_test_acc"),
+            "final train loss": md.mean_std_cells(table, "final_train_loss", 4),
             "train-loss drop": [
                 md.DASH if md.missing(v) else f"{v:.1%}" for v in table["train_loss_drop_mean"]
             ],

@@ -23,6 +23,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..benchmark import BP_TWIN
+from ..naming import network_name
 from . import _markdown as md
 from ._figures import PALETTE, PathLike, figure, no_data
 from .runs import label
@@ -267,14 +268,11 @@ def _devices(bench: pd.DataFrame) -> str:
 
 
 def _case_label(row: pd.Series) -> str:
-    """'Hopfield-ResNet13  w=1 B=128'; a `hopfield_resnet` by its depth and blocks, 'Hopfield-ResNet13 (4
-    blocks)', so that the depth study's 4-block net is not mistaken for `hopfield_resnet13` beside it."""
-    arch = row["arch"]
-    if arch == "hopfield_resnet":
-        name = f"Hopfield-ResNet{row['depth']:g} ({row['blocks']:g} blocks)"
-    else:
-        name = label("arch", arch)
-    return f"{name}  w={row['width']:g} B={row['batch_size']:g}"
+    """'Hopfield-ResNet13  w=1 B=128', 'Hopfield-ResNet19 (6 blocks)  w=1 B=16': the network's one name
+    (`naming.network_name`; 4 blocks is Hopfield-ResNet13 itself)."""
+    blocks = row.get("blocks")
+    blocks = None if blocks is None or pd.isna(blocks) else int(blocks)
+    return f"{network_name(row['arch'], blocks)}  w={row['width']:g} B={row['batch_size']:g}"
 
 
 def plot_step_phases(
@@ -440,8 +438,10 @@ def plot_ep_vs_bp(
     paper_stars = x == "batch_size" and held == "width 1"
     caption = (
         "One CEP training step (free phase, −β and +β phases, gradient, update) at the bench's iteration "
-        "counts vs one backprop step of the twin network on the same batch. Memory: peak allocated device "
-        "memory (not measured on CPU). Error bars: min–max of the bench's repeats; a red ring: they disagree "
+        "counts vs one backprop step of the twin network on the same batch. Memory: the rise in peak memory "
+        "during one step, each measured in a fresh process: on a GPU the allocator's peak above what was "
+        "allocated before the step, on a CPU the rise of the process's peak resident set (RSS). "
+        "Error bars: min–max of the bench's repeats; a red ring: they disagree "
         f"by more than ×{max_spread:g} (a busy host, not a cost)."
     )
     if paper_stars:
@@ -452,7 +452,7 @@ def plot_ep_vs_bp(
         for ax, (column, ylabel) in zip(axes.flat, panels, strict=True):
             points = data.dropna(subset=[column])
             if points.empty:
-                where = " (CPU runs)" if column == "peak_memory_mb" else ""
+                where = " (bench run with --no-memory?)" if column == "peak_memory_mb" else ""
                 no_data(ax, f"no {ylabel.split(' (')[0]} in the bench files{where}")
             else:
                 sns.lineplot(

@@ -19,11 +19,13 @@ import pandas as pd
 import yaml
 
 from ..config import BP_ARCHS
+from ..naming import blocks_of, layers_of, network_name, network_of_config, skips_of
 
 PathLike = str | Path
 
 COMPLETED = "completed"
 INCOMPLETE = "incomplete"  # no metrics.json: still running, killed, or never started
+FAILED = ("diverged", "failed")
 
 # The paper's table names the BP twin of VGG5 "vgg5" (paper_results.csv); its EP graphs keep their names.
 TABLE_ARCH = {"vgg5_bp": "vgg5", "resnet13": "resnet13"}
@@ -35,26 +37,20 @@ DATASET_LABELS = {
     "digits": "digits (sklearn)",
     "synthetic": "synthetic",
 }
-ARCH_LABELS = {
-    "vgg5": "VGG5",
-    "hopfield_resnet13": "Hopfield-ResNet13",
-    "hopfield_plain13": "Hopfield-Plain13 (no skips)",
-    "resnet13": "ResNet13",
-    "vgg5_bp": "VGG5 (BP)",
-}
 ALGORITHM_LABELS = {"cep": "CEP", "ep": "EP", "bp": "BP"}
 
 # Columns that identify a run; load_history repeats them on every epoch row.
 IDENTITY = [
-    "run_dir", "status", "dataset", "arch", "table_arch", "algorithm", "activation", "seed", "width",
-    "epochs_planned",
+    "run_dir", "status", "dataset", "arch", "network", "table_arch", "algorithm", "activation", "seed",
+    "width", "epochs_planned",
 ]  # fmt: skip
 
 
 RUN_COLUMNS = [
-    *IDENTITY, "depth", "order", "beta", "batch_size", "val_size", "epochs",
-    "final_test_acc", "final_train_loss", "val_selected_test_acc", "val_selected_epoch", "best_test_acc",
-    "best_test_epoch", "wall_seconds", "peak_memory_mb", "num_parameters", "device", "message",
+    *IDENTITY, "depth", "blocks", "skips", "order", "beta", "free_iterations", "nudge_iterations",
+    "batch_size", "val_size", "epochs", "final_test_acc", "final_train_loss", "best_val_acc",
+    "val_selected_test_acc", "val_selected_epoch", "best_test_acc", "best_test_epoch", "wall_seconds",
+    "peak_memory_mb", "num_parameters", "device", "message",
 ]  # fmt: skip
 
 
@@ -63,8 +59,11 @@ GENERIC_HISTORY = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", 
 
 
 def label(kind: str, value: Any) -> str:
-    """Human-readable name of a dataset, architecture or algorithm (the code name if unknown)."""
-    table = {"dataset": DATASET_LABELS, "arch": ARCH_LABELS, "algorithm": ALGORITHM_LABELS}[kind]
+    """Human-readable name of a dataset, network (`naming.network_name`: one name everywhere) or algorithm
+    (the code name if unknown)."""
+    if kind == "arch":
+        return network_name(str(value))
+    table = {"dataset": DATASET_LABELS, "algorithm": ALGORITHM_LABELS}[kind]
     return table.get(value, str(value))
 
 
@@ -76,23 +75,40 @@ def algorithm_of(config: dict) -> str:
 
 
 def table_arch_of(config: dict) -> str:
-    """The architecture as the paper's table names it. A `hopfield_resnet` with N blocks has 3N + 1 weight
-    layers: N = 4 is exactly Hopfield-ResNet13, others are named by their depth (hopfield_resnet19, ...)."""
-    arch = config["model"]["arch"]
-    if arch == "hopfield_resnet":
-        blocks = int(config["model"].get("blocks", 4))
-        return "hopfield_resnet13" if blocks == 4 else f"hopfield_resnet{3 * blocks + 1}"
-    return TABLE_ARCH.get(arch, arch)
+    """The network as the paper's table names it: its one name (`naming.network_slug`), except that the
+    backprop VGG5 is the paper's "vgg5" row of algorithm BP."""
+    network = network_of_config(config)
+    return TABLE_ARCH.get(network, network)
 
 
 def depth_of(config: dict) -> int:
     """Weight layers on the main path plus skips, as in the architectures' names (VGG5: 5, HR13: 13)."""
-    arch = config["model"]["arch"]
-    if arch in ("vgg5", "vgg5_bp"):
+    network = network_of_config(config)
+    if network in ("vgg5", "vgg5_bp"):
         return 5
-    if arch == "hopfield_resnet":
-        return 3 * int(config["model"].get("blocks", 4)) + 1
-    return 13
+    blocks = blocks_of(network)
+    return layers_of(blocks) if blocks is not None else 13
+
+
+def seed_stats(runs: pd.DataFrame, keys: list[str], stats: Iterable[str]) -> pd.DataFrame:
+    """Per group of `keys`: n (completed runs), n_failed (diverged or failed) and {stat}_{mean,std} over the
+    completed runs (seeds) of each column in `stats` (NaN values left out); one row per group."""
+    stats = list(stats)
+
+    def summary(group: pd.DataFrame) -> pd.Series:
+        ok = group[group["status"] == COMPLETED]
+        out: dict[str, float] = {"n": len(ok), "n_failed": int(group["status"].isin(FAILED).sum())}
+        for stat in stats:
+            values = ok[stat].dropna()
+            out[f"{stat}_mean"] = values.mean() if len(values) else math.nan
+            out[f"{stat}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        return pd.Series(out)
+
+    columns = [*keys, "n", "n_failed", *(f"{s}_{t}" for s in stats for t in ("mean", "std"))]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    table = runs.groupby(keys)[["status", *stats]].apply(summary).reset_index()
+    return table.astype({"n": int, "n_failed": int})[columns]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -109,8 +125,15 @@ def _get(mapping: dict | None, *keys: str) -> Any:
     return value
 
 
-def read_run(run_dir: PathLike) -> dict[str, Any]:
-    """One row of `load_runs`."""
+def _setting(config: dict, key: str) -> Any:
+    """The resolved value of a dotted key (lists as JSON text, so that rows group by them)."""
+    section, name = key.split(".", 1)
+    value = config.get(section, {}).get(name)
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def read_run(run_dir: PathLike, keys: Iterable[str] = ()) -> dict[str, Any]:
+    """One row of `load_runs`; `keys` adds a column per dotted setting (`ep.beta`) with the run's value."""
     run_dir = Path(run_dir)
     metrics = _read_json(run_dir / "metrics.json")
     if metrics is not None:
@@ -125,20 +148,26 @@ def read_run(run_dir: PathLike) -> dict[str, Any]:
         "status": m.get("status", INCOMPLETE),
         "dataset": config["data"]["name"],
         "arch": config["model"]["arch"],
+        "network": network_of_config(config),
         "table_arch": table_arch_of(config),
         "algorithm": algorithm_of(config),
         "activation": config["model"]["activation"],
         "seed": config["train"]["seed"],
         "width": float(config["model"]["width"]),
         "depth": depth_of(config),
+        "blocks": blocks_of(network_of_config(config)),
+        "skips": skips_of(network_of_config(config)),
         "order": config["ep"]["order"],
         "beta": _get(config, "ep", "beta"),
+        "free_iterations": config["ep"]["free_iterations"],
+        "nudge_iterations": config["ep"]["nudge_iterations"],
         "batch_size": config["train"]["batch_size"],
         "val_size": config["data"]["val_size"],
         "epochs_planned": config["train"]["epochs"],
         "epochs": m.get("epochs_completed", math.nan),
         "final_test_acc": _get(m, "final", "test_acc"),
         "final_train_loss": _get(m, "final", "train_loss"),
+        "best_val_acc": _get(m, "best_val", "val_acc"),  # NaN without a validation split
         "val_selected_test_acc": _get(m, "best_val", "test_acc"),  # NaN without a validation split
         "val_selected_epoch": _get(m, "best_val", "epoch"),
         "best_test_acc": _get(m, "best_test_over_epochs", "test_acc"),  # the paper's optimistic protocol
@@ -148,7 +177,7 @@ def read_run(run_dir: PathLike) -> dict[str, Any]:
         "num_parameters": m.get("num_parameters", math.nan),
         "device": m.get("device") or "",
         "message": m.get("message") or "",
-    }
+    } | {key: _setting(config, key) for key in keys}
 
 
 def _unique(dirs: Iterable[PathLike]) -> list[Path]:
@@ -156,10 +185,11 @@ def _unique(dirs: Iterable[PathLike]) -> list[Path]:
     return list(dict.fromkeys(Path(d) for d in dirs))
 
 
-def load_runs(dirs: Iterable[PathLike]) -> pd.DataFrame:
+def load_runs(dirs: Iterable[PathLike], keys: Iterable[str] = ()) -> pd.DataFrame:
     """One row per run directory, in the order given, each directory once (see `read_run` for the
-    columns)."""
-    return pd.DataFrame([read_run(d) for d in _unique(dirs)], columns=RUN_COLUMNS)
+    columns; `keys`: dotted settings to add as columns, e.g. the keys a sweep varies)."""
+    keys = list(keys)
+    return pd.DataFrame([read_run(d, keys) for d in _unique(dirs)], columns=[*RUN_COLUMNS, *keys])
 
 
 def load_history(dirs: Iterable[PathLike]) -> pd.DataFrame:

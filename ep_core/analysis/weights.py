@@ -37,7 +37,7 @@ ROLE_ORDER = {"main": 0, "dense": 0, "skip": 1}
 SUMMARY_COLUMNS = ["name", "kind", "shape", "numel", "mean", "std", "mean_abs", "max_abs", "init_rms",
                    "frac_below_0.001_init", "frac_below_0.01_init", "frac_below_0.1_init"]  # fmt: skip
 DERIVED = ["role", "kernel", "index", "depth", "layer"]
-IDENTITY = ("run_dir", "dataset", "arch", "table_arch", "algorithm", "activation", "width", "seed")
+IDENTITY = ("run_dir", "dataset", "arch", "network", "table_arch", "algorithm", "activation", "width", "seed")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -176,8 +176,8 @@ def _findings(key: tuple, weights: pd.DataFrame, layers: pd.DataFrame, near_zero
     main_zero = main["ep_near_zero"].mean() if len(main) else np.nan
     return {
         **dict(zip(GROUP, key, strict=True)),
-        "ep_arch": ",".join(sorted(ep["arch"].unique())),
-        "bp_arch": ",".join(sorted(bp["arch"].unique())),
+        "ep_arch": ",".join(sorted(ep["network"].unique())),
+        "bp_arch": ",".join(sorted(bp["network"].unique())),
         "ep_runs": ep["run_dir"].nunique(),
         "bp_runs": bp["run_dir"].nunique(),
         # 1. magnitude and spread, EP vs BP
@@ -242,7 +242,8 @@ def weight_markdown(table: pd.DataFrame) -> str:
         {
             "dataset": [label("dataset", v) for v in table["dataset"]],
             "graph (EP / BP)": [
-                f"{e} / {b}" if b else e for e, b in zip(table["ep_arch"], table["bp_arch"], strict=True)
+                " / ".join(", ".join(label("arch", n) for n in side.split(",")) for side in (e, b) if side)
+                for e, b in zip(table["ep_arch"], table["bp_arch"], strict=True)
             ],
             "width": [f"{w:g}" for w in table["width"]],
             "runs EP / BP": [f"{e} / {b}" for e, b in zip(table["ep_runs"], table["bp_runs"], strict=True)],
@@ -384,7 +385,9 @@ def plot_weight_histograms(
         bp_rows = weight_rows(pd.read_csv(Path(bp_dir) / "weights_summary.csv"))
         sides.append(("BP", bp_rows, _histograms(bp_dir), read_run(bp_dir)))
     nrows, ncols = grid_shape(len(ep_rows))
-    names = " vs ".join(f"{label('algorithm', r['algorithm'])} {r['arch']}" for _, _, _, r in sides)
+    names = " vs ".join(
+        f"{label('algorithm', r['algorithm'])} {label('arch', r['network'])}" for _, _, _, r in sides
+    )
     setting = f"{label('dataset', ep_run['dataset'])}, width {ep_run['width']:g}, seed {ep_run['seed']}"
     caption = (
         f"Histograms of the trained weights ({setting}), density per layer; layers matched by depth rank "

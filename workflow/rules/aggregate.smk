@@ -42,6 +42,49 @@ rule ablations:
         "../scripts/ablations.py"
 
 
+rule depth:
+    input:
+        metrics=run_files(DEPTH, "metrics.json"),
+        history=run_files(DEPTH, "history.csv"),
+    output:
+        csv="results/tables/depth.csv",
+        md=report(
+            "results/tables/depth.md",
+            caption="../report/depth.rst",
+            category="Depth study",
+        ),
+        figure=figure("depth_ablation", "depth_ablation", "Depth study"),
+    log:
+        "logs/aggregate/depth.log",
+    localrule: True
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/depth.py"
+
+
+rule sweep:
+    input:
+        metrics=run_files(SWEEP, "metrics.json"),
+    output:
+        csv="results/tables/sweep.csv",
+        md=report(
+            "results/tables/sweep.md",
+            caption="../report/sweep.rst",
+            category="Sweeps",
+        ),
+        figure=figure("sweep", "sweep_figure", "Sweeps"),
+    log:
+        "logs/aggregate/sweep.log",
+    localrule: True
+    conda:
+        "../../environment.yml"
+    params:
+        swept=grid.sweep_keys(config),
+    script:
+        "../scripts/sweep.py"
+
+
 rule profiles:
     input:
         expand("results/profiles/{profile}.json", profile=PROFILES),

@@ -5,21 +5,18 @@ from ep_core import grid
 
 # A bad dataset, arch or setting fails here, before any job starts.
 RUNS = grid.validate_grid(config)
+RUN_BY_PATH = {run.path: run for run in RUNS}
 PROFILES = {spec.name: spec for spec in grid.profile_specs(config)}
 
 
 wildcard_constraints:
     dataset="[a-z0-9_]+",
-    arch="[a-z0-9_]+",
-    activation="[a-z0-9_]+",
-    seed=r"\d+",
+    run=r"[a-z0-9_]+/[a-z0-9_]+/[a-z0-9_]+/(?:[^/]+/)?seed\d+",
     profile="[A-Za-z0-9_.-]+",
 
 
 def run_of(wildcards):
-    return grid.RunSpec(
-        wildcards.dataset, wildcards.arch, wildcards.activation, int(wildcards.seed)
-    )
+    return RUN_BY_PATH[wildcards.run]
 
 
 def run_files(runs, name):
@@ -27,8 +24,9 @@ def run_files(runs, name):
 
 
 def data_marker(wildcards):
-    if wildcards.dataset in grid.TORCHVISION_DATASETS:
-        return f"{config['data_dir']}/.{wildcards.dataset}.ready"
+    dataset = run_of(wildcards).dataset
+    if dataset in grid.TORCHVISION_DATASETS:
+        return f"{config['data_dir']}/.{dataset}.ready"
     return []
 
 
@@ -37,15 +35,11 @@ def train_overrides(wildcards):
 
 
 def train_tags(wildcards):
-    run = run_of(wildcards)
-    algorithm = "bp" if run.family == "bp" else "ep"
-    return {
-        "dataset": run.dataset,
-        "architecture": run.arch,
-        "activation": run.activation,
-        "algorithm": algorithm,
-        "seed": str(run.seed),
-    }
+    return grid.run_tags(run_of(wildcards))
+
+
+def train_name(wildcards):
+    return run_of(wildcards).name
 
 
 def every_core(wildcards):
@@ -64,6 +58,8 @@ MAIN = grid.runs_of_kind(config, "main")
 ABLATIONS = grid.runs_of_kind(config, "activation_ablation") + grid.runs_of_kind(
     config, "residual_ablation"
 )
+DEPTH = grid.runs_of_kind(config, "depth_ablation")
+SWEEP = grid.runs_of_kind(config, "sweep")
 CONVERGENCE = grid.convergence_runs(config)
 PAIR = grid.weight_pair(config)
 PAPER = f"{workflow.basedir}/reference/paper_results.csv"
@@ -89,6 +85,21 @@ AGGREGATES = [
 ]
 if PROFILES:
     AGGREGATES.append("results/tables/profiles.md")
+if DEPTH:
+    AGGREGATES.append("results/tables/depth.md")
+if SWEEP:
+    AGGREGATES.append("results/tables/sweep.md")
+
+
+# The aggregation rules, whose tables and figures the pipeline's parent run in MLflow carries.
+AGGREGATE_RULES = ["main_table", "ablations", "weights", "convergence"]
+AGGREGATE_RULES += (
+    ["profiles"] * bool(PROFILES) + ["depth"] * bool(DEPTH) + ["sweep"] * bool(SWEEP)
+)
+
+
+def parent_artifacts(wildcards):
+    return [path for name in AGGREGATE_RULES for path in getattr(rules, name).output]
 
 
 def final_targets():

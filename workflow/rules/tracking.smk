@@ -22,6 +22,7 @@ rule mlflow_summary:
     input:
         init="results/mlflow/init.json",
         metrics=run_files(RUNS, "metrics.json"),
+        aggregates=parent_artifacts,
     output:
         "results/mlflow/summary.json",
     log:

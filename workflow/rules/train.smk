@@ -1,5 +1,5 @@
-# One training run per (dataset, arch, activation, seed) of the grid. The checkpoint lives in the run
-# directory but is not a declared output, so Snakemake never deletes it: a re-submitted job resumes.
+# One training run per run directory of the grid (ep_core.grid.RunSpec.path). The checkpoint lives in
+# the run directory but is not a declared output, so Snakemake never deletes it: a re-submitted job resumes.
 
 
 rule train:
@@ -7,13 +7,13 @@ rule train:
         init="results/mlflow/init.json",
         data=data_marker,
     output:
-        metrics="results/runs/{dataset}/{arch}/{activation}/seed{seed}/metrics.json",
-        history="results/runs/{dataset}/{arch}/{activation}/seed{seed}/history.csv",
-        model="results/runs/{dataset}/{arch}/{activation}/seed{seed}/model.pt",
-        weights="results/runs/{dataset}/{arch}/{activation}/seed{seed}/weights_summary.csv",
-        histograms="results/runs/{dataset}/{arch}/{activation}/seed{seed}/weights_histograms.json",
+        metrics="results/runs/{run}/metrics.json",
+        history="results/runs/{run}/history.csv",
+        model="results/runs/{run}/model.pt",
+        weights="results/runs/{run}/weights_summary.csv",
+        histograms="results/runs/{run}/weights_histograms.json",
     log:
-        "logs/train/{dataset}/{arch}/{activation}/seed{seed}.log",
+        "logs/train/{run}.log",
     conda:
         "../../environment.yml"
     threads: config["resources"]["train"]["threads"]
@@ -22,8 +22,8 @@ rule train:
         runtime=config["resources"]["train"]["runtime"],
         mem_mb=config["resources"]["train"]["mem_mb"],
     params:
-        out="results/runs/{dataset}/{arch}/{activation}/seed{seed}",
-        name="{dataset}-{arch}-{activation}-s{seed}",
+        out="results/runs/{run}",
+        name=train_name,
         overrides=train_overrides,
         tags=train_tags,
     script:
