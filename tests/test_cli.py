@@ -44,7 +44,7 @@ def test_gradcheck_table_sweep_and_exit_status(capsys):
         ),
         (
             ["gradcheck", "--arch", "vgg5", "--width", "-1"],
-            "ep-core gradcheck: error: width must be a positive number",
+            "ep-core gradcheck: error: argument --width: must be a positive number",
         ),
         (["gradcheck", "--arch", "vgg9"], "argument --arch: invalid choice: 'vgg9'"),
         (
@@ -84,7 +84,8 @@ def test_bench_measures_cep_and_its_backprop_twin(capsys):
     assert ep["step_ms"] > ep["free_ms"] + ep["minus_ms"] + ep["plus_ms"]
     assert ep["free_ms_per_iteration"] == pytest.approx(ep["free_ms"] / 4)
     assert ep["nudged_ms_per_iteration"] > 0 and ep["gflops"] > 0 and ep["peak_memory_mb"] > 0
-    assert bp["arch"] == "resnet13" and bp["step_ms"] > 0 and bp["peak_memory_mb"] > 0
+    # the second step's rise: at this size its blocks may all be reused from the first step's
+    assert bp["arch"] == "resnet13" and bp["step_ms"] > 0 and bp["peak_memory_mb"] >= 0
     assert r["flop_bound_ratio"] > 1 and r["overhead_ratio"] > 0.5
     # Every timing with the spread of its repeats, and how busy the host was around them.
     parts = {"step", "free", "minus", "plus", "gradient", "update"}
