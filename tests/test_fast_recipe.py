@@ -138,10 +138,10 @@ def test_the_recipe_fills_unset_keys_and_explicit_keys_win():
         "authors", None, "fixed_point", 120,
     )  # fmt: skip
     fast = build_config({}, ["ep.recipe=fast"])
-    assert (fast.ep.tol, fast.ep.solver, fast.ep.nudge_solver) == (1e-3, "anderson", "anderson")
+    assert (fast.ep.tol, fast.ep.solver, fast.ep.nudge_solver) == (1e-3, "fixed_point", "fixed_point")
     assert (fast.ep.free_iterations, fast.ep.nudge_iterations) == (120, 50)  # the authors' caps
     assert build_config({"ep": {"recipe": "fast", "tol": 1e-4}}).ep.tol == 1e-4
-    assert build_config({}, ["ep.recipe=fast", "ep.solver=fixed_point"]).ep.solver == "fixed_point"
+    assert build_config({}, ["ep.recipe=fast", "ep.solver=anderson"]).ep.solver == "anderson"
     with pytest.raises(
         ConfigError, match=r"ep\.recipe: 'quick' is not allowed; valid choices: authors, fast"
     ):
