@@ -349,9 +349,9 @@ def test_warm_start_only_carries_states_of_the_same_batch_size(monkeypatch):
     seen = []
     original = EquilibriumProp.estimate
 
-    def recording(self, net, x, y, states=None):
+    def recording(self, net, x, y, states=None, **options):
         seen.append(states)
-        return original(self, net, x, y, states)
+        return original(self, net, x, y, states, **options)
 
     monkeypatch.setattr(EquilibriumProp, "estimate", recording)
     setup.learner.train_step(x, y, setup.optimizer, first.carry)  # same size: warm start

@@ -105,7 +105,7 @@ rule profiles:
     conda:
         "../../environment.yml"
     params:
-        max_spread=config["profiles"]["max_spread"],
+        max_spread=config.get("profiles", {}).get("max_spread", 1.5),
     script:
         "../scripts/profiles.py"
 
