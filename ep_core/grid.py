@@ -8,7 +8,7 @@ can stand alone: it nulls the studies of config.yaml it does not want. Runs shar
 trained once: a run is identified by its directory `results/runs/{dataset}/{network}/{activation}[/
 {settings}]/seed{seed}`, where `network` is the network's one name (`naming.network_slug`: the depth
 study's 6-block net is `hopfield_resnet19`), backprop networks use plain ReLU (labelled `relu`), and the
-optional segment lists the settings the study fixes (`data.val_size=300,ep.beta=0.2`). Settings are dotted
+optional segment lists the settings the study fixes (`data.val_size-300+ep.beta-0.2`). Settings are dotted
 `ep-core train` keys layered from the general to the specific — all < family (ep/bp) < dataset < arch <
 the study's own — and every run's resolved settings are validated with the run configuration itself, so a
 bad key fails the whole DAG before any job starts.
@@ -57,7 +57,9 @@ class RunSpec:
 
     @property
     def variant(self) -> str:
-        return ",".join(f"{k}={_text(v)}" for k, v in self.settings)
+        # No ',' or '=': Snakemake hands a SLURM job its target as `rule:wildcard=value,...`, so a path
+        # holding either cannot be parsed back on the node.
+        return "+".join(f"{k}-{_text(v)}" for k, v in self.settings)
 
     @property
     def path(self) -> str:

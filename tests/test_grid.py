@@ -54,7 +54,7 @@ def test_the_paper_grid():
     }  # fmt: skip
     sweep = grid.runs_of_kind(config, "sweep")
     assert len(sweep) == 3 * 3 and grid.sweep_keys(config) == ["ep.beta"]
-    assert sweep[0].path == "cifar10/hopfield_resnet13/relu6/data.val_size=5000,ep.beta=0.1/seed0"
+    assert sweep[0].path == "cifar10/hopfield_resnet13/relu6/data.val_size-5000+ep.beta-0.1/seed0"
     # Runs shared by studies are trained once: cifar10 relu6 vgg5/HR13 belong to main and both ablations.
     assert len(runs) == len(set(main) | set(activation) | set(residual) | set(depth) | set(sweep))
     assert len(runs) == 30 + 12 + 3 + 12 + 9
