@@ -7,9 +7,9 @@ code: fixed-length phases of 120 free and 50 + 50 nudged plain sweeps, even/odd 
 fewer sweeps (docs/benchmarks.md, `make bench-tta`): every phase stops at a relative tolerance (the nudged
 ones on their displacement from the free state) with the authors' counts as caps. Anderson mixing
 (`ep.solver`/`ep.nudge_solver: anderson`, the ±β copies sharing their coefficients) cuts the sweeps
-further — 10 + 2 × 10 instead of 22 + 2 × 21 in the benchmark — but at small widths on a CPU each mixed
-iteration costs several sweeps, so it is not part of the recipe; turn it on where the convolutions
-dominate (wide networks, GPUs) and measure.
+further — 10 + 2 × 10 per step against the authors' 120 + 2 × 50 in the benchmark — but at small
+widths on a CPU each mixed iteration costs several sweeps, so it is not part of the recipe; turn it on
+where the convolutions dominate (wide networks, GPUs) and measure.
 """
 
 from __future__ import annotations
