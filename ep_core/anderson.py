@@ -65,8 +65,7 @@ def anderson_relax(
     dtype = s[1].dtype
     shapes = [tuple(t.shape) for t in s[1:]]
     current = [t.reshape(B, -1) for t in s[1:]]  # x_k, flattened per layer (views)
-    dF: list[torch.Tensor] = []
-    dG: list[torch.Tensor] = []
+    history: History | None = None
     P = B // 2 if pairs else B  # independent mixing problems
     valid = torch.zeros(P, memory, dtype=torch.bool, device=s[1].device)
     f_prev: list[torch.Tensor] = []
@@ -79,14 +78,14 @@ def anderson_relax(
         lst = [x0, *(c.view(shape) for c, shape in zip(current, shapes, strict=True))]
         sweep(net, lst, groups, drive, alphas, nudge, cache, independent)
         g = [t.reshape(B, -1) for t in lst[1:]]
+        del lst
         f = [gl - xl for gl, xl in zip(g, current, strict=True)]
-        f2 = torch.stack([torch.linalg.vector_norm(fl, dim=1).square() for fl in f]).sum(
-            0
-        )  # per example ‖f‖²
+        del current
+        f2 = _per_example_square(f)  # per example ‖f‖²
         if pairs:
             f2 = f2[:P] + f2[P:]
         if tol is not None or done == iterations:
-            g2 = torch.stack([torch.linalg.vector_norm(gl).square() for gl in g]).sum()
+            g2 = _per_example_square(g).sum()
             residual = (f2.sum().sqrt() / g2.sqrt().clamp_min(torch.finfo(dtype).tiny)).item()
             if done == iterations:
                 break
@@ -94,21 +93,18 @@ def anderson_relax(
             if converged(f2.sum(), residual, views, tol, reference):
                 break
         if f_prev:
-            if not dF:
-                dF = [fl.new_zeros(B, memory, fl.shape[1]) for fl in f]
-                dG = [gl.new_zeros(B, memory, gl.shape[1]) for gl in g]
+            if history is None:
+                history = History(f, memory)
             slot = (done - 2) % memory
-            for i in range(L):
-                torch.sub(f[i], f_prev[i], out=dF[i][:, slot])
-                torch.sub(g[i], g_prev[i], out=dG[i][:, slot])
+            rhs = history.push(slot, f, g, f_prev, g_prev)
             valid[:, slot] = True
             # Safeguard: an example whose residual grew (typically a unit crossed a clip boundary, so the
             # sweep map moved to another linear piece) forgets its history and takes the plain step.
             valid &= (f2 <= r_prev).view(P, 1)
-            gamma = _mixing(dF, f, valid, pairs)  # (B, 1, m), zero for invalid slots
+            gamma = _mixing(history.gram, rhs, valid, dtype, pairs)  # (B, 1, m), zero for invalid slots
             current = []
             for i in range(L):
-                mixed = torch.baddbmm(g[i].unsqueeze(1), gamma, dG[i], alpha=-1).squeeze(1)
+                mixed = torch.baddbmm(g[i].unsqueeze(1), gamma, history.dG[i], alpha=-1).squeeze(1)
                 if i < L - 1:
                     mixed.clamp_(0.0, alphas[i])
                 current.append(mixed)
@@ -120,13 +116,55 @@ def anderson_relax(
     return [x0, *(gl.view(shape) for gl, shape in zip(g, shapes, strict=True))], RelaxStats(done, residual)
 
 
+class History:
+    """The last `memory` differences ΔF = f_k − f_{k−1} and ΔG = g_k − g_{k−1} per example (a ring buffer of
+    (B, m, n_l) tensors per layer) and the Gram matrix ΔFᵀΔF of each example's normal equations.
+
+    The Gram matrix is kept up to date incrementally: with f_k = f_{k−1} + ΔF_new, ΔF_i·ΔF_new =
+    ΔF_i·f_k − ΔF_i·f_{k−1}, so the one pass over the history that gives this iteration's right-hand side
+    ΔFᵀf_k also gives the Gram matrix's new row (instead of an m-fold pass for ΔFᵀΔF every iteration).
+    """
+
+    def __init__(self, f: list[torch.Tensor], memory: int):
+        B = f[0].shape[0]
+        self.dF = [fl.new_zeros(B, memory, fl.shape[1]) for fl in f]
+        self.dG = [fl.new_zeros(B, memory, fl.shape[1]) for fl in f]
+        self.gram = torch.zeros(B, memory, memory, dtype=torch.float64, device=f[0].device)
+        self._rhs_prev = torch.zeros(B, memory, dtype=torch.float64, device=f[0].device)
+
+    def push(
+        self,
+        slot: int,
+        f: list[torch.Tensor],
+        g: list[torch.Tensor],
+        f_prev: list[torch.Tensor],
+        g_prev: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """Store the new differences in `slot` (replacing the oldest) and return ΔFᵀf, (B, m) float64."""
+        for dF, dG, fl, gl, fp, gp in zip(self.dF, self.dG, f, g, f_prev, g_prev, strict=True):
+            torch.sub(fl, fp, out=dF[:, slot])
+            torch.sub(gl, gp, out=dG[:, slot])
+        rhs = sum(torch.bmm(d, fl.unsqueeze(2)) for d, fl in zip(self.dF, f, strict=True)).squeeze(2).double()
+        row = rhs - self._rhs_prev  # ΔF_i·ΔF_new for the slots other than the new one
+        row[:, slot] = _per_example_square([d[:, slot] for d in self.dF]).double()
+        self.gram[:, slot, :] = row
+        self.gram[:, :, slot] = row
+        self._rhs_prev = rhs
+        return rhs
+
+
+def _per_example_square(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Σ over the (B, n_l) parts of each row's squared norm, as (B,)."""
+    return torch.stack([torch.linalg.vector_norm(p, dim=1).square() for p in parts]).sum(0)
+
+
 def _mixing(
-    dF: list[torch.Tensor], f: list[torch.Tensor], valid: torch.Tensor, pairs: bool = False
+    gram: torch.Tensor, rhs: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype, pairs: bool = False
 ) -> torch.Tensor:
-    """Per example γ = argmin ‖f − ΔF γ‖ over its valid history slots (γ = 0 on the others), as (B, 1, m);
-    with `pairs`, one γ for each example and its copy B/2 further, from their summed normal equations."""
-    gram = sum(torch.bmm(d, d.transpose(1, 2)) for d in dF).double()
-    rhs = sum(torch.bmm(d, fl.unsqueeze(2)) for d, fl in zip(dF, f, strict=True)).double()
+    """Per example γ = argmin ‖f − ΔF γ‖ over its valid history slots (γ = 0 on the others), as (B, 1, m),
+    from the normal equations `gram` γ = `rhs` ((B, m, m) and (B, m), float64); with `pairs`, one γ for
+    each example and its copy B/2 further, from their summed normal equations."""
+    rhs = rhs.unsqueeze(2)
     if pairs:
         half = gram.shape[0] // 2
         gram, rhs = gram[:half] + gram[half:], rhs[:half] + rhs[half:]
@@ -138,5 +176,5 @@ def _mixing(
     scale = scale.clamp_min(1e-200).unsqueeze(2)
     system = gram * mask + eye * (REGULARIZATION * scale + (1 - v).unsqueeze(2))
     gamma, _ = torch.linalg.solve_ex(system, rhs * v.unsqueeze(2))
-    gamma = (gamma * v.unsqueeze(2)).to(f[0].dtype).transpose(1, 2)
+    gamma = (gamma * v.unsqueeze(2)).to(dtype).transpose(1, 2)
     return torch.cat([gamma, gamma]) if pairs else gamma

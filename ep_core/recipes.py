@@ -5,11 +5,11 @@ wins, so `ep.recipe: fast` with `ep.tol: 1e-4` is the fast recipe at a tighter t
 config.yaml of a run states every resolved value beside the recipe's name. `authors` is the authors'
 code: fixed-length phases of 120 free and 50 + 50 nudged plain sweeps, even/odd order. `fast` spends
 fewer sweeps (docs/benchmarks.md, `make bench-tta`): every phase stops at a relative tolerance (the nudged
-ones on their displacement from the free state) with the authors' counts as caps. Anderson mixing
-(`ep.solver`/`ep.nudge_solver: anderson`, the ±β copies sharing their coefficients) cuts the sweeps
-further — 10 + 2 × 10 per step against the authors' 120 + 2 × 50 in the benchmark — but at small
-widths on a CPU each mixed iteration costs several sweeps, so it is not part of the recipe; turn it on
-where the convolutions dominate (wide networks, GPUs) and measure.
+ones on their displacement from the free state) with the authors' counts as caps, and Anderson mixing
+accelerates the sweeps of every phase — the free phase per example, the nudged phases with each
+example's −β and +β copies sharing one set of mixing coefficients, so the truncation error still cancels
+in the centered difference. A run that sets `ep.batch_phases: false` (the ±β phases one after the other,
+for memory) keeps plain nudged sweeps: the shared coefficients need both copies in one batch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 RECIPES: dict[str, dict[str, Any]] = {
     "authors": {},
-    "fast": {"tol": 1e-3},
+    "fast": {"tol": 1e-3, "solver": "anderson", "nudge_solver": "anderson"},
 }
 
 
@@ -31,4 +31,7 @@ def apply_recipe(values: dict, error: type[Exception] = ValueError) -> dict:
     name = ep.get("recipe", "authors")
     if name not in RECIPES:
         raise error(f"ep.recipe: {name!r} is not allowed; valid choices: {', '.join(RECIPES)}")
-    return {**values, "ep": {**RECIPES[name], **ep}}
+    preset = dict(RECIPES[name])
+    if ep.get("batch_phases") is False and "nudge_solver" not in ep:
+        preset.pop("nudge_solver", None)  # paired mixing needs the stacked phases (see the docstring)
+    return {**values, "ep": {**preset, **ep}}

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import batch, converged, small_net
 
+from ep_core.anderson import History
 from ep_core.config import ConfigError, build_config, resolve
 from ep_core.diagnostics import layer_statistics
 from ep_core.estimators import EquilibriumProp
@@ -119,6 +120,30 @@ def test_lean_estimate_carries_the_plus_state_in_place_and_summarises_the_free_s
             torch.testing.assert_close(lean.grads[name], g)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_anderson_history_updates_the_gram_matrix_as_the_direct_product(dtype, tol):
+    # The incremental Gram matrix (one pass over the history per iteration) against ΔFᵀΔF recomputed from
+    # the stored differences, through more pushes than the ring buffer holds (slots are overwritten).
+    torch.manual_seed(0)
+    B, m, sizes = 4, 3, (7, 5)
+    f_prev = [torch.randn(B, n, dtype=dtype) for n in sizes]
+    g_prev = [torch.randn(B, n, dtype=dtype) for n in sizes]
+    history = None
+    for k in range(8):
+        f = [0.7 * fp + 0.3 * torch.randn_like(fp) for fp in f_prev]
+        g = [torch.randn_like(gp) for gp in g_prev]
+        history = history or History(f, m)
+        rhs = history.push(k % m, f, g, f_prev, g_prev)
+        gram = sum((d.unsqueeze(2) * d.unsqueeze(1)).sum(3) for d in history.dF).double()
+        direct_rhs = sum((d * fl.unsqueeze(1)).sum(2) for d, fl in zip(history.dF, f, strict=True))
+        scale = gram.abs().max()
+        assert (history.gram - gram).abs().max() <= tol * scale
+        assert (rhs - direct_rhs.double()).abs().max() <= tol * scale
+        for dF_l, dG_l, fl, fp, gl, gp in zip(history.dF, history.dG, f, f_prev, g, g_prev, strict=True):
+            assert torch.equal(dF_l[:, k % m], fl - fp) and torch.equal(dG_l[:, k % m], gl - gp)
+        f_prev, g_prev = f, g
+
+
 def test_anderson_nudged_phases_need_stacked_centered_phases():
     with pytest.raises(ValueError, match="needs batch_phases"):
         EquilibriumProp(nudge_solver="anderson", batch_phases=False)
@@ -138,10 +163,12 @@ def test_the_recipe_fills_unset_keys_and_explicit_keys_win():
         "authors", None, "fixed_point", 120,
     )  # fmt: skip
     fast = build_config({}, ["ep.recipe=fast"])
-    assert (fast.ep.tol, fast.ep.solver, fast.ep.nudge_solver) == (1e-3, "fixed_point", "fixed_point")
+    assert (fast.ep.tol, fast.ep.solver, fast.ep.nudge_solver) == (1e-3, "anderson", "anderson")
     assert (fast.ep.free_iterations, fast.ep.nudge_iterations) == (120, 50)  # the authors' caps
     assert build_config({"ep": {"recipe": "fast", "tol": 1e-4}}).ep.tol == 1e-4
-    assert build_config({}, ["ep.recipe=fast", "ep.solver=anderson"]).ep.solver == "anderson"
+    separate = build_config({}, ["ep.recipe=fast", "ep.batch_phases=false"]).ep
+    assert (separate.solver, separate.nudge_solver) == ("anderson", "fixed_point")
+    assert build_config({}, ["ep.recipe=fast", "ep.solver=fixed_point"]).ep.solver == "fixed_point"
     with pytest.raises(
         ConfigError, match=r"ep\.recipe: 'quick' is not allowed; valid choices: authors, fast"
     ):
@@ -164,6 +191,9 @@ def test_time_to_accuracy_benchmark_trains_interleaved_and_reports(tmp_path):
     assert authors["free_sweeps"] == 6 and authors["nudged_sweeps"] == 3  # fixed-length phases
     assert fast["free_sweeps"] <= 20 and fast["nudged_sweeps"] <= 3  # the later key wins: caps 20 / 3
     assert result["speedup"] == pytest.approx(authors["wall_mean"] / fast["wall_mean"])
+    for summary in (authors, fast):  # the phases' seconds are a part of the wall time
+        assert summary["free_seconds"] > 0 and summary["nudged_seconds"] > 0
+        assert summary["free_seconds"] + summary["nudged_seconds"] < summary["wall_mean"]
     assert authors["acc_mean"] == pytest.approx(sum(r["test_acc"] for r in runs[::2]) / 2)
     json.dumps(result)
     assert "| authors |" in format_tta(result)
