@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .config import build_config
+from .config import resolve as resolve_config
 from .distributed import Collective, Context, process_group, shard_bounds
 from .estimators import device_clock
 from .launch import free_port
@@ -31,11 +32,11 @@ from .optimization import build_optimizer
 
 
 def _config(args: dict[str, Any]):
-    return build_config({
+    return resolve_config(build_config({
         "model": {"arch": args["arch"], "width": args["width"]},
         "ep": {"free_iterations": args["free_iterations"], "nudge_iterations": args["nudge_iterations"]},
         "optim": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 0.0, "scheduler": "none"},
-    })  # fmt: skip
+    }))  # fmt: skip
 
 
 def _worker(rank: int, world: int, port: int, args: dict[str, Any], out: str) -> None:

@@ -21,6 +21,8 @@ import contextlib
 import datetime
 import os
 import re
+import signal
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -276,6 +278,22 @@ class QuietError(ConfigError):
     """An error rank 0 has already reported: the other ranks exit with its status without repeating it."""
 
 
+def die_with_launcher(ctx: Context) -> None:
+    """Under torchrun, end this process when torchrun ends, however it ends. torchrun starts each worker in
+    a session of its own, so a SIGKILL to torchrun's process group (a killed pipeline job, `kill -9`) would
+    leave the workers training — and writing the run directory the rerun resumes from. Linux only (prctl
+    PR_SET_PDEATHSIG); elsewhere a no-op."""
+    if ctx.launcher != "torchrun" or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the request took effect
+        os._exit(128 + signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def process_group(ctx: Context, device: torch.device) -> Iterator[Collective]:
     """The default process group of a run of `ctx.world_size` processes, destroyed on the way out (a world
@@ -284,6 +302,7 @@ def process_group(ctx: Context, device: torch.device) -> Iterator[Collective]:
     if not ctx.active:
         yield collective
         return
+    die_with_launcher(ctx)
     os.environ.update(rendezvous_env(ctx))
     backend = "nccl" if device.type == "cuda" else "gloo"
     options: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}

@@ -156,7 +156,7 @@ class EPLearner:
         _check_finite("loss or gradient norm", loss_sum / batch_size, grad_norm)
         scalars = {"grad_norm": grad_norm}
         for i, phase in enumerate(PHASES):
-            scalars |= {f"{phase}_iterations": stats[i], f"{phase}_residual": stats[len(PHASES) + i]}
+            scalars |= {f"{phase}_iterations": int(stats[i]), f"{phase}_residual": stats[len(PHASES) + i]}
         optimizer.zero_grad(set_to_none=True)
         for name, p in self.net.named_parameters():
             p.grad = grads[name].to(p.dtype)

@@ -37,7 +37,7 @@ TINY = {
     "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 10, "device": "cpu", "max_batches": 3},
 }
 # Long enough to be killed inside an epoch: 45 steps of 6 (3 per rank) per epoch.
-KILL = {**TINY, "data": {**TINY["data"], "synthetic_train": 286}, "train": {**TINY["train"], "epochs": 3,
+KILL = {**TINY, "data": {**TINY["data"], "synthetic_train": 286}, "train": {**TINY["train"], "epochs": 2,
         "batch_size": 6, "max_batches": None}}  # fmt: skip
 
 
@@ -52,17 +52,34 @@ def torchrun(out: Path, values: dict, *extra: str, nprocs: int = 2, **popen) -> 
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
+def running(text: str) -> list[str]:
+    """The command lines of the processes that mention `text`."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(cmdline)
+    return found
+
+
 def finish(process: subprocess.Popen, timeout: float = 240) -> str:
     _, stderr = process.communicate(timeout=timeout)
     assert process.returncode == 0, stderr[-3000:]
     return stderr
 
 
-def max_weight_difference(a: Path, b: Path) -> float:
+def weight_differences(a: Path, b: Path) -> dict[str, float]:
     wa = torch.load(a / "model.pt", weights_only=True)
     wb = torch.load(b / "model.pt", weights_only=True)
     assert wa.keys() == wb.keys()
-    return max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa if wa[k].is_floating_point())
+    return {k: float((wa[k].double() - wb[k].double()).abs().max()) for k in wa if wa[k].is_floating_point()}
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    return max(weight_differences(a, b).values())
 
 
 # --- the launcher, shards, commands (no processes) ---------------------------------------------------------
@@ -174,17 +191,26 @@ def test_global_batchnorm_is_batchnorm_in_one_process_and_keeps_its_tensors():
 # --- real runs: 2 processes under torchrun, gloo ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("arch", "tolerance"), [("hopfield_resnet13", 1e-5), ("resnet13", 1e-4)], ids=["cep", "backprop"]
-)
-def test_two_processes_take_the_single_process_updates(tmp_path, arch, tolerance):
+@pytest.mark.parametrize("arch", ["hopfield_resnet13", "resnet13"], ids=["cep", "backprop"])
+def test_two_processes_take_the_single_process_updates(tmp_path, arch):
     values = {**TINY, "model": {**TINY["model"], "arch": arch}}
     two = torchrun(tmp_path / "two", values)
     assert train(build_config(values), tmp_path / "one", threads=1) == 0
     finish(two)
-    difference = max_weight_difference(tmp_path / "one", tmp_path / "two")
-    print(f"{arch}: max |w(1 process) - w(2 processes)| = {difference:.3g}")
-    assert difference <= tolerance
+    differences = weight_differences(tmp_path / "one", tmp_path / "two")
+    # ResNet13's convolution biases feed a BatchNorm, which removes them: their exact gradient is 0, so
+    # Adam turns the rounding noise of either run into steps of up to lr (1e-3) — 6 steps, ≤ 6e-3 — and
+    # the BN running means carry 0.1 of those biases. They change nothing the network computes.
+    noise = (
+        {k for k in differences if k.endswith((".0.bias", ".1.running_mean"))}
+        if arch == "resnet13"
+        else set()
+    )
+    exact = max(v for k, v in differences.items() if k not in noise)
+    print(f"{arch}: max |w(1 process) - w(2 processes)| = {exact:.3g}"
+          + (f" (BN-cancelled biases and running means: {max(differences[k] for k in noise):.3g})" if noise else ""))  # fmt: skip
+    assert exact <= 1e-5
+    assert all(differences[k] <= 6e-3 for k in noise)
     one, two = deterministic_history(tmp_path / "one"), deterministic_history(tmp_path / "two")
     assert list(one.columns) == list(two.columns)
     for column in ("train_loss", "val_loss", "test_loss"):
@@ -208,10 +234,16 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result_with_one_w
     mlflow = ("--mlflow", store, "--run-name", "killed")
     process = torchrun(out, KILL, *mlflow, start_new_session=True)
     _wait_for(lambda: _history_rows(out) >= 1 and (out / "checkpoint.pt").exists(), process, timeout=240)
-    time.sleep(0.5)  # into epoch 2
-    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers, as a node failure would
+    time.sleep(0.5)  # into epoch 2 (of 2)
+    os.killpg(process.pid, signal.SIGKILL)  # torchrun's process group, as a killed job's
     process.communicate()
-    assert _history_rows(out) < 3 and not (out / "metrics.json").exists()
+    # torchrun starts each worker in a session of its own; they die with it (PR_SET_PDEATHSIG), so no
+    # orphan goes on writing the directory the rerun resumes from.
+    deadline = time.time() + 20
+    while running(str(out)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not running(str(out))
+    assert _history_rows(out) < 2 and not (out / "metrics.json").exists()
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["world_size"] == 2 and len(checkpoint["rank_rng"]) == 2
     assert checkpoint["warm_states"][0].shape[0] == 6  # both shards' rows: the global batch's
@@ -234,7 +266,7 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result_with_one_w
     runs = client.search_runs([client.get_experiment_by_name("ep-core").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["world_size"] == "2" and runs[0].data.tags["devices"].count("cpu") == 2
-    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "test_acc")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "test_acc")] == [1, 2]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mlflow_run_id"] == runs[0].info.run_id and metrics["world_size"] == 2
 
