@@ -45,10 +45,12 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MinJobAge=600
 GresTypes=gpu
-NodeName=$H CPUs=$CPUS RealMemory=8000 Gres=gpu:1 State=UNKNOWN
+NodeName=$H CPUs=$CPUS RealMemory=8000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
-printf 'AutoDetect=off\nNodeName=%s Name=gpu File=/dev/null\n' "$H" | $SUDO tee /etc/slurm/gres.conf >/dev/null
+# Two fake GPUs (any two device files), so that a run on resources.train.gpus: 2 can be scheduled.
+printf 'AutoDetect=off\nNodeName=%s Name=gpu File=/dev/null\nNodeName=%s Name=gpu File=/dev/zero\n' "$H" "$H" \
+  | $SUDO tee /etc/slurm/gres.conf >/dev/null
 
 pgrep -x munged >/dev/null || $SUDO runuser -u munge -- /usr/sbin/munged
 pgrep -x slurmctld >/dev/null || $SUDO /usr/sbin/slurmctld

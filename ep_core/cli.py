@@ -113,6 +113,14 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(
             "--mlflow-experiment: the init.json names the experiment; give a tracking URI instead"
         )
+    if args.tag and not args.mlflow:
+        raise ValueError("--tag: applies with --mlflow only")
+    tags = {}
+    for item in args.tag:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--tag expects KEY=VALUE, got {item!r}")
+        tags[key] = value
     config = load_config(args.config, args.set)
     tracker = None
     if args.mlflow:
@@ -122,14 +130,18 @@ def _train(args: argparse.Namespace) -> int:
 
         name = args.run_name or Path(args.out).resolve().name
         if args.mlflow.endswith(".json"):
-            tracker = RunTracker.from_file(args.mlflow, name)
+            tracker = RunTracker.from_file(args.mlflow, name, tags=tags)
         else:  # the store and experiment are made at the first call that succeeds (sqlite: under a lock)
-            tracker = RunTracker.for_uri(args.mlflow, args.mlflow_experiment or "ep-core", name)
+            tracker = RunTracker.for_uri(args.mlflow, args.mlflow_experiment or "ep-core", name, tags=tags)
     return train(config, args.out, tracker=tracker, threads=args.threads, diverged_ok=args.diverged_ok)
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train one network (resumes if DIR holds a checkpoint)")
+    p = sub.add_parser(
+        "train",
+        help="train one network (resumes if DIR holds a checkpoint); under torchrun or srun, data-parallel "
+        "over their processes",
+    )
     p.add_argument("--config", help="YAML run configuration (sections data, model, ep, optim, train)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (created; resumed if present)")
     p.add_argument(
@@ -145,6 +157,9 @@ def _add_train(sub) -> None:
     )  # fmt: skip
     p.add_argument("--mlflow-experiment", help="experiment name with a tracking URI (default ep-core)")
     p.add_argument("--run-name", help="MLflow run name (default: the --out directory's name)")
+    p.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE", help="an MLflow tag of the run (repeated)"
+    )
     p.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
     p.add_argument(
         "--diverged-ok", action="store_true", help="exit 0 when the run diverges (it is recorded as diverged)"
@@ -315,6 +330,12 @@ def _add_bench_tta(sub) -> None:
     add_parser(sub)
 
 
+def _add_bench_ddp(sub) -> None:
+    from .ddp_bench import add_parser
+
+    add_parser(sub)
+
+
 SUBCOMMANDS: list[Callable] = [
     _add_train,
     _add_sync,
@@ -322,6 +343,7 @@ SUBCOMMANDS: list[Callable] = [
     _add_gradcheck,
     _add_bench,
     _add_bench_tta,
+    _add_bench_ddp,
     _add_attach,
 ]
 
@@ -335,8 +357,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ValueError as error:
+        if _reported_by_rank_0(error):
+            return 2
         print(f"ep-core {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _reported_by_rank_0(error: ValueError) -> bool:
+    """In a data-parallel run every rank reads the same configuration and directory, so their errors are
+    rank 0's: the other ranks exit with its status without printing it again N - 1 times. An error that
+    is this rank's own (its GPU) is printed by it."""
+    from .config import ConfigError
+    from .distributed import DistributedError, QuietError, context_from_env
+
+    if isinstance(error, QuietError):
+        return True
+    try:
+        rank = context_from_env().rank
+    except DistributedError:
+        return False
+    return rank != 0 and isinstance(error, ConfigError) and not getattr(error, "per_rank", False)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ optional segment lists the settings the study fixes (`data.val_size-300+ep.beta-
 `ep-core train` keys layered from the general to the specific — all < family (ep/bp) < dataset < arch <
 the study's own — and every run's resolved settings are validated with the run configuration itself, so a
 bad key fails the whole DAG before any job starts.
+
+A run's GPU count (its data-parallel processes) is `resources.train.gpus`, which a study overrides with
+its own `resources.train.gpus` as it overrides `seeds`; a run shared by studies gets the most GPUs any of
+them asks for (its result does not depend on the count beyond rounding).
 """
 
 from __future__ import annotations
@@ -248,18 +252,60 @@ def run_tags(run: RunSpec) -> dict[str, str]:
     return tags | ({"settings": run.variant} if run.settings else {})
 
 
+def _train_resources(config: dict[str, Any]) -> dict[str, Any]:
+    return (config.get("resources") or {}).get("train") or {}
+
+
+def gpus_by_path(config: dict[str, Any]) -> dict[str, int]:
+    """Every run's GPU count, by run directory: its study's `resources.train.gpus`, else the grid's
+    (default 1); the largest when studies share the run."""
+    default = int(_train_resources(config).get("gpus", 1))
+    gpus: dict[str, int] = {}
+    for study, s in studies(config).items():
+        count = int(((s.get("resources") or {}).get("train") or {}).get("gpus", default))
+        if count < 1:
+            raise GridError(f"studies.{study}.resources.train.gpus: must be >= 1, got {count}")
+        for run in study_runs(config, study):
+            gpus[run.path] = max(gpus.get(run.path, 1), count)
+    return gpus
+
+
+def train_job_resources(config: dict[str, Any], gpus: int) -> dict[str, Any]:
+    """The `train` rule's threads and resources for a run on `gpus` GPUs; `threads` and `mem_mb` of
+    resources.train are per process. More than one GPU: N SLURM tasks of one GPU each, which the job starts
+    itself with srun (the SLURM plugin's `mpi` resource: the job step is the batch script, not `srun -n1`);
+    None leaves a resource unset, so a one-GPU run is submitted exactly as before."""
+    train = _train_resources(config)
+    many = gpus > 1
+    return {
+        "threads": int(train.get("threads", 8)) * gpus,
+        "mem_mb": int(train.get("mem_mb", 32000)) * gpus,
+        "gpu": gpus,
+        "mpi": "srun" if many else None,
+        "tasks": gpus if many else None,
+        "tasks_per_gpu": 1 if many else None,
+    }
+
+
 def validate_grid(config: dict[str, Any]) -> list[RunSpec]:
     """Expand the grid and build every run's configuration, so any bad key or value fails here."""
     runs = all_runs(config)
     if not runs:
         raise GridError("studies: the grid has no runs")
     sweeps = set(runs_of_kind(config, "sweep"))
+    gpus = gpus_by_path(config)
     for run in runs:
         try:
             resolved = build_config({}, run_overrides(config, run))
             check_against_network(resolved)
         except ValueError as error:
             raise GridError(f"settings for {run.name}: {error}") from None
+        batch, n = resolved.train.batch_size, gpus[run.path]
+        if batch % n:
+            raise GridError(
+                f"settings for {run.name}: train.batch_size {batch} is not divisible by its {n} GPUs "
+                f"(resources.train.gpus); use a multiple of {n}"
+            )
         if run in sweeps and resolved.data.val_size <= 0:
             raise GridError(
                 f"settings for {run.name}: a sweep chooses its best setting on validation; set data.val_size "

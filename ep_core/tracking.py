@@ -275,6 +275,10 @@ class RunTracker:
         self.down = False  # the last call failed: one warning said so; the next success says so too
         self.retry_at = 0.0
         self.uncertain = False  # a failed call may have reached MLflow: ask which epochs it holds
+        # Tags of this attempt (world size, devices): set on the MLflow run once per process, so a run
+        # resumed on other hardware says so.
+        self.runtime_tags: dict[str, str] = {}
+        self._runtime_sent = False
 
     @classmethod
     def from_file(cls, path: str | Path, run_name: str, tags: dict[str, str] | None = None) -> RunTracker:
@@ -329,6 +333,7 @@ class RunTracker:
                 bounded("tagging the run", client.set_tag, link["run_id"], "ep_core.resumed",
                         str(int(time.time())))  # fmt: skip
                 self._save()
+            self._send_runtime_tags(client, link["run_id"])
             return link["run_id"]
         if not link.get("experiment_id"):
             link["experiment_id"] = bounded("finding the experiment", _experiment_id, client,
@@ -349,7 +354,17 @@ class RunTracker:
         link["run_id"] = run_id
         link.pop("resumed", None)
         self._save()
+        self._send_runtime_tags(client, run_id)
         return run_id
+
+    def _send_runtime_tags(self, client, run_id: str) -> None:
+        if self._runtime_sent or not self.runtime_tags:
+            return
+        from mlflow.entities import RunTag
+
+        tags = [RunTag(k, v) for k, v in self.runtime_tags.items()]
+        bounded("tagging the run's devices", client.log_batch, run_id, tags=tags)
+        self._runtime_sent = True
 
     def _send_epochs(self, client, run_id: str, rows: list[dict[str, Any]]) -> None:
         from mlflow.entities import Metric

@@ -6,6 +6,11 @@ SIGTERM/SIGINT arrives (at the next batch boundary, mid-epoch included); re-runn
 resumes from the checkpoint and produces the same history and weights as an uninterrupted run (the data
 order and augmentation of every batch are functions of (seed, epoch, batch) alone). `metrics.json` is
 written last, with status completed, diverged or failed.
+
+Under `torchrun` or `srun` a run is data-parallel (ep_core.distributed): every rank trains its shard of
+each global batch, rank 0 alone writes the run directory and talks to MLflow. A checkpoint is the same
+file as a single process's: rank 0 gathers every rank's warm-start states (the rows of the global batch)
+and RNG state into it, so a run resumes with any number of processes, its warm states re-sharded.
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ from .checkpoint import (
 )
 from .config import BP_ARCHS, ConfigError, RunConfig, dump_config, resolve
 from .datasets import Data, DatasetInfo, load_data
+from .distributed import (
+    Collective,
+    Context,
+    check_batch_size,
+    context_from_env,
+    process_group,
+    select_device,
+)
 from .learners import BPLearner, DivergenceError, EPLearner, StepResult
 from .naming import BLOCK_ARCHS, network_name, network_of_config
 from .networks import build_network
@@ -94,6 +107,7 @@ class Setup:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scales: dict[str, float]
+    collective: Collective
 
 
 def build_model(config: RunConfig, info: DatasetInfo) -> nn.Module:
@@ -110,10 +124,13 @@ def build_model(config: RunConfig, info: DatasetInfo) -> nn.Module:
     )  # fmt: skip
 
 
-def prepare(config: RunConfig) -> Setup:
-    """Build everything a run needs; raises ConfigError/ValueError before anything is written."""
+def prepare(config: RunConfig, collective: Collective | None = None) -> Setup:
+    """Build everything a run needs; raises ConfigError/ValueError before anything is written. With a
+    data-parallel `collective`, on its device, the learner training this rank's shards."""
     config = resolve(config)
-    device = resolve_device(config.train.device)
+    if collective is None:
+        collective = Collective(Context(), resolve_device(config.train.device))
+    device = collective.device
     d, m = config.data, config.model
     synthetic = {"n_train": d.synthetic_train, "n_test": d.synthetic_test} if d.name == "synthetic" else None
     data = load_data(
@@ -123,12 +140,12 @@ def prepare(config: RunConfig) -> Setup:
     torch.manual_seed(config.train.seed)  # weight initialisation
     model = build_model(config, data.info).to(device)
     scales = initial_scales(model)
-    learner = BPLearner(model, config) if m.arch in BP_ARCHS else EPLearner(model, config)
+    learner = (BPLearner if m.arch in BP_ARCHS else EPLearner)(model, config, collective)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.train.epochs)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the authors; results are not bit-reproducible on GPUs
-    return Setup(config, device, data, model, learner, optimizer, scheduler, scales)
+    return Setup(config, device, data, model, learner, optimizer, scheduler, scales, collective)
 
 
 def _config_differences(saved: dict, current: RunConfig) -> list[str]:
@@ -205,31 +222,48 @@ def _summary(rows: list[dict], status: str) -> dict[str, Any]:
 class Run:
     def __init__(self, setup: Setup, out: Path):
         self.s = setup
+        self.c = setup.collective
         self.out = out
         self.history: list[dict[str, Any]] = []
         self.epoch, self.next_batch = 0, 0
         self.acc = Accumulator()
-        self.warm: list[torch.Tensor] | None = None
+        self.warm: list[torch.Tensor] | None = None  # this rank's rows of the last batch's +β states
+        self.warm_rows = 0  # the global batch size those states came from
+        self.stopped: int | None = None  # the signal every rank agreed to stop on
         self.elapsed_before = 0.0
         self.started = time.perf_counter()
         self.mlflow_run_id: str | None = None
+        self.devices = self.c.all_gather_object(device_description(setup.device))
+
+    def say(self, message: str) -> None:
+        if self.c.ctx.is_writer:
+            log(message)
 
     # --- checkpoints ---------------------------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any] | None:
+        """The checkpoint (on rank 0; None on the others, which send it their warm states and RNG)."""
         s = self.s
+        warm = None if self.warm is None else self.c.gather_rows(self.warm)
+        rngs = self.c.gather_object(rng_states())
+        if not self.c.ctx.is_writer:
+            return None
+        assert rngs is not None
         return {
             "format": 1, "config": s.config.to_dict(), "epoch": self.epoch, "next_batch": self.next_batch,
             "accumulator": self.acc.state, "model": s.model.state_dict(),
             "optimizer": s.optimizer.state_dict(),
-            "scheduler": s.scheduler.state_dict(), "rng": rng_states(),
-            "warm_states": None if self.warm is None else [t.cpu() for t in self.warm],
+            "scheduler": s.scheduler.state_dict(), "rng": rngs[0], "rank_rng": rngs,
+            "world_size": self.c.world_size, "warm_states": warm,
             "history": self.history, "elapsed": self.elapsed(), "initial_scales": s.scales,
             "mlflow_run_id": self.mlflow_run_id,
         }  # fmt: skip
 
     def save(self) -> None:
-        save_checkpoint(self.out / CHECKPOINT, self.state(), previous=self.out / PREVIOUS_CHECKPOINT)
+        state = self.state()
+        if state is not None:
+            save_checkpoint(self.out / CHECKPOINT, state, previous=self.out / PREVIOUS_CHECKPOINT)
+        self.c.barrier()  # no rank runs ahead of a checkpoint that may yet fail to be written
 
     def resume(self) -> bool:
         """Restore the latest readable checkpoint (falling back to the one before it, with a warning);
@@ -243,7 +277,7 @@ class Run:
                 bad.append(f"{path} is unreadable ({type(error).__name__}: {first_line(error)[:120]})")
                 continue
             if bad:
-                log(f"warning: {bad[0]}; resuming from the previous checkpoint {path.name}")
+                self.say(f"warning: {bad[0]}; resuming from the previous checkpoint {path.name}")
             return True
         if bad:
             names = " and ".join(p.name for p in paths)
@@ -256,14 +290,23 @@ class Run:
         s.model.load_state_dict(ckpt["model"])
         s.optimizer.load_state_dict(ckpt["optimizer"])
         s.scheduler.load_state_dict(ckpt["scheduler"])
-        restore_rng_states(ckpt["rng"])
+        # Nothing a run computes draws from the global generators (data order and augmentation have their
+        # own, seeded by (seed, epoch, batch)); they are restored all the same, rank by rank when N is kept.
+        rngs = ckpt.get("rank_rng") or [ckpt["rng"]]
+        restore_rng_states(rngs[self.c.ctx.rank % len(rngs)])
         self.epoch, self.next_batch = ckpt["epoch"], ckpt["next_batch"]
         self.acc = Accumulator(ckpt["accumulator"])
-        self.warm = None if ckpt["warm_states"] is None else [t.to(s.device) for t in ckpt["warm_states"]]
+        warm = ckpt["warm_states"]
+        self.warm = None if warm is None else [self.c.shard(t).to(s.device) for t in warm]
+        self.warm_rows = 0 if warm is None else warm[0].shape[0]
         self.history = ckpt["history"]
         self.elapsed_before = ckpt["elapsed"]
         s.scales = ckpt["initial_scales"]
         self.mlflow_run_id = ckpt.get("mlflow_run_id")
+        saved = ckpt.get("world_size", 1)
+        if saved != self.c.world_size:
+            self.say(f"{self.out}: the checkpoint was written by {saved} process(es), resuming with "
+                     f"{self.c.world_size}: its warm-start states are re-sharded")  # fmt: skip
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -281,14 +324,18 @@ class Run:
         batches = s.data.train_batches(
             epoch=self.epoch, batch_size=cfg.batch_size, seed=cfg.seed, start=self.next_batch
         )
-        bar = _progress_bar(total, self.next_batch, f"epoch {self.epoch + 1}/{cfg.epochs}")
+        bar = None
+        if self.c.ctx.is_writer:
+            bar = _progress_bar(total, self.next_batch, f"epoch {self.epoch + 1}/{cfg.epochs}")
         t_epoch = time.perf_counter() - self.acc.state["elapsed"]
         for x, y in batches:
             if self.next_batch >= total:
                 break
-            step = s.learner.train_step(x, y, s.optimizer, self.warm)
-            self.warm = step.carry
-            self.acc.add(step, x.shape[0])
+            n = x.shape[0]  # the global batch; this rank trains its shard
+            warm = self.warm if self.warm_rows == n else None  # a smaller last batch starts from zeros
+            step = s.learner.train_step(self.c.shard(x), self.c.shard(y), s.optimizer, warm, n)
+            self.warm, self.warm_rows = step.carry, n
+            self.acc.add(step, n)
             self.next_batch += 1
             self.acc.state["elapsed"] = time.perf_counter() - t_epoch
             if bar is not None:
@@ -297,22 +344,27 @@ class Run:
                 bar.set_postfix(
                     loss=f"{st['loss_sum'] / st['n']:.4f}", acc=f"{100 * st['correct'] / st['n']:.1f}"
                 )
-            if stop:
+            self.stopped = self.c.agreed_signal(stop.signal)
+            if self.stopped:
                 break
         if bar is not None:
             bar.close()
-        return not stop
+        return not self.stopped
+
+    def _evaluate(self, split: str) -> dict[str, float]:
+        batches = self.s.data.eval_batches(split, self.s.config.train.eval_batch_size)
+        return self.s.learner.evaluate((self.c.shard(x), self.c.shard(y)) for x, y in batches)
 
     def finish_epoch(self) -> dict[str, Any]:
-        s, cfg = self.s, self.s.config.train
+        s = self.s
         t0 = time.perf_counter()
         lr = s.optimizer.param_groups[0]["lr"]
         s.scheduler.step()
         row: dict[str, Any] = {"epoch": self.epoch + 1, **self.acc.row(s.learner.layer_stat_names), "lr": lr}
         if s.data.num_val:
-            val = s.learner.evaluate(s.data.eval_batches("val", cfg.eval_batch_size))
+            val = self._evaluate("val")
             row |= {"val_loss": val["loss"], "val_acc": val["acc"]}
-        test = s.learner.evaluate(s.data.eval_batches("test", cfg.eval_batch_size))
+        test = self._evaluate("test")
         row |= {"test_loss": test["loss"], "test_acc": test["acc"]}
         if "residual" in test:
             row["eval_residual"] = test["residual"]
@@ -340,6 +392,8 @@ class Run:
             "alphas": model.alphas.tolist() if hasattr(model, "alphas") else None,
             "num_parameters": sum(p.numel() for p in model.parameters()),
             "device": device_description(s.device),
+            "world_size": self.c.world_size,
+            "devices": self.devices,  # one per rank (this attempt's; a resumed run may have changed them)
             "git_commit": git_commit(),
             "versions": package_versions(),
             "config": s.config.to_dict(),
@@ -370,7 +424,9 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
 
 def _write_records(run: Run, status: str, message: str | None, tracker: RunTracker | None) -> None:
     """The run's closing files, metrics.json last; a diverged run gets every file a completed one has
-    (its weights as they were when it diverged), a failed one only history and metrics."""
+    (its weights as they were when it diverged), a failed one only history and metrics. Rank 0 only."""
+    if not run.c.ctx.is_writer:
+        return
     out = run.out
     write_csv(out / HISTORY, run.history, ("epoch",))
     if status != "failed":
@@ -395,13 +451,39 @@ def train(
 ) -> int:
     """Run (or resume, or recognise as done) the training run in `out`. Returns the process exit status.
 
-    `tracker` mirrors the run to MLflow; `threads` sets torch's CPU threads; with `diverged_ok` a diverged
-    run writes all its records and exits 0 (a pipeline counts it as a result, not a crash)."""
+    `tracker` mirrors the run to MLflow; `threads` sets torch's CPU threads (per process); with
+    `diverged_ok` a diverged run writes all its records and exits 0 (a pipeline counts it as a result,
+    not a crash). Started by torchrun or srun, the run is data-parallel over their processes."""
     out = Path(out)
     if threads is not None:
         torch.set_num_threads(threads)
-    setup = prepare(config)  # may raise ConfigError/ValueError: nothing written yet
-    config = setup.config
+    ctx = context_from_env()
+    check_batch_size(ctx, config.train.batch_size)
+    device = select_device(ctx, config.train.device)
+    with process_group(ctx, device) as collective:
+        return _train(config, out, collective, tracker if ctx.is_writer else None, diverged_ok)
+
+
+def _open(run: Run, config: RunConfig, tracker: RunTracker | None) -> dict[str, Any]:
+    """Rank 0's part of starting: resume or first attempt, the config record, the MLflow run."""
+    out = run.out
+    if (out / METRICS).exists():
+        (out / METRICS).unlink()  # a failed/diverged run is retried from its last checkpoint
+    atomic_write_text(out / CONFIG, dump_config(config))
+    params = config.flat()
+    if tracker is not None:
+        tracker.runtime_tags = {"world_size": str(run.c.world_size), "devices": ", ".join(run.devices)}
+        tracker.attach(out, resume_run_id=run.mlflow_run_id)
+        tracker.sync(params, run.history)
+        run.mlflow_run_id = tracker.run_id
+    return params
+
+
+def _train(
+    config: RunConfig, out: Path, collective: Collective, tracker: RunTracker | None, diverged_ok: bool
+) -> int:
+    setup = prepare(config, collective)  # may raise ConfigError/ValueError: nothing written yet
+    config, writer = setup.config, collective.ctx.is_writer
     saved = read_saved_config(out)  # an unreadable config.yaml/metrics.json: a one-line RunDirError
     differences = _config_differences(saved, config) if saved else []
     if differences:
@@ -409,24 +491,21 @@ def train(
             f"{out} holds a run with another configuration ({differences[0]}); use another --out"
         )
     previous = read_metrics(out)
+    collective.barrier()  # every rank has read the directory before rank 0 changes it
     if previous is not None and previous["status"] == "completed":
-        log(f"{out}: already completed (test_acc {previous['final']['test_acc']:.2f}); nothing to do")
-        if tracker is not None and (out / LINK).exists():
-            sync_run(out)  # a run that ended while MLflow was down: send the rest now
+        if writer:
+            log(f"{out}: already completed (test_acc {previous['final']['test_acc']:.2f}); nothing to do")
+            if tracker is not None and (out / LINK).exists():
+                sync_run(out)  # a run that ended while MLflow was down: send the rest now
         return EXIT_COMPLETED
-    prepare_out(out)  # a file, or a place that cannot be written: one line, nothing left behind
+    collective.on_writer(lambda: prepare_out(out))  # a file, or a place that cannot be written: one line
 
     run = Run(setup, out)
     if run.resume():
-        log(f"{out}: resuming at epoch {run.epoch + 1}, batch {run.next_batch}")
-    if previous is not None:
-        (out / METRICS).unlink()  # a failed/diverged run is retried from its last checkpoint
-    atomic_write_text(out / CONFIG, dump_config(config))
-    params = config.flat()
-    if tracker is not None:
-        tracker.attach(out, resume_run_id=run.mlflow_run_id)
-        tracker.sync(params, run.history)
-        run.mlflow_run_id = tracker.run_id
+        run.say(f"{out}: resuming at epoch {run.epoch + 1}, batch {run.next_batch}")
+    if len(set(collective.all_gather_object((run.epoch, run.next_batch)))) > 1:
+        raise RunDirError(f"{out}: the processes read different checkpoints; is the run directory shared?")
+    params = collective.on_writer(lambda: _open(run, config, tracker)) or {}
     epochs = config.train.epochs
     try:
         with StopRequest() as stop:
@@ -434,38 +513,41 @@ def train(
                 if not run.train_epoch(stop):
                     run.save()
                     where = f"epoch {run.epoch + 1}, batch {run.next_batch}"
-                    log(f"{out}: stopped by signal {stop.signal}; checkpoint saved at {where}")
+                    run.say(f"{out}: stopped by signal {run.stopped}; checkpoint saved at {where}")
                     if tracker is not None:
                         tracker.sync(params, run.history, stopped=True)
-                    return 128 + int(stop.signal)
+                    return 128 + int(run.stopped or 0)
                 row = run.finish_epoch()
                 run.history.append(row)
-                write_csv(out / HISTORY, run.history, ("epoch",))
-                print(_epoch_line(row, epochs), flush=True)
+                if writer:
+                    write_csv(out / HISTORY, run.history, ("epoch",))
+                    print(_epoch_line(row, epochs), flush=True)
                 run.epoch, run.next_batch, run.acc = run.epoch + 1, 0, Accumulator()
-                if run.epoch % config.train.checkpoint_every == 0 or stop:
+                run.stopped = collective.agreed_signal(stop.signal)  # one that came during evaluation
+                if run.epoch % config.train.checkpoint_every == 0 or run.stopped:
                     run.save()  # before MLflow hears of the epoch: a resumed run never redoes a sent epoch
                 if tracker is not None:
                     tracker.sync(params, run.history, force=False)
                     run.mlflow_run_id = run.mlflow_run_id or tracker.run_id
-                if stop:
-                    log(f"{out}: stopped by signal {stop.signal}; checkpoint saved after epoch {run.epoch}")
+                if run.stopped:
+                    where = f"after epoch {run.epoch}"
+                    run.say(f"{out}: stopped by signal {run.stopped}; checkpoint saved {where}")
                     if tracker is not None:
                         tracker.sync(params, run.history, stopped=True)
-                    return 128 + int(stop.signal)
-    except DivergenceError as error:
+                    return 128 + int(run.stopped)
+    except DivergenceError as error:  # every rank sees the same reduced loss and gradient norm
         message = f"diverged in epoch {run.epoch + 1}, batch {run.next_batch + 1}: {error}"
         _write_records(run, "diverged", message, tracker)
-        log(f"ep-core train: {message}")
+        run.say(f"ep-core train: {message}")
         return EXIT_COMPLETED if diverged_ok else EXIT_DIVERGED
     except Exception as error:  # recorded as failed, then reported with its traceback
         traceback.print_exc()
         _write_records(run, "failed", f"{type(error).__name__}: {error}", tracker)
         return EXIT_FAILED
     _write_records(run, "completed", None, tracker)
-    ckpt_path = out / CHECKPOINT
-    ckpt_path.unlink(missing_ok=True)
-    (out / PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
-    final = run.history[-1]
-    log(f"{out}: completed {epochs} epochs, test_acc {final['test_acc']:.2f}, {run.elapsed():.0f}s")
+    if writer:
+        (out / CHECKPOINT).unlink(missing_ok=True)
+        (out / PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
+        final = run.history[-1]
+        log(f"{out}: completed {epochs} epochs, test_acc {final['test_acc']:.2f}, {run.elapsed():.0f}s")
     return EXIT_COMPLETED

@@ -21,6 +21,7 @@ from ep_core import grid
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "pipeline" / "tiny.yaml"
+GPUS2 = ROOT / "tests" / "pipeline" / "gpus2.yaml"  # over TINY: 2 GPUs per run (the sweep's: 1)
 BIN = Path(sys.executable).parent
 
 
@@ -114,13 +115,13 @@ def _mlflow_runs(workdir: Path):
     return init, client, children
 
 
-def _assert_complete(workdir: Path, configfile: Path) -> None:
+def _assert_complete(workdir: Path, *configfiles: Path) -> None:
     summary = snakemake(
-        "--summary", "--cores", "1", "--directory", str(workdir), "--configfile", str(configfile)
+        "--summary", "--cores", "1", "--directory", str(workdir), "--configfile", *map(str, configfiles)
     )
     rows = [line.split("\t") for line in summary.stdout.splitlines()[1:] if "\t" in line]
     assert rows and all(row[4] == "ok" for row in rows), [r for r in rows if r[4] != "ok"]
-    config = load(str(configfile.relative_to(ROOT)))
+    config = load(*(str(f.relative_to(ROOT)) for f in configfiles))
     runs = grid.all_runs(config)
     init, client, children = _mlflow_runs(workdir)
     assert len(children) == len(runs) and all(c.info.status == "FINISHED" for c in children)
@@ -177,10 +178,10 @@ def job_intervals(log: Path) -> list[tuple[float, float]]:
     return intervals
 
 
-def _assert_profiles_ran_alone(workdir: Path, configfile: Path) -> None:
+def _assert_profiles_ran_alone(workdir: Path, *configfiles: Path) -> None:
     """Each profile job held the machine: no training job was running at any moment of it. One profile per
     distinct network (the tiny grid's 4-block depth study is its Hopfield-ResNet13)."""
-    config = load(str(configfile.relative_to(ROOT)))
+    config = load(*(str(f.relative_to(ROOT)) for f in configfiles))
     profiles = {log.stem: job_intervals(log) for log in (workdir / "logs/profile").glob("*.log")}
     trains = {str(log): job_intervals(log) for log in (workdir / "logs/train").rglob("*.log")}
     assert sorted(profiles) == sorted(spec.name for spec in grid.profile_specs(config))
@@ -398,3 +399,58 @@ def test_the_workflow_passes_lint_and_snakefmt():
     )
     assert fmt.returncode == 0, fmt.stderr
     assert (ROOT / "slurm").resolve() == (ROOT / "profiles/slurm").resolve()  # `--profile slurm` as typed
+
+
+def _assert_data_parallel(workdir: Path, launcher: str, *configfiles: Path) -> None:
+    """Every run trained on its resources.train.gpus processes, launched by `launcher` when more than one,
+    in the job's own process otherwise; one MLflow run each (checked by _assert_complete), tagged so."""
+    config = load(*(str(f.relative_to(ROOT)) for f in configfiles))
+    gpus = grid.gpus_by_path(config)
+    assert sorted(set(gpus.values())) == [1, 2]
+    _, _, children = _mlflow_runs(workdir)
+    tags = {c.info.run_name: c.data.tags for c in children}
+    for run in grid.all_runs(config):
+        metrics = json.loads((workdir / "results/runs" / run.path / "metrics.json").read_text())
+        assert metrics["world_size"] == gpus[run.path] == len(metrics["devices"]), run.path
+        assert tags[run.name]["world_size"] == str(gpus[run.path])
+        log = (workdir / "logs/train" / f"{run.path}.log").read_text()
+        launched = re.search(r"^launching (\d+) processes: (\S+)", log, re.M)
+        if gpus[run.path] == 1:
+            assert launched is None, log[-2000:]
+        else:
+            assert launched and int(launched.group(1)) == 2, log[-2000:]
+            assert (launcher == "srun") == (launched.group(2) == "srun"), launched.group(0)
+            assert log.count("resuming at epoch") == 0 and log.count("completed 2 epochs") == 1  # rank 0 only
+
+
+@pytest.mark.slow
+def test_the_tiny_pipeline_with_two_gpus_per_run_launches_torchrun(tmp_path):
+    result = snakemake("--cores", "2", "--directory", str(tmp_path), "--configfile", str(TINY), str(GPUS2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_complete(tmp_path, TINY, GPUS2)
+    _assert_data_parallel(tmp_path, "torchrun", TINY, GPUS2)
+
+
+def _slurm_gpus() -> int:
+    node = subprocess.run(["scontrol", "show", "node"], capture_output=True, text=True).stdout
+    found = re.search(r"Gres=gpu:(?:\w+:)?(\d+)", node)
+    return int(found.group(1)) if found else 0
+
+
+@pytest.mark.slow
+def test_the_tiny_pipeline_with_two_gpus_per_run_through_a_real_slurm_cluster(tmp_path):
+    reason = _slurm_up() or (None if _slurm_gpus() >= 2 else "the SLURM node has fewer than 2 (fake) GPUs")
+    if reason:
+        pytest.skip(reason)
+    result = snakemake(
+        "--profile", "slurm", "--directory", str(tmp_path), "--configfile", str(TINY), str(GPUS2),
+        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+        "--default-resources", "slurm_partition=debug", "runtime=10", "mem_mb=1000",
+        # A job of 2 tasks gets 1 CPU per GPU: both CPUs of the test node.
+        "--set-resources", "train:cpus_per_gpu=1", "profile:cpus_per_gpu=1", "profile:slurm_extra='--exclusive'",
+        "--latency-wait", "5",
+        timeout=1500,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _assert_complete(tmp_path, TINY, GPUS2)
+    _assert_data_parallel(tmp_path, "srun", TINY, GPUS2)

@@ -6,6 +6,7 @@ from ep_core import grid
 # A bad dataset, arch or setting fails here, before any job starts.
 RUNS = grid.validate_grid(config)
 RUN_BY_PATH = {run.path: run for run in RUNS}
+GPUS = grid.gpus_by_path(config)
 PROFILES = {spec.name: spec for spec in grid.profile_specs(config)}
 
 
@@ -40,6 +41,21 @@ def train_tags(wildcards):
 
 def train_name(wildcards):
     return run_of(wildcards).name
+
+
+def train_gpus(wildcards):
+    return GPUS[wildcards.run]
+
+
+def train_resource(name):
+    """One of the train rule's threads/resources (grid.train_job_resources): functions, so that a cluster
+    profile's set-resources/set-threads replaces them unevaluated; None leaves a resource unset.
+    """
+
+    def value(wildcards):
+        return grid.train_job_resources(config, GPUS[wildcards.run])[name]
+
+    return value
 
 
 def every_core(wildcards):

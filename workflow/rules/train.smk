@@ -1,5 +1,7 @@
 # One training run per run directory of the grid (ep_core.grid.RunSpec.path). The checkpoint lives in
 # the run directory but is not a declared output, so Snakemake never deletes it: a re-submitted job resumes.
+# A run on resources.train.gpus > 1 GPUs is launched by the job on that many processes (ep_core.launch:
+# torchrun here, srun inside a SLURM allocation of as many tasks).
 
 
 rule train:
@@ -16,15 +18,19 @@ rule train:
         "logs/train/{run}.log",
     conda:
         "../../environment.yml"
-    threads: config["resources"]["train"]["threads"]
+    threads: train_resource("threads")
     resources:
-        gpu=1,
+        gpu=train_resource("gpu"),
+        mpi=train_resource("mpi"),
+        tasks=train_resource("tasks"),
+        tasks_per_gpu=train_resource("tasks_per_gpu"),
         runtime=config["resources"]["train"]["runtime"],
-        mem_mb=config["resources"]["train"]["mem_mb"],
+        mem_mb=train_resource("mem_mb"),
     params:
         out="results/runs/{run}",
         name=train_name,
         overrides=train_overrides,
         tags=train_tags,
+        gpus=train_gpus,
     script:
         "../scripts/train.py"

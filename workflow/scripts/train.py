@@ -2,7 +2,8 @@
 
 A diverged run is a result (recorded with status 'diverged' and counted by the tables), so it exits 0;
 a crash exits non-zero and the job fails (re-running resumes from the checkpoint). The log records when
-each attempt started and finished (the pipeline test checks that no profile job overlaps it)."""
+each attempt started and finished (the pipeline test checks that no profile job overlaps it). A run on
+more than one GPU is launched on that many processes (ep_core.launch.train_job)."""
 
 import sys
 import time
@@ -10,18 +11,18 @@ import time
 sys.stderr = sys.stdout = open(snakemake.log[0], "a")
 print(f"job started at {time.time():.6f}", flush=True)
 
-from ep_core.config import build_config
-from ep_core.tracking import RunTracker
-from ep_core.training import train
+from ep_core.launch import train_job
 
 params = snakemake.params
-tracker = RunTracker.from_file(snakemake.input.init, params.name, tags=params.tags)
-status = train(
-    build_config({}, list(params.overrides)),
+status = train_job(
+    params.gpus,
     params.out,
-    tracker=tracker,
+    list(params.overrides),
+    init=snakemake.input.init,
+    name=params.name,
+    tags=params.tags,
     threads=snakemake.threads,
-    diverged_ok=True,
+    stream=sys.stdout,
 )
 print(f"job finished at {time.time():.6f}", flush=True)
 sys.exit(status)
