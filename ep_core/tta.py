@@ -1,15 +1,15 @@
 """`ep-core bench-tta`: time to accuracy of training recipes, trained side by side on the same data.
 
-Each recipe is a set of dotted config keys on top of one shared setting (by default the authors' hyper-
-parameters on scikit-learn's digits with the digits demo's batch 32 and lr 0.05, Hopfield-ResNet13 at 1/16
-width for 5 epochs: 30 minutes for 2 recipes × 3 seeds on 2 CPU cores; `--width 0.125` makes convolutions a
-larger share of the time, at 4× the FLOPs). Every (seed, recipe) run is one `ep-core train` in a fresh run
-directory, and the runs are interleaved — seed 0 of every recipe, then seed 1, ... — so a slow spell of a
-shared machine falls on all recipes alike. The result (`results/benchmarks/tta.json` and a markdown table)
-gives per recipe the final test accuracy (mean ± sd over seeds), the wall time of a run, the sweeps per
-training step (free phase, each nudged phase; means over the run's batches), the seconds spent in the free and
-nudged phases, and the wall-time ratio to the reference recipe (`speedup`: the reference's mean wall time ÷
-the other's).
+Each recipe is a set of dotted config keys on top of one shared setting (by default the authors'
+hyper-parameters on scikit-learn's digits with the digits demo's batch 32 and lr 0.05, Hopfield-ResNet13 at
+1/16 width for 5 epochs: 30 minutes for 2 recipes × 3 seeds on 2 CPU cores; `--width 0.125` makes
+convolutions a larger share of the time, at 4× the FLOPs). Every (seed, recipe) run is one `ep-core train`
+in a fresh run directory, and the runs are interleaved — seed 0 of every recipe, then seed 1, ... — so a
+slow spell of a shared machine falls on all recipes alike. The result (`results/benchmarks/tta.json` and a
+markdown table) gives per recipe the final test accuracy (mean ± sd over seeds), the wall time of a run, the
+sweeps per training step (free phase, each nudged phase; means over the run's batches), the seconds spent in
+the free and nudged phases, and the wall-time ratio to the reference recipe (`speedup`: the reference's mean
+wall time ÷ the other's).
 """
 
 from __future__ import annotations
