@@ -27,7 +27,7 @@ import torch
 
 from .networks import HopfieldNetwork
 from .schedule import Groups
-from .sweep import Nudge, RelaxStats, converged, independent_groups, sweep
+from .sweep import Nudge, RelaxStats, StopTest, independent_groups, sweep
 
 REGULARIZATION = 1e-10  # relative Tikhonov term on the m×m normal equations
 
@@ -71,6 +71,8 @@ def anderson_relax(
     f_prev: list[torch.Tensor] = []
     g_prev: list[torch.Tensor] = []
     r_prev = torch.zeros(P, dtype=dtype, device=s[1].device)
+    # The checked states are G(x_t), not the iterates x_t, so the displacement bound does not apply.
+    stop = StopTest(tol, reference, dtype, bounded=False) if tol is not None else None
     residual = float("nan")
     done = 0
     while done < iterations:
@@ -90,7 +92,7 @@ def anderson_relax(
             if done == iterations:
                 break
             views = [gl.view(shape) for gl, shape in zip(g, shapes, strict=True)]
-            if converged(f2.sum(), residual, views, tol, reference):
+            if stop is not None and stop(f2.sum(), residual, views):
                 break
         if f_prev:
             if history is None:

@@ -22,7 +22,7 @@ from .sweep import (  # noqa: F401  (re-exported: the relaxation's public names 
     Nudge,
     RelaxStats,
     States,
-    converged,
+    StopTest,
     displacement,
     independent_groups,
     input_drive,
@@ -118,7 +118,7 @@ def relax_list(
     `cache` (a dict) keeps the max-pool argmax of the final states for the caller. `compile` runs every
     sweep after the first through `torch.compile` (`ep_core.fast.compiled_sweep`; fixed-point solver).
     With `reference` (the B-example states a nudged phase started from), `tol` compares a sweep's change
-    with the displacement from them instead of with the states (`sweep.converged`): a nudge moves the
+    with the displacement from them instead of with the states (`sweep.StopTest`): a nudge moves the
     states little, so measured against the whole state a nudged phase would stop long before its
     displacement — the EP signal — has converged. `pairs` (Anderson) tells that the states stack two
     copies of the batch, the −β and +β phases of centered EP, which then share their mixing coefficients.
@@ -149,6 +149,7 @@ def fixed_point_relax(
     alphas = net.alphas.tolist()
     independent = independent_groups(net, groups)
     fast = compiled_sweep() if compile else None
+    stop = StopTest(tol, reference, s[1].dtype) if tol is not None else None
     residual = float("nan")
     done = 0
     while done < iterations:
@@ -163,7 +164,7 @@ def fixed_point_relax(
             measured = sweep(net, s, groups, drive, alphas, nudge, cache, independent, measure)
         if measured is not None:
             residual = relative_residual(measured, s[1].dtype)
-            if tol is not None and converged(measured[0], residual, s[1:], tol, reference):
+            if stop is not None and stop(measured[0], residual, s[1:]):
                 break
     return s, RelaxStats(iterations=done, residual=residual)
 

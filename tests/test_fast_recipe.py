@@ -1,6 +1,7 @@
 """The fast recipe's parts against the straightforward paths: paired Anderson in the nudged phases, chunked and one-after-the-other phases, the in-place warm carry, `ep.recipe`, and
 the time-to-accuracy benchmark."""
 
+import copy
 import json
 
 import pytest
@@ -118,6 +119,37 @@ def test_lean_estimate_carries_the_plus_state_in_place_and_summarises_the_free_s
         torch.testing.assert_close(lean.summary, layer_statistics(net, full.free_states))
         for name, g in full.grads.items():
             torch.testing.assert_close(lean.grads[name], g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_displacement_bound_skips_passes_without_changing_when_a_nudged_phase_stops(
+    resnet_fixed_point, monkeypatch, dtype
+):
+    """The nudged phases' stopping test computes ‖s − free‖ only when the triangle-inequality bound cannot
+    rule convergence out: the same sweeps, states and gradient as computing it every sweep, with far
+    fewer displacement passes."""
+    import ep_core.relaxation as relaxation
+    import ep_core.sweep as sweep_module
+
+    net, x, y, free = resnet_fixed_point
+    net, x, free = copy.deepcopy(net).to(dtype), x.to(dtype), [t.to(dtype) for t in free]
+    passes = []
+    exact_displacement = sweep_module.displacement
+    monkeypatch.setattr(sweep_module, "displacement", lambda *a: passes.append(1) or exact_displacement(*a))
+    est = EquilibriumProp(beta=0.1, free_iterations=0, nudge_iterations=500, order="even_odd", tol=1e-3)
+
+    def run(bounded: bool):
+        passes.clear()
+        monkeypatch.setattr(relaxation, "StopTest", lambda *a: sweep_module.StopTest(*a, bounded=bounded))
+        return est.estimate(net, x, y, [t.clone() for t in free]), len(passes)
+
+    (bounded, bounded_passes), (every, every_passes) = run(True), run(False)
+    sweeps = every.stats["nudged"].iterations
+    assert 10 <= sweeps < 500 and bounded.stats["nudged"].iterations == sweeps
+    # (a sweep below the rounding floor stops without a displacement)
+    assert sweeps - 1 <= every_passes <= sweeps and bounded_passes <= sweeps // 5, (bounded_passes, sweeps)
+    for name, g in every.grads.items():
+        assert torch.equal(bounded.grads[name], g)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])

@@ -94,7 +94,10 @@ def test_the_demo_grid_replaces_the_papers():
     assert {r.dataset for r in runs} == {"digits"} and grid.datasets_to_download(config) == []
     assert len(grid.runs_of_kind(config, "main")) == 8 and len(runs) == 8 + 2 + 1 + 12 + 3
     c = build_config({}, grid.run_overrides(config, runs[0]))
-    assert (c.train.epochs, c.model.width, c.ep.free_iterations, c.train.device) == (10, 0.0625, 30, "cpu")
+    assert (c.model.arch, c.train.epochs, c.train.max_batches) == ("vgg5", 10, None)  # settings.arch
+    assert (c.model.width, c.ep.free_iterations, c.train.device) == (0.0625, 30, "cpu")
+    c = build_config({}, grid.run_overrides(config, runs[2]))
+    assert (c.model.arch, c.train.epochs, c.train.max_batches) == ("hopfield_resnet13", 4, 30)
 
 
 @pytest.mark.parametrize(
