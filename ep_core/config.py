@@ -78,6 +78,7 @@ class EPConfig:
     warm_start: bool = True  # free phase starts from the previous batch's +β state, as in the authors' code
     clip_norm: float | None = 1.0  # the authors clip the global gradient norm at 1.0; null disables
     tol: float | None = None  # early stop of each phase (nudged: of its displacement); changes results
+    nudge_tol: float | None = None  # the nudged phases' own tolerance on their displacement; null: ep.tol
     batch_phases: bool = True  # run the ±β phases as one stacked batch (same result, fewer kernel launches)
     # Speed (docs/benchmarks.md). solver: fixed_point = the authors' plain sweeps; anderson = Anderson mixing
     # of the free phase's sweeps (same fixed point, fewer sweeps to a given tol; nudged phases stay plain).
@@ -276,8 +277,11 @@ def validate(c: RunConfig) -> RunConfig:
         raise ConfigError(f"train.max_batches: must be >= 1 or null, got {c.train.max_batches}")
     if c.ep.anderson_memory < 1:
         raise ConfigError(f"ep.anderson_memory: must be >= 1, got {c.ep.anderson_memory}")
-    if c.ep.cuda_graphs and (c.ep.tol is not None or c.ep.solver != "fixed_point"):
-        raise ConfigError("ep.cuda_graphs: needs fixed-length phases (ep.tol null and ep.solver fixed_point)")
+    tolerances = (c.ep.tol, c.ep.nudge_tol)
+    if c.ep.cuda_graphs and (any(t is not None for t in tolerances) or c.ep.solver != "fixed_point"):
+        raise ConfigError(
+            "ep.cuda_graphs: needs fixed-length phases (ep.tol and ep.nudge_tol null, ep.solver fixed_point)"
+        )
     if c.ep.nudge_solver == "anderson" and c.ep.estimator == "cep" and not c.ep.batch_phases:
         raise ConfigError(
             "ep.nudge_solver: anderson with centered EP needs ep.batch_phases true (the -beta and +beta "
@@ -285,7 +289,7 @@ def validate(c: RunConfig) -> RunConfig:
         )
     if c.ep.chunk_size is not None and c.ep.chunk_size < 1:
         raise ConfigError(f"ep.chunk_size: must be >= 1 or null, got {c.ep.chunk_size}")
-    for key in ("clip_norm", "tol"):
+    for key in ("clip_norm", "tol", "nudge_tol"):
         value = getattr(c.ep, key)
         if value is not None and value <= 0:
             raise ConfigError(f"ep.{key}: must be positive or null, got {value}")

@@ -158,6 +158,7 @@ class EquilibriumProp:
     order: str = "even_odd"
     cost: str = "mse"
     tol: float | None = None  # early stop at this relative residual (nudged phases: of their displacement)
+    nudge_tol: float | None = None  # the nudged phases' own tolerance (None: `tol`)
     clip_norm: float | None = 1.0  # the authors clip the global gradient norm at 1.0; None disables
     batch_phases: bool = True  # run the −β and +β phases of CEP as one stacked batch
     solver: str = "fixed_point"  # free phase; "anderson": Anderson-accelerated (same fixed point)
@@ -199,7 +200,11 @@ class EquilibriumProp:
     def graphed(self, device: torch.device) -> bool:
         """Whether phases run as captured CUDA graphs on `device`."""
         return (
-            self.cuda_graphs and device.type == "cuda" and self.tol is None and self.solver == "fixed_point"
+            self.cuda_graphs
+            and device.type == "cuda"
+            and self.tol is None
+            and self.nudge_tol is None
+            and self.solver == "fixed_point"
         )
 
     def _phase(
@@ -236,7 +241,8 @@ class EquilibriumProp:
         else:
             s = [x, *(t if copies == 1 else torch.cat([t] * copies) for t in start)]
         # With tol, a nudged phase stops on its displacement from the start (relax_list's `reference`).
-        reference = start if nudge is not None and self.tol is not None else None
+        tol = self.tol if nudge is None or self.nudge_tol is None else self.nudge_tol
+        reference = start if nudge is not None and tol is not None else None
         if consume and start is not None and reference is None:
             start.clear()
         # Nudged phases are plain sweeps unless nudge_solver is "anderson". Per-example Anderson mixing
@@ -245,7 +251,7 @@ class EquilibriumProp:
         # least-squares problem and share its coefficients and restarts (`pairs`).
         cache: dict = {}
         s, stats = relax_list(
-            net, s, iterations=iterations, groups=groups, nudge=nudge, tol=self.tol, drive=drive,
+            net, s, iterations=iterations, groups=groups, nudge=nudge, tol=tol, drive=drive,
             solver=solver, memory=self.anderson_memory, cache=cache, compile=self.compile,
             reference=reference, pairs=nudge is not None and copies == 2,
         )  # fmt: skip

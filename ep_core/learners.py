@@ -68,7 +68,7 @@ class EPLearner:
         self.estimator = EquilibriumProp(
             beta=e.beta, variant=e.estimator, free_iterations=e.free_iterations,
             nudge_iterations=e.nudge_iterations, order=e.order, cost=e.cost, tol=e.tol,
-            clip_norm=None if self.collective else e.clip_norm,
+            nudge_tol=e.nudge_tol, clip_norm=None if self.collective else e.clip_norm,
             batch_phases=e.batch_phases, solver=e.solver, nudge_solver=e.nudge_solver,
             anderson_memory=e.anderson_memory, compile=e.compile, cuda_graphs=e.cuda_graphs,
             chunk_size=e.chunk_size,

@@ -19,6 +19,10 @@ from ep_core.schedule import update_groups
 from ep_core.tta import format_tta, parse_recipe, run_tta
 
 
+def _flat(grads: dict) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in grads.values()])
+
+
 def _rel(a: dict, b: dict) -> float:
     num = sum((a[n] - g).pow(2).sum() for n, g in b.items())
     return (num / sum(g.pow(2).sum() for g in b.values())).sqrt().item()
@@ -150,6 +154,27 @@ def test_the_displacement_bound_skips_passes_without_changing_when_a_nudged_phas
     assert sweeps - 1 <= every_passes <= sweeps and bounded_passes <= sweeps // 5, (bounded_passes, sweeps)
     for name, g in every.grads.items():
         assert torch.equal(bounded.grads[name], g)
+
+
+def test_a_looser_nudged_tolerance_shortens_only_the_nudged_phases(resnet_fixed_point):
+    net, x, y, free = resnet_fixed_point
+    common = {"beta": 0.1, "free_iterations": 300, "nudge_iterations": 300, "order": "even_odd", "tol": 1e-4}
+    start = [t + 0.01 for t in free]  # off the fixed point, so the free phase has work to do
+    same = EquilibriumProp(**common).estimate(net, x, y, [t.clone() for t in start])
+    explicit = EquilibriumProp(**common, nudge_tol=1e-4).estimate(net, x, y, [t.clone() for t in start])
+    loose = EquilibriumProp(**common, nudge_tol=1e-2).estimate(net, x, y, [t.clone() for t in start])
+    assert explicit.stats == same.stats and all(
+        torch.equal(explicit.grads[n], g) for n, g in same.grads.items()
+    )
+    assert loose.stats["free"] == same.stats["free"]
+    assert loose.stats["nudged"].iterations < same.stats["nudged"].iterations / 2
+    assert 0.9 < F.cosine_similarity(_flat(loose.grads), _flat(same.grads), dim=0) < 1 - 1e-6
+
+
+def test_nudge_tol_is_a_config_key_checked_like_tol():
+    assert build_config({"ep": {"nudge_tol": 0.01}}).ep.nudge_tol == 0.01
+    with pytest.raises(ConfigError, match=r"^ep.nudge_tol: must be positive or null, got -1"):
+        build_config({"ep": {"nudge_tol": -1}})
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
