@@ -455,13 +455,19 @@ def train(
     `diverged_ok` a diverged run writes all its records and exits 0 (a pipeline counts it as a result,
     not a crash). Started by torchrun or srun, the run is data-parallel over their processes."""
     out = Path(out)
+    previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    ctx = context_from_env()
-    check_batch_size(ctx, config.train.batch_size)
-    device = select_device(ctx, config.train.device)
-    with process_group(ctx, device) as collective:
-        return _train(config, out, collective, tracker if ctx.is_writer else None, diverged_ok)
+    try:
+        ctx = context_from_env()
+        check_batch_size(ctx, config.train.batch_size)
+        device = select_device(ctx, config.train.device)
+        with process_group(ctx, device) as collective:
+            return _train(config, out, collective, tracker if ctx.is_writer else None, diverged_ok)
+    finally:
+        # A caller's process (a notebook, a test session) keeps its own thread count: later runs in it
+        # must not inherit ours (a resumed run compared bit for bit would see another reduction order).
+        torch.set_num_threads(previous)
 
 
 def _open(run: Run, config: RunConfig, tracker: RunTracker | None) -> dict[str, Any]:
