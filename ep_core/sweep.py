@@ -177,7 +177,7 @@ class StopTest:
     D costs a pass over the states, so it is computed only when it can decide: by the triangle inequality
     D_t ≤ D_{t−1} + ‖s_t − s_{t−1}‖, so while the change exceeds tol of that bound the phase has certainly
     not converged. The bound is reset to the exact D each time D is computed; the stopping decisions are
-    those of computing D every sweep (`exact_checks` counts the passes made). The bound needs the change to
+    those of computing D every sweep. The bound needs the change to
     be the step from the previous checked states, as in the plain iteration; a solver whose checked states
     are not its iterates (Anderson checks G(x_t), not x_t) passes `bounded=False` and gets D every sweep."""
 
@@ -189,7 +189,6 @@ class StopTest:
         self.bounded = bounded
         self.floor = min(tol, ROUNDING_ULPS * torch.finfo(dtype).eps)
         self.bound: float | None = None  # an upper bound of the current D
-        self.exact_checks = 0
 
     def __call__(self, diff2: torch.Tensor, residual: float, states: Sequence[torch.Tensor]) -> bool:
         if self.reference is None:
@@ -202,6 +201,5 @@ class StopTest:
             self.bound += diff * (1 + 1e-5)
             if diff > self.tol * self.bound * (1 + 1e-5):
                 return False
-        self.exact_checks += 1
         self.bound = displacement(states, self.reference).sqrt().item()
         return diff <= self.tol * self.bound

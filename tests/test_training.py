@@ -192,6 +192,12 @@ def test_a_diverging_run_is_recorded_as_diverged(tmp_path):
     assert metrics["status"] == "diverged" and "non-finite" in metrics["message"]
 
 
+def test_an_in_process_run_gives_the_caller_its_thread_count_back(tmp_path):
+    before = torch.get_num_threads()
+    assert train(fast_config("train.epochs=1"), tmp_path / "run", threads=before + 1) == 0
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
