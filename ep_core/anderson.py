@@ -45,6 +45,7 @@ def anderson_relax(
     cache: dict | None = None,
     reference: Sequence[torch.Tensor] | None = None,
     pairs: bool = False,
+    omega: float = 1.0,
     **_: object,
 ) -> tuple[list[torch.Tensor], RelaxStats]:
     """Anderson-accelerated relaxation on the list [x, s_1, ..., s_L] (entries replaced, tensors never
@@ -78,7 +79,7 @@ def anderson_relax(
     while done < iterations:
         done += 1
         lst = [x0, *(c.view(shape) for c, shape in zip(current, shapes, strict=True))]
-        sweep(net, lst, groups, drive, alphas, nudge, cache, independent)
+        sweep(net, lst, groups, drive, alphas, nudge, cache, independent, omega=omega)
         g = [t.reshape(B, -1) for t in lst[1:]]
         del lst
         f = [gl - xl for gl, xl in zip(g, current, strict=True)]

@@ -74,6 +74,10 @@ class EPConfig:
     nudge_iterations: int = 50
     eval_iterations: int = 120
     order: str = field(default="even_odd", metadata=choices(*ORDERS))
+    # over-relaxation of every layer update, s <- clip(s + omega (u - s)): 1 = the authors' plain sweeps;
+    # 0 < omega < 2, and > 1 needs an order that is a proper colouring (coloring; even_odd on VGG5)
+    omega: float = 1.0
+    nudge_omega: float | None = None  # the nudged phases' own over-relaxation; null: ep.omega
     cost: str = field(default="mse", metadata=choices(*COSTS))
     warm_start: bool = True  # free phase starts from the previous batch's +β state, as in the authors' code
     clip_norm: float | None = 1.0  # the authors clip the global gradient norm at 1.0; null disables
@@ -289,6 +293,10 @@ def validate(c: RunConfig) -> RunConfig:
         )
     if c.ep.chunk_size is not None and c.ep.chunk_size < 1:
         raise ConfigError(f"ep.chunk_size: must be >= 1 or null, got {c.ep.chunk_size}")
+    for key in ("omega", "nudge_omega"):
+        value = getattr(c.ep, key)
+        if value is not None and not 0 < value < 2:
+            raise ConfigError(f"ep.{key}: must satisfy 0 < omega < 2, got {value}")
     for key in ("clip_norm", "tol", "nudge_tol"):
         value = getattr(c.ep, key)
         if value is not None and value <= 0:

@@ -25,7 +25,7 @@ from .fast import graphed_phase
 from .interactions import ConvMaxPoolInteraction, bias_grad
 from .networks import HopfieldNetwork
 from .relaxation import check_solver, check_states, relax_list
-from .schedule import check_order, update_groups
+from .schedule import check_omega, check_order, update_groups
 from .sweep import Nudge, RelaxStats, States, input_drive
 
 VARIANTS = ("cep", "ep")
@@ -156,6 +156,8 @@ class EquilibriumProp:
     free_iterations: int = 120
     nudge_iterations: int = 50
     order: str = "even_odd"
+    omega: float = 1.0  # over-relaxation of every layer update (SOR); > 1 needs a proper colouring order
+    nudge_omega: float | None = None  # the nudged phases' own over-relaxation (None: `omega`)
     cost: str = "mse"
     tol: float | None = None  # early stop at this relative residual (nudged phases: of their displacement)
     nudge_tol: float | None = None  # the nudged phases' own tolerance (None: `tol`)
@@ -179,6 +181,9 @@ class EquilibriumProp:
             raise ValueError("one-sided EP needs beta != 0")
         check_cost(self.cost)
         check_order(self.order)
+        check_omega(self.omega)
+        if self.nudge_omega is not None:
+            check_omega(self.nudge_omega)
         check_solver(self.solver)
         check_solver(self.nudge_solver)
         if self.nudge_solver == "anderson" and self.variant == "cep" and not self.batch_phases:
@@ -227,10 +232,11 @@ class EquilibriumProp:
         n = x.shape[0] * copies
         nudge = None if target is None else Nudge(target, beta, self.cost)
         solver = self.solver if nudge is None else self.nudge_solver
+        omega = self.omega if nudge is None or self.nudge_omega is None else self.nudge_omega
         if self.graphed(x.device) and iterations > 0 and solver == "fixed_point":
             phase = graphed_phase(
                 net, x, copies=copies, iterations=iterations, groups=groups, nudged=target is not None,
-                cost=self.cost, compile=self.compile,
+                cost=self.cost, compile=self.compile, omega=omega,
             )  # fmt: skip
             if target is not None and not isinstance(beta, torch.Tensor):
                 beta = x.new_full((n, 1), beta)
@@ -253,7 +259,7 @@ class EquilibriumProp:
         s, stats = relax_list(
             net, s, iterations=iterations, groups=groups, nudge=nudge, tol=tol, drive=drive,
             solver=solver, memory=self.anderson_memory, cache=cache, compile=self.compile,
-            reference=reference, pairs=nudge is not None and copies == 2,
+            reference=reference, pairs=nudge is not None and copies == 2, omega=omega,
         )  # fmt: skip
         return s[1:], stats, cache
 

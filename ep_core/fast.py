@@ -54,11 +54,12 @@ class GraphedPhase:
         cost: str = "mse",
         compile: bool = False,
         capture: bool | None = None,
+        omega: float = 1.0,
     ):
         if iterations < 1:
             raise ValueError(f"a graphed phase needs at least one iteration, got {iterations}")
         self.net, self.groups, self.iterations, self.cost = net, groups, iterations, check_cost(cost)
-        self.compile = compile
+        self.compile, self.omega = compile, omega
         self.capture = x.device.type == "cuda" if capture is None else capture
         B = x.shape[0] * copies
         self.x = torch.empty_like(x)
@@ -87,10 +88,12 @@ class GraphedPhase:
         for i in range(self.iterations):
             last = i == self.iterations - 1
             if fast is not None and i > 0:
-                measured = fast(net, s, self.groups, drive, self.alphas, nudge, cache, self.independent, True)
+                measured = fast(
+                    net, s, self.groups, drive, self.alphas, nudge, cache, self.independent, True, self.omega
+                )
             else:
                 measured = sweep(
-                    net, s, self.groups, drive, self.alphas, nudge, cache, self.independent, last
+                    net, s, self.groups, drive, self.alphas, nudge, cache, self.independent, last, self.omega
                 )
         for out, value in zip(self.out, s[1:], strict=True):
             out.copy_(value)

@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .costs import cost_value, one_hot
 from .diagnostics import layer_statistic_names, layer_statistics
 from .distributed import Collective, global_batchnorm
 from .estimators import EquilibriumProp, clip_global_norm, device_clock
 from .networks import HopfieldNetwork
 from .relaxation import States, relax
+from .schedule import check_omega, update_groups
 
 
 class DivergenceError(RuntimeError):
@@ -67,12 +68,18 @@ class EPLearner:
         self.clip_norm = e.clip_norm
         self.estimator = EquilibriumProp(
             beta=e.beta, variant=e.estimator, free_iterations=e.free_iterations,
-            nudge_iterations=e.nudge_iterations, order=e.order, cost=e.cost, tol=e.tol,
-            nudge_tol=e.nudge_tol, clip_norm=None if self.collective else e.clip_norm,
+            nudge_iterations=e.nudge_iterations, order=e.order, omega=e.omega, nudge_omega=e.nudge_omega,
+            cost=e.cost, tol=e.tol, nudge_tol=e.nudge_tol, clip_norm=None if self.collective else e.clip_norm,
             batch_phases=e.batch_phases, solver=e.solver, nudge_solver=e.nudge_solver,
             anderson_memory=e.anderson_memory, compile=e.compile, cuda_graphs=e.cuda_graphs,
             chunk_size=e.chunk_size,
         )  # fmt: skip
+        for key in ("omega", "nudge_omega"):  # over-relaxation needs a proper colouring of the couplings
+            try:
+                if getattr(e, key) is not None:
+                    check_omega(getattr(e, key), net, update_groups(net, e.order))
+            except ValueError as error:
+                raise ConfigError(f"ep.{key}: {error}") from None
         self.channels_last = e.channels_last
         if self.channels_last:
             net.to(memory_format=torch.channels_last)  # in place: the parameters keep their identity
@@ -179,7 +186,7 @@ class EPLearner:
             e = self.estimator
             states, stats = relax(
                 self.net, self._format(x), iterations=self.eval_iterations, order=e.order, tol=e.tol,
-                solver=e.solver, memory=e.anderson_memory, compile=e.compile,
+                solver=e.solver, memory=e.anderson_memory, compile=e.compile, omega=e.omega,
             )  # fmt: skip
             o = states[-1]
             loss += cost_value(self.estimator.cost, o, one_hot(y, self.net.num_classes, o.dtype)).sum().item()

@@ -16,7 +16,7 @@ import torch
 from .anderson import anderson_relax
 from .fast import compiled_sweep
 from .networks import HopfieldNetwork
-from .schedule import Groups, update_groups
+from .schedule import Groups, check_omega, update_groups
 from .sweep import (  # noqa: F401  (re-exported: the relaxation's public names live here)
     ROUNDING_ULPS,
     Nudge,
@@ -67,6 +67,7 @@ def relax(
     solver: str = "fixed_point",
     memory: int = 5,
     compile: bool = False,
+    omega: float = 1.0,
 ) -> tuple[States, RelaxStats]:
     """Run up to `iterations` sweeps of block updates from `states` (zeros if None).
 
@@ -75,8 +76,9 @@ def relax(
     between phases. `solver="anderson"` accelerates the same sweeps with Anderson mixing of the last
     `memory` iterates, projected back onto each hidden layer's box [0, α] (`ep_core.anderson`); it
     converges to a fixed point of the same sweeps and counts one iteration per sweep. `compile` runs the
-    sweeps through `torch.compile` (same results to rounding). Returns the new states (the inputs are
-    never modified) and `RelaxStats`.
+    sweeps through `torch.compile` (same results to rounding). `omega` over-relaxes every layer update
+    (SOR, `sweep.sweep`; the order must then be a proper colouring). Returns the new states (the inputs
+    are never modified) and `RelaxStats`.
     """
     if not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
@@ -91,7 +93,7 @@ def relax(
         drive = input_drive(net, x)
     s, stats = relax_list(
         net, [x, *states], iterations=iterations, groups=groups, nudge=nudge, tol=tol, drive=drive,
-        solver=solver, memory=memory, compile=compile,
+        solver=solver, memory=memory, compile=compile, omega=omega,
     )  # fmt: skip
     return s[1:], stats
 
@@ -111,6 +113,7 @@ def relax_list(
     compile: bool = False,
     reference: Sequence[torch.Tensor] | None = None,
     pairs: bool = False,
+    omega: float = 1.0,
 ) -> tuple[list[torch.Tensor], RelaxStats]:
     """`relax` on a list [x, s_1, ..., s_L] that the caller hands over: its entries are replaced (the
     tensors never modified), so a state no one else holds is freed as soon as its layer is updated — no
@@ -122,12 +125,14 @@ def relax_list(
     states little, so measured against the whole state a nudged phase would stop long before its
     displacement — the EP signal — has converged. `pairs` (Anderson) tells that the states stack two
     copies of the batch, the −β and +β phases of centered EP, which then share their mixing coefficients.
-    The reported residual keeps its meaning (relative to the states)."""
+    `omega` over-relaxes every layer update (`sweep.sweep`; checked by `schedule.check_omega`). The
+    reported residual keeps its meaning (relative to the states)."""
     cache = {} if cache is None else cache
+    omega = check_omega(omega, net, groups)
     with torch.no_grad():
         return SOLVERS[check_solver(solver)](
             net, s, iterations=iterations, groups=groups, nudge=nudge, tol=tol, drive=drive, memory=memory,
-            cache=cache, compile=compile, reference=reference, pairs=pairs,
+            cache=cache, compile=compile, reference=reference, pairs=pairs, omega=omega,
         )  # fmt: skip
 
 
@@ -143,9 +148,10 @@ def fixed_point_relax(
     cache: dict,
     compile: bool = False,
     reference: Sequence[torch.Tensor] | None = None,
+    omega: float = 1.0,
     **_: object,
 ) -> tuple[list[torch.Tensor], RelaxStats]:
-    """The plain iteration s ← G(s) of `sweep`: the authors' relaxation."""
+    """The plain iteration s ← G(s) of `sweep`: the authors' relaxation (over-relaxed with `omega` ≠ 1)."""
     alphas = net.alphas.tolist()
     independent = independent_groups(net, groups)
     fast = compiled_sweep() if compile else None
@@ -156,12 +162,12 @@ def fixed_point_relax(
         done += 1
         if fast is not None and done > 1:
             # One graph for every sweep of a phase: always measured, read only when needed.
-            measured = fast(net, s, groups, drive, alphas, nudge, cache, independent, True)
+            measured = fast(net, s, groups, drive, alphas, nudge, cache, independent, True, omega)
             if tol is None and done < iterations:
                 continue
         else:
             measure = tol is not None or done == iterations
-            measured = sweep(net, s, groups, drive, alphas, nudge, cache, independent, measure)
+            measured = sweep(net, s, groups, drive, alphas, nudge, cache, independent, measure, omega)
         if measured is not None:
             residual = relative_residual(measured, s[1].dtype)
             if stop is not None and stop(measured[0], residual, s[1:]):

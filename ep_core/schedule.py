@@ -57,3 +57,18 @@ def is_proper(groups: Groups, edges: Sequence[tuple[int, int]]) -> bool:
     """True when no group holds both ends of a coupling."""
     group_of = {n: g for g, members in enumerate(groups) for n in members}
     return all(group_of[a] != group_of[b] for a, b in edges)
+
+
+def check_omega(omega: float, net: HopfieldNetwork | None = None, groups: Groups | None = None) -> float:
+    """`omega`, the over-relaxation factor of every layer update (`sweep.sweep`), if it can converge: 0 < ω
+    < 2 (the range of successive over-relaxation), and — given the network and its update groups — ω > 1
+    only when the groups are a proper colouring: a group of coupled layers is a Jacobi step, which
+    over-relaxation makes diverge (on Hopfield-ResNet13, even_odd at ω = 1.4 did)."""
+    if isinstance(omega, bool) or not (isinstance(omega, (int, float)) and 0 < omega < 2):
+        raise ValueError(f"omega must satisfy 0 < omega < 2, got {omega!r}")
+    if omega > 1 and net is not None and groups is not None and not is_proper(groups, net.free_edges()):
+        raise ValueError(
+            f"omega {omega} > 1 needs an update order that is a proper colouring of {net.arch}'s "
+            f"couplings (order 'coloring'); these groups put coupled layers together: {groups}"
+        )
+    return float(omega)

@@ -25,3 +25,9 @@ def converged(net, x, order="coloring", tol=1e-14):
     states, stats = relax(net, x, iterations=20_000, order=order, tol=tol)
     assert stats.residual <= tol, stats
     return states
+
+
+def relative_error(a: dict, b: dict) -> float:
+    """‖a − b‖ / ‖b‖ over all tensors of two gradient dicts (b's names)."""
+    num = sum((a[n] - g).pow(2).sum() for n, g in b.items())
+    return (num / sum(g.pow(2).sum() for g in b.values())).sqrt().item()

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import batch, converged, small_net
+from conftest import relative_error as _rel
 
 from ep_core.anderson import History
 from ep_core.config import ConfigError, build_config, resolve
@@ -21,11 +22,6 @@ from ep_core.tta import format_tta, parse_recipe, run_tta
 
 def _flat(grads: dict) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads.values()])
-
-
-def _rel(a: dict, b: dict) -> float:
-    num = sum((a[n] - g).pow(2).sum() for n, g in b.items())
-    return (num / sum(g.pow(2).sum() for g in b.values())).sqrt().item()
 
 
 @pytest.fixture(scope="module")
