@@ -316,6 +316,8 @@ ESTIMATOR_KEYS = (
     "batch_phases",
     "channels_last",
     "chunk_size",
+    "omega",
+    "bf16_sweeps",
 )
 
 
@@ -365,6 +367,8 @@ def run_benchmark(
     compile: bool = False,
     cuda_graphs: bool = False,
     tol: float | None = None,
+    omega: float = 1.0,
+    bf16_sweeps: int = 0,
     overhead_rounds: int = 3,
     measure_bp: bool = True,
     measure_memory: bool = True,
@@ -388,7 +392,7 @@ def run_benchmark(
         "clip_norm": 1.0, "order": order, "solver": solver, "anderson_memory": anderson_memory,
         "nudge_solver": nudge_solver, "chunk_size": chunk_size,
         "batch_phases": batch_phases, "compile": compile, "cuda_graphs": cuda_graphs, "tol": tol,
-        "channels_last": channels_last,
+        "channels_last": channels_last, "omega": omega, "bf16_sweeps": bf16_sweeps,
     }  # fmt: skip
     est = estimator_from(spec_est)
     shape = {"width": width, "input_size": input_size, "in_channels": in_channels, "num_classes": num_classes}

@@ -65,7 +65,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
         args.arch, width=args.width, estimator=args.estimator, beta=args.beta, dtype=args.dtype,
         input_size=args.input_size, batch_size=args.batch_size, seed=args.seed, order=args.order,
         activation=args.activation, cost=args.cost, tol=args.tol, max_iterations=args.max_iterations,
-        sweep=args.sweep, device=args.device, tf32=args.tf32,
+        sweep=args.sweep, device=args.device, tf32=args.tf32, bf16_sweeps=args.bf16_sweeps,
     )  # fmt: skip
     print(report_json(report) if args.json else report.format())
     if args.min_cosine is not None and report.min_cosine < args.min_cosine:
@@ -98,6 +98,10 @@ def _add_gradcheck(sub) -> None:
     )  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--tf32", action="store_true", help="CUDA: let float32 convs and matmuls use TF32")
+    p.add_argument(
+        "--bf16-sweeps", type=_at_least(0), default=0, metavar="N",
+        help="the estimate's own free phase from zeros, its first N sweeps in bf16 (ep.bf16_sweeps)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_gradcheck)
 
@@ -254,6 +258,7 @@ def _bench(args: argparse.Namespace) -> int:
         anderson_memory=args.anderson_memory, batch_phases=not args.separate_phases,
         nudge_solver=args.nudge_solver, chunk_size=args.chunk_size, memory_only=args.memory_only,
         channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs, tol=args.tol,
+        omega=args.omega, bf16_sweeps=args.bf16_sweeps,
         overhead_rounds=args.overhead_rounds, measure_bp=not args.no_bp, measure_memory=not args.no_memory,
         schedule_tol=None if args.no_schedules else args.schedule_tol,
         schedule_max_iterations=args.schedule_max_iterations, compare_dtypes=tuple(args.compare_dtype),
@@ -302,6 +307,11 @@ def _add_bench(sub) -> None:
         "--tol", type=_positive, default=None, help="early stop of each phase (default: fixed length)"
     )
     p.add_argument("--separate-phases", action="store_true", help="run the -beta and +beta phases unstacked")
+    p.add_argument("--omega", type=float, default=1.0, help="over-relaxation of the updates (ep.omega)")
+    p.add_argument(
+        "--bf16-sweeps", type=_at_least(0), default=0, metavar="N",
+        help="the free phase's first N sweeps in bf16, the rest in --dtype (ep.bf16_sweeps)",
+    )  # fmt: skip
     p.add_argument("--channels-last", action="store_true", help="NHWC weights and states")
     p.add_argument("--compile", action="store_true", help="torch.compile the sweeps")
     p.add_argument("--cuda-graphs", action="store_true", help="replay each phase as one CUDA graph (CUDA)")

@@ -94,6 +94,9 @@ class EPConfig:
     compile: bool = False  # torch.compile the relaxation sweeps (compiles once per phase shape)
     cuda_graphs: bool = False  # CUDA only: each fixed-length phase replays as one CUDA graph (needs tol null)
     chunk_size: int | None = None  # relax at most this many examples at once (peak memory); null: the batch
+    # this many of the free phase's first sweeps (fewer if ep.tol stops them) in bf16 on a bf16 copy of the
+    # network, the rest of the phase in the run's precision (ep_core/precision.py); 0: off
+    bf16_sweeps: int = 0
     # A named setting of the keys above (ep_core/recipes.py): `authors` (their code's relaxation, the
     # default) or `fast` (tolerance-stopped, Anderson-accelerated phases); keys set explicitly win.
     recipe: str = field(default="authors", metadata=choices(*RECIPES))
@@ -291,6 +294,10 @@ def validate(c: RunConfig) -> RunConfig:
             "ep.nudge_solver: anderson with centered EP needs ep.batch_phases true (the -beta and +beta "
             "copies share their mixing coefficients)"
         )
+    if c.ep.bf16_sweeps < 0:
+        raise ConfigError(f"ep.bf16_sweeps: must be >= 0 (0: off), got {c.ep.bf16_sweeps}")
+    if c.ep.bf16_sweeps and c.ep.cuda_graphs:
+        raise ConfigError("ep.bf16_sweeps: not with ep.cuda_graphs (graphed phases are all one precision)")
     if c.ep.chunk_size is not None and c.ep.chunk_size < 1:
         raise ConfigError(f"ep.chunk_size: must be >= 1 or null, got {c.ep.chunk_size}")
     for key in ("omega", "nudge_omega"):

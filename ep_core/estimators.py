@@ -24,6 +24,7 @@ from .costs import check_cost, cost_value, one_hot
 from .fast import graphed_phase
 from .interactions import ConvMaxPoolInteraction, bias_grad
 from .networks import HopfieldNetwork
+from .precision import bulk_relax, check_bf16_sweeps
 from .relaxation import check_solver, check_states, relax_list
 from .schedule import check_omega, check_order, update_groups
 from .sweep import Nudge, RelaxStats, States, input_drive
@@ -169,6 +170,7 @@ class EquilibriumProp:
     compile: bool = False  # run the sweeps through torch.compile (ep_core.fast)
     cuda_graphs: bool = False  # on CUDA, capture each fixed-length phase as one CUDA graph
     chunk_size: int | None = None  # relax at most this many examples at once (memory); None: the batch
+    bf16_sweeps: int = 0  # the free phase's first sweeps in bf16, the rest in full precision (precision.py)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -197,6 +199,9 @@ class EquilibriumProp:
             raise ValueError(f"anderson_memory must be a positive integer, got {self.anderson_memory!r}")
         if self.chunk_size is not None and not (isinstance(self.chunk_size, int) and self.chunk_size >= 1):
             raise ValueError(f"chunk_size must be a positive integer or None, got {self.chunk_size!r}")
+        check_bf16_sweeps(self.bf16_sweeps)
+        if self.bf16_sweeps and self.cuda_graphs:
+            raise ValueError("bf16_sweeps: not with cuda_graphs (graphed phases are all one precision)")
 
     @property
     def nudges(self) -> tuple[float, float]:
@@ -340,14 +345,26 @@ class EquilibriumProp:
         """Free phase, nudged phases and Hebbian terms of one chunk (`estimate`'s loop body)."""
         t0 = device_clock(x.device)
         drive = input_drive(net, x)
-        free, free_stats, _ = self._phase(net, x, start, drive, groups, self.free_iterations, consume=True)
+        phase_stats = {}
+        polish = self.free_iterations
+        if self.bf16_sweeps and polish:
+            # The bulk of the free phase in bf16; the rest of it (the polish) within the same cap.
+            sweeps, omega = min(self.bf16_sweeps, polish), self.omega
+            start, bulk = bulk_relax(net, x, start, sweeps=sweeps, groups=groups, tol=self.tol, omega=omega)
+            polish -= bulk.iterations
+            phase_stats["bulk"] = bulk
+        free, free_stats, _ = self._phase(net, x, start, drive, groups, polish, consume=True)
         del start
+        if "bulk" in phase_stats:  # the free phase's statistics count every sweep it ran
+            bulk = phase_stats["bulk"]
+            residual = free_stats.residual if polish else bulk.residual
+            free_stats = RelaxStats(bulk.iterations + free_stats.iterations, residual)
         t1 = device_clock(x.device)
         out = {
             "output": free[-1],
             "loss": cost_value(self.cost, free[-1], target).sum().item(),
             "summary": summarise(free) if summarise is not None else None,
-            "stats": {"free": free_stats},
+            "stats": {"free": free_stats, **phase_stats},
         }
         b1, b2 = self.nudges
         n, B = self.nudge_iterations, x.shape[0]

@@ -48,6 +48,11 @@ class GradcheckReport:
     cg_residual: float
     active_fraction: float
     loss: float
+    # --bf16-sweeps: the estimate's own free phase from zeros (bf16 bulk, then polished in `dtype`): its bulk
+    # sweeps, all its sweeps and its distance ‖s − s*‖/‖s*‖ from the reference's free state s*
+    bulk_iterations: int = 0
+    estimate_free_iterations: int = 0
+    free_state_distance: float = 0.0
     min_cosine: float = field(init=False)
     max_rel_error: float = field(init=False)
     total_rel_error: float = 0.0
@@ -78,6 +83,15 @@ class GradcheckReport:
             f"total rel.err {self.total_rel_error:.2e}",
             f"free phase: {self.free_iterations} iterations, residual {self.free_residual:.1e}, "
             f"fixed-point residual {self.fixed_point_residual:.1e}",
+            *(
+                [
+                    f"estimate's own free phase: {self.bulk_iterations} bf16 sweeps, then "
+                    f"{self.estimate_free_iterations - self.bulk_iterations} in {s['dtype']}; distance from "
+                    f"the reference's free state {self.free_state_distance:.1e}"
+                ]
+                if s.get("bf16_sweeps")
+                else []
+            ),
             f"nudged phases: {self.nudged_iterations} iterations, residual {self.nudged_residual:.1e}; "
             f"active-set changes under the nudges: {self.pattern_changes}",
             f"reference: CG {self.cg_iterations} iterations, residual {self.cg_residual:.1e}; "
@@ -119,9 +133,13 @@ def run_gradcheck(
     sweep: Sequence[float] = (),
     device: str = "cpu",
     tf32: bool = False,
+    bf16_sweeps: int = 0,
 ) -> GradcheckReport:
     """The report at one setting. On CUDA, `tf32` lets convolutions and matmuls of float32 use TF32
-    tensor cores (torch's default for cuDNN convolutions); without it float32 means float32."""
+    tensor cores (torch's default for cuDNN convolutions); without it float32 means float32. With
+    `bf16_sweeps` the estimate relaxes its own free phase from zeros, its first `bf16_sweeps` sweeps in
+    bf16 (`ep_core.precision`), the rest in `dtype`, while the reference keeps the free state relaxed
+    in `dtype`: the report then says whether the mixed-precision free phase gives the same gradient."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
     from .training import resolve_device
@@ -130,7 +148,7 @@ def run_gradcheck(
     with _tf32(tf32):
         return _run(
             arch, width, estimator, beta, dtype, input_size, batch_size, seed, order, activation, cost, tol,
-            max_iterations, in_channels, num_classes, sweep, dev, tf32,
+            max_iterations, in_channels, num_classes, sweep, dev, tf32, bf16_sweeps,
         )  # fmt: skip
 
 
@@ -146,18 +164,19 @@ def _tf32(enabled: bool):
 
 def _run(
     arch, width, estimator, beta, dtype, input_size, batch_size, seed, order, activation, cost, tol,
-    max_iterations, in_channels, num_classes, sweep, dev, tf32,
+    max_iterations, in_channels, num_classes, sweep, dev, tf32, bf16_sweeps,
 ) -> GradcheckReport:  # fmt: skip
     settings = {
         "arch": arch, "width": width, "estimator": estimator, "beta": beta, "dtype": dtype,
         "input_size": input_size, "batch_size": batch_size, "seed": seed, "order": order,
         "activation": activation, "cost": cost, "tol": tol, "device": str(dev), "tf32": tf32,
+        "bf16_sweeps": bf16_sweeps,
     }  # fmt: skip
 
     def estimator_at(variant: str, b: float) -> EquilibriumProp:
         return EquilibriumProp(
             beta=b, variant=variant, free_iterations=max_iterations, nudge_iterations=max_iterations,
-            order=order, cost=cost, tol=tol, clip_norm=None,
+            order=order, cost=cost, tol=tol, clip_norm=None, bf16_sweeps=bf16_sweeps,
         )  # fmt: skip
 
     ep = estimator_at(estimator, beta)
@@ -176,7 +195,10 @@ def _run(
 
     free, free_stats = relax(net, x, iterations=max_iterations, order=order, tol=tol)
     reference = reference_gradients(net, x, y, free, cost=cost)
-    estimate = ep.estimate(net, x, y, free)
+    # The mixed-precision mode is a free phase: the estimate runs its own (from zeros) instead of starting
+    # at the reference's fixed point.
+    start = None if bf16_sweeps else free
+    estimate = ep.estimate(net, x, y, start)
     tensors = []
     ref_sq = sum(g.pow(2).sum().item() for g in reference.grads.values())
     for name, g in reference.grads.items():
@@ -194,7 +216,7 @@ def _run(
     for b in sweep:
         row: dict = {"beta": b}
         for variant in ("ep", "cep"):
-            est = estimator_at(variant, b).estimate(net, x, y, free)
+            est = estimator_at(variant, b).estimate(net, x, y, start)
             row[variant] = total_error(est)
             row[f"{variant}_changes"] = sum(pattern_changes(net, x, free, s) for s in est.nudged_states)
         rows.append(row)
@@ -211,10 +233,21 @@ def _run(
         cg_residual=reference.cg_residual,
         active_fraction=reference.active_fraction,
         loss=reference.loss,
+        **(_own_free_phase(estimate, free) if bf16_sweeps else {}),
         total_rel_error=total_error(estimate),
         sweep=rows,
         slopes={variant: _fitted_slope(rows, variant) for variant in ("ep", "cep")} if rows else {},
     )
+
+
+def _own_free_phase(estimate, free) -> dict:
+    distance = sum((a - b).square().sum() for a, b in zip(estimate.free_states, free, strict=True))
+    norm = sum(b.square().sum() for b in free)
+    return {
+        "bulk_iterations": estimate.stats["bulk"].iterations,
+        "estimate_free_iterations": estimate.stats["free"].iterations,
+        "free_state_distance": (distance / norm).sqrt().item(),
+    }
 
 
 def _fitted_slope(rows: list[dict], variant: str) -> float | None:

@@ -72,7 +72,7 @@ class EPLearner:
             cost=e.cost, tol=e.tol, nudge_tol=e.nudge_tol, clip_norm=None if self.collective else e.clip_norm,
             batch_phases=e.batch_phases, solver=e.solver, nudge_solver=e.nudge_solver,
             anderson_memory=e.anderson_memory, compile=e.compile, cuda_graphs=e.cuda_graphs,
-            chunk_size=e.chunk_size,
+            chunk_size=e.chunk_size, bf16_sweeps=e.bf16_sweeps,
         )  # fmt: skip
         for key in ("omega", "nudge_omega"):  # over-relaxation needs a proper colouring of the couplings
             try:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make gpu-check`: GPU readiness in one script, about 10 minutes on one CUDA GPU. Never needed for CI.
-#   1. gradcheck on CUDA: Hopfield-ResNet13 1/16 width, CEP, beta 1e-2, float32 without and with TF32;
-#   2. `ep-core bench` at batch 128, full width: eager vs CUDA graphs vs compiled, and what an epoch of
-#      CIFAR-10 costs (391 steps of 128 at the authors' 120 + 2 x 50 sweeps);
+#   1. gradcheck on CUDA: Hopfield-ResNet13 1/16 width, CEP, beta 1e-2, float32 without and with TF32,
+#      and with a bf16 bulk of the free phase (ep.bf16_sweeps);
+#   2. `ep-core bench` at batch 128, full width: eager vs CUDA graphs vs compiled vs 100 of the 120 free
+#      sweeps in bf16, and what an epoch of CIFAR-10 costs (391 steps of 128 at 120 + 2 x 50 sweeps);
 #   3. peak memory of a step, EP (stacked, separate, chunked) vs backprop;
 #   4. a short digits training on CUDA, authors' and fast recipes;
 #   5. the tiny pipeline grid on CUDA.
@@ -21,17 +22,20 @@ step() { echo; echo "== $1"; }
 ITER="--free-iterations 120 --nudge-iterations 50"
 
 step "1. gradcheck on CUDA (min cosine must stay >= 0.999)"
-for mode in "" "--tf32"; do
-  name=gradcheck_fp32${mode:+_tf32}
+for mode in "" "--tf32" "--bf16-sweeps 100"; do
+  case $mode in "") name=gradcheck_fp32 ;; --tf32) name=gradcheck_fp32_tf32 ;; *) name=gradcheck_bf16_bulk ;; esac
   "$BIN/ep-core" gradcheck --arch hopfield_resnet13 --width 0.0625 --beta 0.01 --dtype float32 --tol 1e-6 \
     --device cuda $mode --json > "$OUT/$name.json"
   "$BIN/python" -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], 'min cosine', r['min_cosine'])" \
     "$OUT/$name.json" "$name"
 done
 
-step "2. bench at batch 128, full width: eager, CUDA graphs, compiled"
-for variant in eager graphs compiled; do
-  case $variant in eager) flags="" ;; graphs) flags="--cuda-graphs" ;; compiled) flags="--compile" ;; esac
+step "2. bench at batch 128, full width: eager, CUDA graphs, compiled, bf16 bulk"
+for variant in eager graphs compiled bf16_bulk; do
+  case $variant in
+    eager) flags="" ;; graphs) flags="--cuda-graphs" ;; compiled) flags="--compile" ;;
+    bf16_bulk) flags="--bf16-sweeps 100" ;;
+  esac
   "$BIN/ep-core" bench --device cuda --arch hopfield_resnet13 --batch-size 128 $ITER --repeats 3 \
     --no-memory --no-schedules $flags --json > "$OUT/bench_$variant.json"
   "$BIN/python" -c "import json,sys; r=json.load(open(sys.argv[1])); ms=r['ep']['step_ms']
