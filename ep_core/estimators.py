@@ -345,18 +345,15 @@ class EquilibriumProp:
         """Free phase, nudged phases and Hebbian terms of one chunk (`estimate`'s loop body)."""
         t0 = device_clock(x.device)
         drive = input_drive(net, x)
-        phase_stats = {}
-        polish = self.free_iterations
+        polish, bulk = self.free_iterations, None
         if self.bf16_sweeps and polish:
             # The bulk of the free phase in bf16; the rest of it (the polish) within the same cap.
             sweeps, omega = min(self.bf16_sweeps, polish), self.omega
             start, bulk = bulk_relax(net, x, start, sweeps=sweeps, groups=groups, tol=self.tol, omega=omega)
             polish -= bulk.iterations
-            phase_stats["bulk"] = bulk
         free, free_stats, _ = self._phase(net, x, start, drive, groups, polish, consume=True)
         del start
-        if "bulk" in phase_stats:  # the free phase's statistics count every sweep it ran
-            bulk = phase_stats["bulk"]
+        if bulk is not None:  # the free phase's statistics count every sweep it ran
             residual = free_stats.residual if polish else bulk.residual
             free_stats = RelaxStats(bulk.iterations + free_stats.iterations, residual)
         t1 = device_clock(x.device)
@@ -364,7 +361,7 @@ class EquilibriumProp:
             "output": free[-1],
             "loss": cost_value(self.cost, free[-1], target).sum().item(),
             "summary": summarise(free) if summarise is not None else None,
-            "stats": {"free": free_stats, **phase_stats},
+            "stats": {"free": free_stats, **({} if bulk is None else {"bulk": bulk})},
         }
         b1, b2 = self.nudges
         n, B = self.nudge_iterations, x.shape[0]

@@ -20,7 +20,7 @@ from .diagnostics import pattern_changes
 from .estimators import EquilibriumProp
 from .networks import build_network
 from .reference import reference_gradients
-from .relaxation import fixed_point_residual, relax
+from .relaxation import fixed_point_residual, relative_change, relax
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -241,12 +241,10 @@ def _run(
 
 
 def _own_free_phase(estimate, free) -> dict:
-    distance = sum((a - b).square().sum() for a, b in zip(estimate.free_states, free, strict=True))
-    norm = sum(b.square().sum() for b in free)
     return {
         "bulk_iterations": estimate.stats["bulk"].iterations,
         "estimate_free_iterations": estimate.stats["free"].iterations,
-        "free_state_distance": (distance / norm).sqrt().item(),
+        "free_state_distance": relative_change(free, estimate.free_states).item(),  # ‖s − s*‖ / ‖s*‖
     }
 
 

@@ -68,18 +68,16 @@ def bulk_relax(
     sweeps: int,
     groups: Groups,
     tol: float | None = None,
-    copies: int = 1,
     omega: float = 1.0,
 ) -> tuple[States, RelaxStats]:
-    """`sweeps` plain free sweeps in bf16 from `start` (x's batch repeated `copies` times; zeros if None),
+    """`sweeps` plain free sweeps in bf16 from `start` (zeros if None),
     fewer if a sweep changes the states by ≤ `tol` of their norm. Returns the states in x's dtype and the
     bulk's statistics (its residual is bf16's, relative to the states). Plain sweeps, not Anderson: a
     least-squares mix in 8 significant bits would cost more than it saves."""
     twin = low_precision_twin(net)
     low_x = x.to(LOW_PRECISION)
-    n = x.shape[0] * copies
     if start is None:
-        s = [low_x, *twin.zero_states(n, device=x.device, dtype=LOW_PRECISION)]
+        s = [low_x, *twin.zero_states(x.shape[0], device=x.device, dtype=LOW_PRECISION)]
     else:
         s = [low_x, *(t.to(LOW_PRECISION) for t in start)]
     s, stats = relax_list(

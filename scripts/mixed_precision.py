@@ -23,7 +23,7 @@ import torch
 
 from ep_core.estimators import EquilibriumProp
 from ep_core.networks import build_network
-from ep_core.relaxation import relax
+from ep_core.relaxation import relative_change, relax
 from ep_core.schedule import update_groups
 
 
@@ -79,9 +79,7 @@ def main() -> None:
                 torch.nn.functional.cosine_similarity(e_m.grads[k].flatten(), g.flatten(), dim=0).item()
                 for k, g in e_f.grads.items()
             )
-            pairs = zip(e_m.free_states, e_f.free_states, strict=True)
-            distance = sum((a - b).square().sum() for a, b in pairs)
-            distance = (distance / sum(b.square().sum() for b in e_f.free_states)).sqrt().item()
+            distance = relative_change(e_f.free_states, e_m.free_states).item()
             bulk = e_m.stats["bulk"].iterations
             polish = e_m.stats["free"].iterations - bulk
             print(
