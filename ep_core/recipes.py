@@ -1,15 +1,19 @@
-"""Named settings of the relaxation: `ep.recipe: authors` (the default) or `ep.recipe: fast`.
+"""Named settings of the relaxation: `ep.recipe: authors` (the default), `fast` or `adaptive`.
 
 A recipe is a set of `ep.*` values applied under the run's own: a key the configuration sets explicitly
-wins, so `ep.recipe: fast` with `ep.tol: 1e-4` is the fast recipe at a tighter tolerance. The saved
-config.yaml of a run states every resolved value beside the recipe's name. `authors` is the authors'
-code: fixed-length phases of 120 free and 50 + 50 nudged plain sweeps, even/odd order. `fast` spends
-fewer sweeps (docs/benchmarks.md, `make bench-tta`): every phase stops at a relative tolerance (the nudged
-ones on their displacement from the free state) with the authors' counts as caps, and Anderson mixing
-accelerates the sweeps of every phase — the free phase per example, the nudged phases with each
-example's −β and +β copies sharing one set of mixing coefficients, so the truncation error still cancels
-in the centered difference. A run that sets `ep.batch_phases: false` (the ±β phases one after the other,
-for memory) keeps plain nudged sweeps: the shared coefficients need both copies in one batch.
+wins, so `ep.recipe: fast` with `ep.nudge_iterations: 20` is the fast recipe with longer nudged phases. The
+saved config.yaml of a run states every resolved value beside the recipe's name. `authors` is the authors'
+code: fixed-length phases of 120 free and 50 + 50 nudged plain sweeps, even/odd order, evaluation at 120.
+`fast` is the same plain sweeps in truncated phases — 40 free, 15 + 15 nudged, evaluation at 40 — the
+lengths that kept the authors' accuracy on digits at about a quarter of their wall time (docs/benchmarks.md,
+`make bench-tta`); the states are not converged, so its gradient is not the converged-state CEP gradient
+`ep-core gradcheck` checks, but the centered difference still cancels the ±β phases' common error, and
+training measured no worse. `adaptive` spends sweeps where the state still moves: every phase stops at a
+relative tolerance (the nudged ones on their displacement from the free state) with the authors' counts as
+caps, and Anderson mixing accelerates the sweeps of every phase — the free phase per example, the nudged
+phases with each example's −β and +β copies sharing one set of mixing coefficients, so the truncation error
+still cancels in the centered difference. A run that sets `ep.batch_phases: false` (the ±β phases one after
+the other, for memory) keeps plain nudged sweeps: the shared coefficients need both copies in one batch.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any
 
 RECIPES: dict[str, dict[str, Any]] = {
     "authors": {},
-    "fast": {"tol": 1e-3, "solver": "anderson", "nudge_solver": "anderson"},
+    "fast": {"free_iterations": 40, "nudge_iterations": 15, "eval_iterations": 40},
+    "adaptive": {"tol": 1e-3, "solver": "anderson", "nudge_solver": "anderson"},
 }
 
 

@@ -2,14 +2,14 @@
 
 Each recipe is a set of dotted config keys on top of one shared setting (by default the authors'
 hyper-parameters on scikit-learn's digits with the digits demo's batch 32 and lr 0.05, Hopfield-ResNet13 at
-1/16 width for 5 epochs: 30 minutes for 2 recipes × 3 seeds on 2 CPU cores; `--width 0.125` makes
-convolutions a larger share of the time, at 4× the FLOPs). Every (seed, recipe) run is one `ep-core train`
-in a fresh run directory, and the runs are interleaved — seed 0 of every recipe, then seed 1, ... — so a
-slow spell of a shared machine falls on all recipes alike. The result (`results/benchmarks/tta.json` and a
-markdown table) gives per recipe the final test accuracy (mean ± sd over seeds), the wall time of a run, the
-sweeps per training step (free phase, each nudged phase; means over the run's batches), the seconds spent in
-the free and nudged phases, and the wall-time ratio to the reference recipe (`speedup`: the reference's mean
-wall time ÷ the other's).
+1/8 width, where convolutions rather than per-call overhead take the time, for 5 epochs: about 35 minutes
+for 2 recipes × 3 seeds on 2 CPU cores; `--width 0.0625` is a quarter of the FLOPs, mostly overhead).
+Every (seed, recipe) run is one `ep-core train` in a fresh run directory, and the runs are interleaved —
+seed 0 of every recipe, then seed 1, ... — so a slow spell of a shared machine falls on all recipes alike.
+The result (`results/benchmarks/tta.json` and a markdown table) gives per recipe the final test accuracy
+(mean ± sd over seeds), the wall time of a run, the sweeps per training step (free phase, each nudged phase;
+means over the run's batches), the seconds spent in the free and nudged phases, and the wall-time ratio to
+the reference recipe (`speedup`: the reference's mean wall time ÷ the other's).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .training import train
 
 BASE: dict[str, Any] = {
     "data": {"name": "digits"},
-    "model": {"arch": "hopfield_resnet13", "width": 0.0625},
+    "model": {"arch": "hopfield_resnet13", "width": 0.125},
     # The authors' optimizer, beta, clip, warm start and relaxation (resolved from the defaults), scaled down
     # in width and epochs; and the digits demo's batch 32 and lr 0.05: at the authors' batch of 128, digits'
     # 1,437 training examples give 11 steps per epoch, and 5 epochs of those stayed near chance.
@@ -37,7 +37,7 @@ BASE: dict[str, Any] = {
 }
 RECIPES: dict[str, list[str]] = {
     "authors": ["ep.recipe=authors"],  # 120 free / 50 + 50 nudged plain sweeps, even/odd, eval 120
-    "fast": ["ep.recipe=fast"],
+    "fast": ["ep.recipe=fast"],  # 40 free / 15 + 15 nudged plain sweeps, eval 40
 }
 
 
@@ -177,8 +177,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--recipe", action="append", default=None, metavar="NAME[:KEY=VALUE,...]",
-        help="a recipe to train: a name of ep.recipe (authors, fast) with optional extra dotted keys, e.g. "
-        "'fast:ep.tol=1e-4' (repeatable; default: authors and fast)",
+        help="a recipe to train: a name of ep.recipe (authors, fast, adaptive) with optional extra "
+        "dotted keys, e.g. 'fast:ep.nudge_iterations=20' (repeatable; default: authors and fast)",
     )  # fmt: skip
     p.add_argument("--reference", default="authors", help="the recipe the others are compared with")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")

@@ -215,32 +215,36 @@ def test_the_recipe_fills_unset_keys_and_explicit_keys_win():
     assert (authors.ep.recipe, authors.ep.tol, authors.ep.solver, authors.ep.free_iterations) == (
         "authors", None, "fixed_point", 120,
     )  # fmt: skip
-    fast = build_config({}, ["ep.recipe=fast"])
-    assert (fast.ep.tol, fast.ep.solver, fast.ep.nudge_solver) == (1e-3, "anderson", "anderson")
-    assert (fast.ep.free_iterations, fast.ep.nudge_iterations) == (120, 50)  # the authors' caps
-    assert build_config({"ep": {"recipe": "fast", "tol": 1e-4}}).ep.tol == 1e-4
-    separate = build_config({}, ["ep.recipe=fast", "ep.batch_phases=false"]).ep
+    fast = build_config({}, ["ep.recipe=fast"]).ep  # the authors' plain sweeps in truncated phases
+    assert (fast.free_iterations, fast.nudge_iterations, fast.eval_iterations) == (40, 15, 40)
+    assert (fast.tol, fast.solver, fast.nudge_solver) == (None, "fixed_point", "fixed_point")
+    assert build_config({"ep": {"recipe": "fast", "nudge_iterations": 20}}).ep.nudge_iterations == 20
+    adaptive = build_config({}, ["ep.recipe=adaptive"]).ep
+    assert (adaptive.tol, adaptive.solver, adaptive.nudge_solver) == (1e-3, "anderson", "anderson")
+    assert (adaptive.free_iterations, adaptive.nudge_iterations) == (120, 50)  # the authors' caps
+    assert build_config({"ep": {"recipe": "adaptive", "tol": 1e-4}}).ep.tol == 1e-4
+    separate = build_config({}, ["ep.recipe=adaptive", "ep.batch_phases=false"]).ep
     assert (separate.solver, separate.nudge_solver) == ("anderson", "fixed_point")
-    assert build_config({}, ["ep.recipe=fast", "ep.solver=fixed_point"]).ep.solver == "fixed_point"
+    assert build_config({}, ["ep.recipe=adaptive", "ep.solver=fixed_point"]).ep.solver == "fixed_point"
     with pytest.raises(
-        ConfigError, match=r"ep\.recipe: 'quick' is not allowed; valid choices: authors, fast"
+        ConfigError, match=r"ep\.recipe: 'quick' is not allowed; valid choices: authors, fast, adaptive"
     ):
         build_config({}, ["ep.recipe=quick"])
 
 
 def test_time_to_accuracy_benchmark_trains_interleaved_and_reports(tmp_path):
     result = run_tta(
-        recipes=dict(map(parse_recipe, ["authors", "fast:ep.free_iterations=20"])),
+        recipes=dict(map(parse_recipe, ["authors", "adaptive:ep.free_iterations=20"])),
         seeds=(0, 1), epochs=1, width=0.0625, workdir=tmp_path / "runs",
         extra=["data.name=synthetic", "data.synthetic_train=32", "data.synthetic_test=16", "train.batch_size=16",
                "ep.free_iterations=6", "ep.nudge_iterations=3", "ep.eval_iterations=6"],
     )  # fmt: skip
     runs = result["runs"]
     assert [(r["recipe"], r["seed"]) for r in runs] == [
-        ("authors", 0), ("fast:ep.free_iterations=20", 0), ("authors", 1), ("fast:ep.free_iterations=20", 1),
+        ("authors", 0), ("adaptive:ep.free_iterations=20", 0), ("authors", 1), ("adaptive:ep.free_iterations=20", 1),
     ]  # fmt: skip
     assert all(r["status"] == "completed" for r in runs)
-    authors, fast = result["recipes"]["authors"], result["recipes"]["fast:ep.free_iterations=20"]
+    authors, fast = result["recipes"]["authors"], result["recipes"]["adaptive:ep.free_iterations=20"]
     assert authors["free_sweeps"] == 6 and authors["nudged_sweeps"] == 3  # fixed-length phases
     assert fast["free_sweeps"] <= 20 and fast["nudged_sweeps"] <= 3  # the later key wins: caps 20 / 3
     assert result["speedup"] == pytest.approx(authors["wall_mean"] / fast["wall_mean"])
