@@ -5,7 +5,7 @@ wins, so `ep.recipe: fast` with `ep.nudge_iterations: 20` is the fast recipe wit
 saved config.yaml of a run states every resolved value beside the recipe's name. `authors` is the authors'
 code: fixed-length phases of 120 free and 50 + 50 nudged plain sweeps, even/odd order, evaluation at 120.
 `fast` is the same plain sweeps in truncated phases — 40 free, 15 + 15 nudged, evaluation at 40 — the
-lengths that kept the authors' accuracy on digits at about a quarter of their wall time (docs/benchmarks.md,
+lengths that kept the authors' accuracy on digits at a third of their wall time (docs/benchmarks.md,
 `make bench-tta`); the states are not converged, so its gradient is not the converged-state CEP gradient
 `ep-core gradcheck` checks, but the centered difference still cancels the ±β phases' common error, and
 training measured no worse. `adaptive` spends sweeps where the state still moves: every phase stops at a
