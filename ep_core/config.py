@@ -98,7 +98,8 @@ class EPConfig:
     # network, the rest of the phase in the run's precision (ep_core/precision.py); 0: off
     bf16_sweeps: int = 0
     # A named setting of the keys above (ep_core/recipes.py): `authors` (their code's relaxation, the
-    # default) or `fast` (tolerance-stopped, Anderson-accelerated phases); keys set explicitly win.
+    # default), `fast` (the same plain sweeps in truncated phases) or `adaptive` (tolerance-stopped,
+    # Anderson-accelerated phases); keys set explicitly win.
     recipe: str = field(default="authors", metadata=choices(*RECIPES))
 
 

@@ -2,7 +2,7 @@
 
 Each recipe is a set of dotted config keys on top of one shared setting (by default the authors'
 hyper-parameters on scikit-learn's digits with the digits demo's batch 32 and lr 0.05, Hopfield-ResNet13 at
-1/8 width, where convolutions rather than per-call overhead take the time, for 5 epochs: about 35 minutes
+1/8 width, where convolutions rather than per-call overhead take the time, for 5 epochs: 32 minutes
 for 2 recipes × 3 seeds on 2 CPU cores; `--width 0.0625` is a quarter of the FLOPs, mostly overhead).
 Every (seed, recipe) run is one `ep-core train` in a fresh run directory, and the runs are interleaved —
 seed 0 of every recipe, then seed 1, ... — so a slow spell of a shared machine falls on all recipes alike.
