@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 lint: setup
 	$(BIN)/ruff check ep_core tests workflow/scripts
 	$(BIN)/ruff format --check ep_core tests workflow/scripts
+	$(BIN)/lint-imports
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/
 

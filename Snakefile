@@ -2,8 +2,8 @@
 # The grid (which runs, which studies, which settings) is config.yaml; all logic lives in ep_core.
 from snakemake.utils import min_version, validate
 
-from ep_core.tracking import mark_parent, pipeline_status
-from ep_core.grid import drop_nulls
+from ep_core.tracking.parent import mark_parent, pipeline_status
+from ep_core.pipeline.grid import drop_nulls
 
 min_version("9.0")
 

@@ -4,16 +4,16 @@ clipped-ReLU activations, relaxation to equilibrium, EP and centered-EP gradient
 The public API is what this module re-exports; see the README for a walk-through.
 """
 
-from .activations import ACTIVATIONS, draw_alphas
-from .backprop import BP_NETWORKS, build_bp_network
-from .costs import COSTS, cost_grad, cost_value
-from .diagnostics import layer_statistic_names, layer_statistics, pattern_changes
-from .estimators import EquilibriumProp, GradientEstimate
-from .gradcheck import run_gradcheck
-from .networks import NETWORKS, HopfieldNetwork, build_network
-from .reference import reference_gradients
-from .relaxation import Nudge, RelaxStats, fixed_point_residual, input_drive, predict, relax
-from .schedule import ORDERS, update_groups
+from .bench.gradcheck import run_gradcheck
+from .numerics.activations import ACTIVATIONS, draw_alphas
+from .numerics.backprop import BP_NETWORKS, build_bp_network
+from .numerics.costs import COSTS, cost_grad, cost_value
+from .numerics.diagnostics import layer_statistic_names, layer_statistics, pattern_changes
+from .numerics.estimators import EquilibriumProp, GradientEstimate
+from .numerics.networks import NETWORKS, HopfieldNetwork, build_network
+from .numerics.orders import ORDERS, update_groups
+from .numerics.reference import reference_gradients
+from .numerics.relaxation import Nudge, RelaxStats, fixed_point_residual, input_drive, predict, relax
 
 __all__ = [
     "ACTIVATIONS",

@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from ep_core.estimators import EquilibriumProp
-from ep_core.networks import build_network
-from ep_core.relaxation import relative_change, relax
-from ep_core.schedule import update_groups
+from ep_core.numerics.estimators import EquilibriumProp
+from ep_core.numerics.networks import build_network
+from ep_core.numerics.orders import update_groups
+from ep_core.numerics.relaxation import relative_change, relax
 
 
 def sweep_ms(net, x, groups, repeats: int) -> float:

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from ep_core.config import build_config, resolve
-from ep_core.datasets import load_data
-from ep_core.relaxation import Nudge, input_drive, relax, relax_list
-from ep_core.schedule import update_groups
-from ep_core.training import build_model
+from ep_core.numerics.orders import update_groups
+from ep_core.numerics.relaxation import Nudge, input_drive, relax, relax_list
+from ep_core.training.config import build_config, resolve
+from ep_core.training.datasets import load_data
+from ep_core.training.run import build_model
 
 TOLS = (1e-2, 1e-3, 1e-4)
 

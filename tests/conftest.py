@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ep_core.networks import build_network
-from ep_core.relaxation import relax
+from ep_core.numerics.networks import build_network
+from ep_core.numerics.relaxation import relax
 
 
 @pytest.fixture(autouse=True)

@@ -50,8 +50,8 @@ from ep_core.analysis import (
 )
 from ep_core.analysis.runs import RUN_COLUMNS
 from ep_core.analysis.weights import CONTROLS, FINDINGS
-from ep_core.config import build_config, resolve
-from ep_core.training import prepare, train
+from ep_core.training.config import build_config, resolve
+from ep_core.training.run import prepare, train
 
 PAPER_CSV = Path(__file__).resolve().parents[1] / "reference" / "paper_results.csv"
 

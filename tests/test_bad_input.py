@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from ep_core.cli import main
-from ep_core.config import build_config
-from ep_core.rundir import read_history
-from ep_core.training import train
+from ep_core.training.config import build_config
+from ep_core.training.run import train
+from ep_core.training.rundir import read_history
 
 BASE = {
     "data": {"name": "synthetic", "synthetic_train": 32, "synthetic_test": 16},

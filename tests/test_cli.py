@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ep_core.checkpoint import _umask
 from ep_core.cli import main
+from ep_core.training.checkpoint import _umask
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--width", "0.0625", "--input-size", "16", "--batch-size", "2"]
@@ -138,7 +138,7 @@ def test_the_readme_python_example_runs():
 def test_attach_logs_files_to_the_pipelines_parent_run(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from ep_core.tracking import init_tracking
+    from ep_core.tracking.parent import init_tracking
 
     results = tmp_path / "results"
     init = init_tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "e", results / "mlflow/artifacts", "pipeline")

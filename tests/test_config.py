@@ -1,6 +1,6 @@
 import pytest
 
-from ep_core.config import ConfigError, build_config, load_config, resolve
+from ep_core.training.config import ConfigError, build_config, load_config, resolve
 
 
 def test_defaults_are_the_authors_per_dataset():

@@ -1,4 +1,4 @@
-"""ep_core.datasets on tiny torchvision-format files, on scikit-learn digits and on synthetic data."""
+"""ep_core.training.datasets on tiny torchvision-format files, on scikit-learn digits and on synthetic data."""
 
 import pickle
 import struct
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from ep_core.datasets import (
+from ep_core.training.datasets import (
     DATASETS,
     PRESETS,
     SYNTHETIC_DEFAULTS,
@@ -279,7 +279,7 @@ def test_dataloader_workers_give_the_same_batches(root):
 
 
 def test_resume_does_not_compute_skipped_batches(root, monkeypatch):
-    import ep_core.datasets as ds
+    import ep_core.training.datasets as ds
 
     calls = []
     geometric, getitem = ds._geometric, ds._AugmentedBatches.__getitem__

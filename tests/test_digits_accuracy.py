@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ep_core.config import load_config
-from ep_core.training import train
+from ep_core.training.config import load_config
+from ep_core.training.run import train
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_digits.yaml"
 

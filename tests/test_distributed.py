@@ -1,4 +1,4 @@
-"""Data-parallel training (ep_core.distributed, ep_core.launch): the launcher's environment, shards, the
+"""Data-parallel training (ep_core.training.distributed, ep_core.pipeline.launch): the launcher's environment, shards, the
 launch commands, and real 2-process runs under torchrun with gloo — the single-process weights, resume
 after SIGKILL, one writer."""
 
@@ -14,9 +14,10 @@ import pytest
 import torch
 from test_training import _history_rows, _wait_for, assert_same_run, deterministic_history
 
-from ep_core import grid
-from ep_core.config import ConfigError, build_config
-from ep_core.distributed import (
+from ep_core.pipeline import grid
+from ep_core.pipeline.launch import launch_command, launcher_for, train_args
+from ep_core.training.config import ConfigError, build_config
+from ep_core.training.distributed import (
     Context,
     DistributedError,
     GlobalBatchNorm2d,
@@ -26,8 +27,7 @@ from ep_core.distributed import (
     rendezvous_env,
     shard_bounds,
 )
-from ep_core.launch import launch_command, launcher_for, train_args
-from ep_core.training import train
+from ep_core.training.run import train
 
 TINY = {
     "data": {"name": "synthetic", "synthetic_train": 64, "synthetic_test": 30, "val_size": 16},
@@ -46,7 +46,7 @@ def set_args(values: dict) -> list[str]:
 
 
 def torchrun(out: Path, values: dict, *extra: str, nprocs: int = 2, **popen) -> subprocess.Popen:
-    """`ep-core train` on `nprocs` processes, as the pipeline launches it (ep_core.launch)."""
+    """`ep-core train` on `nprocs` processes, as the pipeline launches it (ep_core.pipeline.launch)."""
     args = [*train_args(str(out), set_args(values), threads=1), *extra]
     command = launch_command(nprocs, args, launcher="torchrun")
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
@@ -173,7 +173,7 @@ def test_the_grid_gives_each_run_its_gpus_and_the_rule_its_tasks():
 
 
 def test_global_batchnorm_is_batchnorm_in_one_process_and_keeps_its_tensors():
-    from ep_core.backprop import build_bp_network
+    from ep_core.numerics.backprop import build_bp_network
 
     model = build_bp_network("resnet13", width=1 / 16, in_channels=3, num_classes=10, input_size=16)
     before = dict(model.state_dict(keep_vars=True))

@@ -5,10 +5,10 @@ import pytest
 import torch
 from conftest import batch, converged, small_net
 
-from ep_core.diagnostics import pattern_changes
-from ep_core.estimators import EquilibriumProp
-from ep_core.reference import reference_gradients
-from ep_core.relaxation import ROUNDING_ULPS, relax
+from ep_core.numerics.diagnostics import pattern_changes
+from ep_core.numerics.estimators import EquilibriumProp
+from ep_core.numerics.reference import reference_gradients
+from ep_core.numerics.relaxation import ROUNDING_ULPS, relax
 
 
 def _exact(beta, variant="cep", **kw):

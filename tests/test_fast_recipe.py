@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from conftest import batch, converged, small_net
 from conftest import relative_error as _rel
 
-from ep_core.anderson import History
-from ep_core.config import ConfigError, build_config, resolve
-from ep_core.diagnostics import layer_statistics
-from ep_core.estimators import EquilibriumProp
-from ep_core.reference import reference_gradients
-from ep_core.relaxation import Nudge, input_drive, relax_list
-from ep_core.schedule import update_groups
-from ep_core.tta import format_tta, parse_recipe, run_tta
+from ep_core.bench.tta import format_tta, parse_recipe, run_tta
+from ep_core.numerics.anderson import History
+from ep_core.numerics.diagnostics import layer_statistics
+from ep_core.numerics.estimators import EquilibriumProp
+from ep_core.numerics.orders import update_groups
+from ep_core.numerics.reference import reference_gradients
+from ep_core.numerics.relaxation import Nudge, input_drive, relax_list
+from ep_core.training.config import ConfigError, build_config, resolve
 
 
 def _flat(grads: dict) -> torch.Tensor:
@@ -128,8 +128,8 @@ def test_the_displacement_bound_skips_passes_without_changing_when_a_nudged_phas
     """The nudged phases' stopping test computes ‖s − free‖ only when the triangle-inequality bound cannot
     rule convergence out: the same sweeps, states and gradient as computing it every sweep, with far
     fewer displacement passes."""
-    import ep_core.relaxation as relaxation
-    import ep_core.sweep as sweep_module
+    import ep_core.numerics.relaxation as relaxation
+    import ep_core.numerics.sweep as sweep_module
 
     net, x, y, free = resnet_fixed_point
     net, x, free = copy.deepcopy(net).to(dtype), x.to(dtype), [t.to(dtype) for t in free]

@@ -1,4 +1,4 @@
-"""The pipeline's job grid (ep_core.grid): what config.yaml and the demo config expand to."""
+"""The pipeline's job grid (ep_core.pipeline.grid): what config.yaml and the demo config expand to."""
 
 import re
 from pathlib import Path
@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ep_core import build_network, grid, naming
-from ep_core.config import build_config
+from ep_core import build_network
+from ep_core.numerics import naming
+from ep_core.pipeline import grid
+from ep_core.training.config import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

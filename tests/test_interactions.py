@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ep_core.interactions import (
+from ep_core.numerics.interactions import (
     ConvInteraction,
     ConvMaxPoolInteraction,
     DenseInteraction,

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from ep_core.activations import draw_alphas
-from ep_core.networks import build_network, hopfield_resnet
-from ep_core.schedule import greedy_coloring, is_proper, update_groups
+from ep_core.numerics.activations import draw_alphas
+from ep_core.numerics.networks import build_network, hopfield_resnet
+from ep_core.numerics.orders import greedy_coloring, is_proper, update_groups
 
 
 def n_params(net):

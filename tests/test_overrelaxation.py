@@ -6,13 +6,13 @@ import torch.nn.functional as F
 from conftest import batch, converged, small_net
 from conftest import relative_error as _rel
 
-from ep_core.config import ConfigError, build_config, resolve
-from ep_core.estimators import EquilibriumProp
-from ep_core.fast import GraphedPhase
-from ep_core.learners import EPLearner
-from ep_core.reference import reference_gradients
-from ep_core.relaxation import fixed_point_residual, relax
-from ep_core.schedule import check_omega, update_groups
+from ep_core.numerics.compiled import GraphedPhase
+from ep_core.numerics.estimators import EquilibriumProp
+from ep_core.numerics.orders import check_omega, update_groups
+from ep_core.numerics.reference import reference_gradients
+from ep_core.numerics.relaxation import fixed_point_residual, relax
+from ep_core.training.config import ConfigError, build_config, resolve
+from ep_core.training.learners import EPLearner
 
 
 def _max_diff(a, b) -> float:
@@ -150,7 +150,7 @@ def test_the_sweep_table_script_measures_a_trained_run(tmp_path):
     import sys
     from pathlib import Path
 
-    from ep_core.training import train
+    from ep_core.training.run import train
 
     config = build_config(
         {

@@ -14,17 +14,17 @@ import torch
 import torch.nn.functional as F
 from conftest import batch, converged, small_net
 
-from ep_core.anderson import anderson_relax
-from ep_core.config import build_config, resolve
-from ep_core.costs import cost_grad
-from ep_core.estimators import EquilibriumProp, hebbian_difference, parameter_gradients
-from ep_core.fast import GraphedPhase
-from ep_core.flops import edge_macs, ep_step_flops, iteration_flops, minimal_kernel_set
-from ep_core.interactions import bias_view
-from ep_core.learners import EPLearner
-from ep_core.reference import reference_gradients
-from ep_core.relaxation import Nudge, input_drive, relax, relax_list
-from ep_core.schedule import update_groups
+from ep_core.numerics.anderson import anderson_relax
+from ep_core.numerics.compiled import GraphedPhase
+from ep_core.numerics.costs import cost_grad
+from ep_core.numerics.estimators import EquilibriumProp, hebbian_difference, parameter_gradients
+from ep_core.numerics.flops import edge_macs, ep_step_flops, iteration_flops, minimal_kernel_set
+from ep_core.numerics.interactions import bias_view
+from ep_core.numerics.orders import update_groups
+from ep_core.numerics.reference import reference_gradients
+from ep_core.numerics.relaxation import Nudge, input_drive, relax, relax_list
+from ep_core.training.config import build_config, resolve
+from ep_core.training.learners import EPLearner
 
 
 def straightforward_relax(net, x, states, iterations, order, nudge=None):
@@ -274,7 +274,7 @@ def test_compiled_sweeps_match_eager():
 
 def build_tiny(arch):
     torch.manual_seed(0)
-    from ep_core.networks import build_network
+    from ep_core.numerics.networks import build_network
 
     return build_network(arch, width=1 / 16, input_size=16)
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from test_grid import load
 
-from ep_core import grid
+from ep_core.pipeline import grid
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "pipeline" / "tiny.yaml"

@@ -1,4 +1,4 @@
-"""The bf16 bulk of the free phase (`ep.bf16_sweeps`, `ep_core.precision`) against full-precision phases."""
+"""The bf16 bulk of the free phase (`ep.bf16_sweeps`, `ep_core.numerics.precision`) against full-precision phases."""
 
 import json
 
@@ -7,14 +7,14 @@ import torch
 from conftest import batch, small_net
 from conftest import relative_error as _rel
 
+from ep_core.bench.gradcheck import run_gradcheck
 from ep_core.cli import main
-from ep_core.config import ConfigError, build_config, resolve
-from ep_core.estimators import EquilibriumProp
-from ep_core.gradcheck import run_gradcheck
-from ep_core.learners import EPLearner
-from ep_core.precision import bulk_relax, low_precision_twin
-from ep_core.relaxation import relax
-from ep_core.schedule import update_groups
+from ep_core.numerics.estimators import EquilibriumProp
+from ep_core.numerics.orders import update_groups
+from ep_core.numerics.precision import bulk_relax, low_precision_twin
+from ep_core.numerics.relaxation import relax
+from ep_core.training.config import ConfigError, build_config, resolve
+from ep_core.training.learners import EPLearner
 
 CONVERGED = {"beta": 1e-3, "free_iterations": 20_000, "nudge_iterations": 20_000, "order": "coloring"}
 

@@ -2,8 +2,9 @@ import pytest
 import torch
 from conftest import batch, converged, small_net
 
-from ep_core.networks import build_network
-from ep_core.relaxation import (
+from ep_core.numerics.networks import build_network
+from ep_core.numerics.orders import update_groups
+from ep_core.numerics.relaxation import (
     Nudge,
     fixed_point_residual,
     input_drive,
@@ -11,7 +12,6 @@ from ep_core.relaxation import (
     relax,
     update_layer,
 )
-from ep_core.schedule import update_groups
 
 
 @pytest.mark.parametrize(("arch", "order"), [("vgg5", "even_odd"), ("hopfield_resnet13", "coloring")])

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ep_core import tracking
 from ep_core.cli import main
-from ep_core.config import build_config
-from ep_core.rundir import RECORDS, read_history
-from ep_core.training import train
+from ep_core.tracking import mirror, parent, store
+from ep_core.training.config import build_config
+from ep_core.training.run import train
+from ep_core.training.rundir import RECORDS, read_history
 
 BIN = Path(sys.executable).parent
 # A tiny synthetic run: 4 batches per epoch, a second or so per epoch on one CPU thread.
@@ -173,10 +173,10 @@ def test_the_job_itself_sends_what_an_outage_held_back_when_the_store_answers_ag
     tmp_path, monkeypatch, capsys
 ):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    flaky = Flaky(tracking._client(uri))
-    monkeypatch.setitem(tracking._CLIENTS, uri, flaky)
-    monkeypatch.setattr(tracking, "RETRY_AFTER_S", 0.0)
-    tracker = tracking.RunTracker.for_uri(uri, "ep-core", "flaky")
+    flaky = Flaky(store.store_client(uri))
+    monkeypatch.setitem(store._CLIENTS, uri, flaky)
+    monkeypatch.setattr(mirror, "RETRY_AFTER_S", 0.0)
+    tracker = mirror.RunTracker.for_uri(uri, "ep-core", "flaky")
     real_sync = tracker.sync
 
     def sync(params, rows, *args, **kwargs):
@@ -204,7 +204,7 @@ def test_16_concurrent_first_writers_on_a_fresh_sqlite_store_all_land(tmp_path):
             for i in range(16)]  # fmt: skip
     # forkserver: children forked from a fresh process with torch and mlflow imported (fast, fork-safe)
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["ep_core.training", "ep_core.tracking", "mlflow.tracking"])
+    context.set_forkserver_preload(["ep_core.training.run", "ep_core.tracking.mirror", "mlflow.tracking"])
     with context.Pool(16) as pool:
         codes = pool.map(_first_writer, jobs, chunksize=1)
     assert codes == [0] * 16
@@ -253,16 +253,16 @@ def test_a_bad_tracking_uri_is_a_one_line_error_and_writes_nothing(tmp_path, cap
 def test_the_pipeline_parent_status_follows_the_snakemake_outcome(tmp_path):
     log = tmp_path / "snakemake.log"
     log.write_text("...\nTerminating processes on user request, this might take some time.\n")
-    assert tracking.pipeline_status(log, failed=True) == "KILLED"
-    assert tracking.pipeline_status([str(log)], failed=True) == "KILLED"  # what Snakemake's hooks get
+    assert parent.pipeline_status(log, failed=True) == "KILLED"
+    assert parent.pipeline_status([str(log)], failed=True) == "KILLED"  # what Snakemake's hooks get
     log.write_text("Error in rule train:\n")
-    assert tracking.pipeline_status(log, failed=True) == "FAILED"
-    assert tracking.pipeline_status(None, failed=False) == "FINISHED"
-    init = tracking.init_tracking(f"sqlite:///{tmp_path / 'm.db'}", "pipe", tmp_path / "art", "parent")
+    assert parent.pipeline_status(log, failed=True) == "FAILED"
+    assert parent.pipeline_status(None, failed=False) == "FINISHED"
+    init = parent.init_tracking(f"sqlite:///{tmp_path / 'm.db'}", "pipe", tmp_path / "art", "parent")
     path = tmp_path / "init.json"
     path.write_text(json.dumps(init))
     client = mlflow_client(init["tracking_uri"])
     for status in ("FAILED", "RUNNING", "KILLED", "FINISHED"):
-        tracking.mark_parent(path, status)
+        parent.mark_parent(path, status)
         assert client.get_run(init["parent_run_id"]).info.status == status
-    tracking.mark_parent(tmp_path / "missing.json", "FAILED")  # no init yet: nothing to mark, no error
+    parent.mark_parent(tmp_path / "missing.json", "FAILED")  # no init yet: nothing to mark, no error

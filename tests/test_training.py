@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ep_core.config import build_config
-from ep_core.records import HISTORY_MEASUREMENTS
-from ep_core.training import train
+from ep_core.training.config import build_config
+from ep_core.training.records import HISTORY_MEASUREMENTS
+from ep_core.training.run import train
 
 # A fast EP run: tiny Hopfield-ResNet13 on synthetic data, 8 batches per epoch.
 FAST = {
@@ -240,7 +240,7 @@ def test_an_existing_run_with_another_configuration_is_refused(reference_run):
 
 def test_per_tensor_learning_rates_reach_the_right_tensors(tmp_path):
     lrs = [0.01 * (i + 1) for i in range(22)]
-    from ep_core.training import prepare
+    from ep_core.training.run import prepare
 
     setup = prepare(fast_config(f"optim.lr={lrs}", "optim.weight_decay=0.0"))
     names = [n for n, _ in setup.model.named_parameters()]
@@ -322,7 +322,7 @@ def test_progress_is_a_bar_on_a_terminal_and_one_line_per_epoch_in_logs(tmp_path
 
 
 def test_an_unexpected_error_is_recorded_as_failed(tmp_path, monkeypatch, capsys):
-    from ep_core.learners import EPLearner
+    from ep_core.training.learners import EPLearner
 
     calls = {"n": 0}
     original = EPLearner.train_step
@@ -345,8 +345,8 @@ def test_an_unexpected_error_is_recorded_as_failed(tmp_path, monkeypatch, capsys
 
 
 def test_warm_start_only_carries_states_of_the_same_batch_size(monkeypatch):
-    from ep_core.estimators import EquilibriumProp
-    from ep_core.training import prepare
+    from ep_core.numerics.estimators import EquilibriumProp
+    from ep_core.training.run import prepare
 
     setup = prepare(fast_config())
     x, y = next(setup.data.train_batches(epoch=0, batch_size=12, seed=0))

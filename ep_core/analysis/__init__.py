@@ -1,4 +1,5 @@
-"""Analysis of finished runs and benchmarks: the pipeline's tables and figures.
+"""Tables and figures from run directories and bench JSON, never from MLflow: the paper's table beside
+ours, ablations, depth and hyper-parameter studies, convergence, profiles, weight distributions.
 
 Inputs are run directories written by `ep-core train --out DIR` and JSON files from `ep-core bench --json`;
 every figure is written as PNG and PDF (same stem) and every table as CSV and markdown. Functions take data

@@ -21,7 +21,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..checkpoint import atomic_write_bytes
+from ..training.checkpoint import atomic_write_bytes
 
 PathLike = str | Path
 STYLE = {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..checkpoint import atomic_write_text
+from ..training.checkpoint import atomic_write_text
 
 DASH = "–"  # an absent value (no runs, no paper figure), distinct from a measured 0
 

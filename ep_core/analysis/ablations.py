@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 import seaborn as sns
 
+from ..training.rundir import COMPLETED, UNSUCCESSFUL
 from . import _markdown as md
 from ._figures import PALETTE, PathLike, figure, grid_shape, hide_unused, no_data
-from .runs import COMPLETED, FAILED, label, seed_stats
+from .runs import label, seed_stats
 
 RESIDUAL_VARIANTS = ("hopfield_resnet13", "hopfield_plain13")
 ACTIVATION_ORDER = ("relu6", "relu1", "relu_random")  # the paper's ranking, best first
@@ -33,7 +34,7 @@ METRIC_LABELS = {
 def _counts_label(name: str, runs: pd.DataFrame) -> str:
     """'Hopfield-ResNet13 (3 runs; 1 diverged, not shown)' from one series' per-run statuses."""
     ok = int((runs["status"] == COMPLETED).sum())
-    bad = int(runs["status"].isin(FAILED).sum())
+    bad = int(runs["status"].isin(UNSUCCESSFUL).sum())
     text = f"{name} ({ok} run{'s' if ok != 1 else ''}"
     return text + (f"; {bad} diverged/failed, not shown)" if bad else ")")
 

@@ -17,12 +17,12 @@ import torch
 import yaml
 from torch import nn
 
-from ..config import build_config, resolve
-from ..datasets import dataset_info, load_data
-from ..networks import HopfieldNetwork
-from ..relaxation import Nudge, input_drive, relax
-from ..schedule import ORDERS, update_groups
-from ..training import build_model
+from ..numerics.networks import HopfieldNetwork
+from ..numerics.orders import ORDERS, update_groups
+from ..numerics.relaxation import Nudge, input_drive, relax
+from ..training.config import build_config, resolve
+from ..training.datasets import dataset_info, load_data
+from ..training.run import build_model
 from ._figures import PALETTE, PathLike, figure, no_data
 
 ORDER_LABELS = {

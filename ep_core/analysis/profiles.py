@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..benchmark import BP_TWIN
-from ..naming import network_name
+from ..numerics.backprop import BP_TWIN
+from ..numerics.naming import network_name
 from . import _markdown as md
 from ._figures import PALETTE, PathLike, figure, no_data
 from .runs import label

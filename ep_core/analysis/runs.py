@@ -1,6 +1,7 @@
 """Finished training runs as tables: one row per run (`load_runs`), one per run × epoch (`load_history`).
 
-A run directory is what `ep-core train --out DIR` leaves (see `ep_core.records`). Its identity (dataset,
+A run directory is what `ep-core train --out DIR` leaves (see
+`ep_core.training.records`). Its identity (dataset,
 architecture, algorithm, activation, seed, width, ...) is read from the configuration saved in
 `metrics.json`, or from `config.yaml` when the run has not ended (no `metrics.json` yet: status
 "incomplete"). Accuracies are copied as recorded, whatever the status; the tables decide what to average
@@ -18,14 +19,13 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ..config import BP_ARCHS
-from ..naming import blocks_of, layers_of, network_name, network_of_config, skips_of
+from ..numerics.naming import blocks_of, layers_of, network_name, network_of_config, skips_of
+from ..training.config import BP_ARCHS
+from ..training.rundir import COMPLETED, UNSUCCESSFUL
 
 PathLike = str | Path
 
-COMPLETED = "completed"
 INCOMPLETE = "incomplete"  # no metrics.json: still running, killed, or never started
-FAILED = ("diverged", "failed")
 
 # The paper's table names the BP twin of VGG5 "vgg5" (paper_results.csv); its EP graphs keep their names.
 TABLE_ARCH = {"vgg5_bp": "vgg5", "resnet13": "resnet13"}
@@ -97,7 +97,7 @@ def seed_stats(runs: pd.DataFrame, keys: list[str], stats: Iterable[str]) -> pd.
 
     def summary(group: pd.DataFrame) -> pd.Series:
         ok = group[group["status"] == COMPLETED]
-        out: dict[str, float] = {"n": len(ok), "n_failed": int(group["status"].isin(FAILED).sum())}
+        out: dict[str, float] = {"n": len(ok), "n_failed": int(group["status"].isin(UNSUCCESSFUL).sum())}
         for stat in stats:
             values = ok[stat].dropna()
             out[f"{stat}_mean"] = values.mean() if len(values) else math.nan

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..training.rundir import COMPLETED, UNSUCCESSFUL
 from . import _markdown as md
-from .runs import COMPLETED, INCOMPLETE, label
+from .runs import INCOMPLETE, label
 
 PROTOCOLS = {"final": "final_test_acc", "val_selected": "val_selected_test_acc", "best_test": "best_test_acc"}
 PRIOR_EP = "ep_prior_best"  # paper_results.csv: the best earlier EP result the paper quotes
@@ -32,7 +33,6 @@ KEY = ["dataset", "architecture", "algorithm"]
 SETTING = ["width", "epochs", "free_iterations", "nudge_iterations"]
 PAPER_SETTING = {"width": 1.0, "epochs": 300}
 PAPER_EP_ITERATIONS = {"free_iterations": 120, "nudge_iterations": 50}
-FAILED = ("diverged", "failed")
 
 
 def read_paper_results(path: str | Path) -> pd.DataFrame:
@@ -48,7 +48,7 @@ def _summary(group: pd.DataFrame) -> pd.Series:
     ok = group[group["status"] == COMPLETED]
     out: dict[str, float | int | str] = {
         "n": len(ok),
-        "n_failed": int(group["status"].isin(FAILED).sum()),
+        "n_failed": int(group["status"].isin(UNSUCCESSFUL).sum()),
         "n_incomplete": int((group["status"] == INCOMPLETE).sum()),
         # Listed so that two runs of one seed (counted as two samples) are visible in the CSV.
         "seeds": ",".join(str(s) for s in sorted(ok["seed"])),

@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..training.rundir import COMPLETED
 from . import _markdown as md
 from ._figures import PALETTE, PathLike, figure, grid_shape, hide_unused, no_data
-from .runs import COMPLETED, label, read_run
+from .runs import label, read_run
 
 GRAPH = {"hopfield_resnet13": "resnet13", "resnet13": "resnet13", "vgg5": "vgg5"}  # table_arch -> graph
 NEAR_ZERO = "frac_below_0.1_init"

@@ -1,11 +1,12 @@
-# Helpers for the rules: every answer comes from ep_core.grid, which is where the logic is tested.
+# Helpers for the rules: every answer comes from ep_core.pipeline.grid, which is where the logic is tested.
 from snakemake.io import report as in_report  # `report` itself is a Snakefile keyword
 
-from ep_core import grid
+from ep_core.pipeline import grid
 
 # A bad dataset, arch or setting fails here, before any job starts.
 RUNS = grid.validate_grid(config)
 RUN_BY_PATH = {run.path: run for run in RUNS}
+DOWNLOADS = grid.datasets_to_download(config)
 GPUS = grid.gpus_by_path(config)
 PROFILES = {spec.name: spec for spec in grid.profile_specs(config)}
 
@@ -26,7 +27,7 @@ def run_files(runs, name):
 
 def data_marker(wildcards):
     dataset = run_of(wildcards).dataset
-    if dataset in grid.TORCHVISION_DATASETS:
+    if dataset in DOWNLOADS:
         return f"{config['data_dir']}/.{dataset}.ready"
     return []
 

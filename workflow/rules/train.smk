@@ -1,6 +1,6 @@
-# One training run per run directory of the grid (ep_core.grid.RunSpec.path). The checkpoint lives in
+# One training run per run directory of the grid (ep_core.pipeline.grid.RunSpec.path). The checkpoint lives in
 # the run directory but is not a declared output, so Snakemake never deletes it: a re-submitted job resumes.
-# A run on resources.train.gpus > 1 GPUs is launched by the job on that many processes (ep_core.launch:
+# A run on resources.train.gpus > 1 GPUs is launched by the job on that many processes (ep_core.pipeline.launch:
 # torchrun here, srun inside a SLURM allocation of as many tasks).
 
 

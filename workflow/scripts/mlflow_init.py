@@ -8,7 +8,8 @@ import datetime
 import json
 from pathlib import Path
 
-from ep_core.tracking import default_tracking_uri, init_tracking
+from ep_core.tracking.parent import init_tracking
+from ep_core.tracking.store import default_tracking_uri
 
 root = Path(snakemake.output[0]).parent
 uri = snakemake.params.tracking_uri or default_tracking_uri(root)

@@ -9,7 +9,7 @@ sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 import json
 from pathlib import Path
 
-from ep_core.tracking import log_to_parent, summarise_parent
+from ep_core.tracking.parent import log_to_parent, summarise_parent
 
 init = json.loads(Path(snakemake.input.init).read_text())
 summary = summarise_parent(init, [Path(p) for p in snakemake.input.metrics])

@@ -3,7 +3,7 @@
 A diverged run is a result (recorded with status 'diverged' and counted by the tables), so it exits 0;
 a crash exits non-zero and the job fails (re-running resumes from the checkpoint). The log records when
 each attempt started and finished (the pipeline test checks that no profile job overlaps it). A run on
-more than one GPU is launched on that many processes (ep_core.launch.train_job)."""
+more than one GPU is launched on that many processes (ep_core.pipeline.launch.train_job)."""
 
 import sys
 import time
@@ -11,7 +11,7 @@ import time
 sys.stderr = sys.stdout = open(snakemake.log[0], "a")
 print(f"job started at {time.time():.6f}", flush=True)
 
-from ep_core.launch import train_job
+from ep_core.pipeline.launch import train_job
 
 params = snakemake.params
 status = train_job(

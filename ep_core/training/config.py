@@ -20,17 +20,20 @@ from typing import Any
 
 import yaml
 
-from .activations import ACTIVATIONS, AUTHORS_ALPHA_RANGE
-from .costs import COSTS
-from .estimators import VARIANTS
+from ..numerics.activations import ACTIVATIONS, AUTHORS_ALPHA_RANGE
+from ..numerics.backprop import BP_NETWORKS
+from ..numerics.costs import COSTS
+from ..numerics.estimators import VARIANTS
+from ..numerics.networks import NETWORKS
+from ..numerics.orders import ORDERS
+from ..numerics.relaxation import SOLVERS
+from .datasets import DATASETS
+from .datasets import PRESETS as DATA_PRESETS
 from .recipes import RECIPES, apply_recipe
-from .relaxation import SOLVERS
-from .schedule import ORDERS
 
-EP_ARCHS = ("vgg5", "hopfield_resnet13", "hopfield_plain13", "hopfield_resnet", "hopfield_plain")
-BP_ARCHS = ("resnet13", "vgg5_bp")
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
-PRESETS = ("auto", "authors_ep", "authors_bp_resnet", "authors_bp_vgg", "plain")
+EP_ARCHS = tuple(NETWORKS)
+BP_ARCHS = BP_NETWORKS
+PRESETS = ("auto", *DATA_PRESETS)  # auto: the authors' recipe for the model
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULERS = ("cosine", "none")
 

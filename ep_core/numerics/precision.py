@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import torch
 
 from .networks import HopfieldNetwork
+from .orders import Groups
 from .relaxation import relax_list
-from .schedule import Groups
 from .sweep import RelaxStats, States, input_drive
 
 LOW_PRECISION = torch.bfloat16

@@ -25,14 +25,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .config import BP_ARCHS, EP_ARCHS, RunConfig, build_config, resolve
-from .datasets import DATASETS
-from .naming import BLOCK_ARCHS, canonical_network, network_name, network_slug
+from ..numerics.activations import ACTIVATIONS
+from ..numerics.backprop import BP_TWIN
+from ..numerics.naming import BLOCK_ARCHS, canonical_network, network_name, network_slug
+from ..training.config import BP_ARCHS, EP_ARCHS, RunConfig, build_config, resolve
+from ..training.datasets import DATASETS, DOWNLOADABLE
 
 STUDY_KINDS = ("main", "activation_ablation", "residual_ablation", "depth_ablation", "sweep")
-TORCHVISION_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
 BP_ACTIVATION = "relu"
-EP_ACTIVATIONS = ("relu6", "relu1", "relu_random")
 # Keys a study's runs are identified by: a study may not set them through `settings` or `sweep`.
 IDENTITY_KEYS = ("data.name", "data.data_dir", "model.arch", "model.blocks", "model.activation", "train.seed")
 
@@ -181,7 +181,7 @@ def study_runs(config: dict[str, Any], study: str) -> list[RunSpec]:
         return []
     _check(f"studies.{study}.kind", [s["kind"]], STUDY_KINDS)
     _check(f"studies.{study}.datasets", s["datasets"], DATASETS)
-    _check(f"studies.{study}.activations", s.get("activations", []), EP_ACTIVATIONS)
+    _check(f"studies.{study}.activations", s.get("activations", []), ACTIVATIONS)
     seeds = s.get("seeds", config["seeds"])
     points = _study_points(study, s)
     runs = []
@@ -324,9 +324,9 @@ def check_against_network(run_config: RunConfig) -> None:
         return
     import torch
 
-    from .datasets import dataset_info
-    from .optimization import per_tensor
-    from .training import build_model
+    from ..training.datasets import dataset_info
+    from ..training.optimization import per_tensor
+    from ..training.run import build_model
 
     with torch.device("meta"):
         model = build_model(resolve(run_config), dataset_info(run_config.data.name))
@@ -336,7 +336,7 @@ def check_against_network(run_config: RunConfig) -> None:
 
 
 def datasets_to_download(config: dict[str, Any]) -> list[str]:
-    return sorted({r.dataset for r in all_runs(config)} & set(TORCHVISION_DATASETS))
+    return sorted({r.dataset for r in all_runs(config)} & set(DOWNLOADABLE))
 
 
 def profile_specs(config: dict[str, Any]) -> list[ProfileSpec]:
@@ -364,9 +364,6 @@ def profile_args(config: dict[str, Any], spec: ProfileSpec) -> list[str]:
     if spec.blocks is not None:
         args += ["--blocks", str(spec.blocks)]
     return args
-
-
-BP_TWIN = {"hopfield_resnet13": "resnet13", "hopfield_plain13": "resnet13", "vgg5": "vgg5_bp"}
 
 
 def convergence_runs(config: dict[str, Any]) -> list[RunSpec]:

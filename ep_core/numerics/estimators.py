@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .compiled import graphed_phase
 from .costs import check_cost, cost_value, one_hot
-from .fast import graphed_phase
 from .interactions import ConvMaxPoolInteraction, bias_grad
 from .networks import HopfieldNetwork
+from .orders import check_omega, check_order, update_groups
 from .precision import bulk_relax, check_bf16_sweeps
 from .relaxation import check_solver, check_states, relax_list
-from .schedule import check_omega, check_order, update_groups
 from .sweep import Nudge, RelaxStats, States, input_drive
 
 VARIANTS = ("cep", "ep")
@@ -167,7 +167,7 @@ class EquilibriumProp:
     solver: str = "fixed_point"  # free phase; "anderson": Anderson-accelerated (same fixed point)
     nudge_solver: str = "fixed_point"  # nudged phases; "anderson": the ±β copies share their mixing
     anderson_memory: int = 5  # iterates the Anderson solver mixes
-    compile: bool = False  # run the sweeps through torch.compile (ep_core.fast)
+    compile: bool = False  # run the sweeps through torch.compile (ep_core.numerics.compiled)
     cuda_graphs: bool = False  # on CUDA, capture each fixed-length phase as one CUDA graph
     chunk_size: int | None = None  # relax at most this many examples at once (memory); None: the batch
     bf16_sweeps: int = 0  # the free phase's first sweeps in bf16, the rest in full precision (precision.py)

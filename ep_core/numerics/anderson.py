@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from .networks import HopfieldNetwork
-from .schedule import Groups
+from .orders import Groups
 from .sweep import Nudge, RelaxStats, StopTest, independent_groups, sweep
 
 REGULARIZATION = 1e-10  # relative Tikhonov term on the m×m normal equations

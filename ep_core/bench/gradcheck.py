@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .diagnostics import pattern_changes
-from .estimators import EquilibriumProp
-from .networks import build_network
-from .reference import reference_gradients
-from .relaxation import fixed_point_residual, relative_change, relax
+from ..numerics.diagnostics import pattern_changes
+from ..numerics.estimators import EquilibriumProp
+from ..numerics.networks import build_network
+from ..numerics.reference import reference_gradients
+from ..numerics.relaxation import fixed_point_residual, relative_change, relax
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -138,11 +138,11 @@ def run_gradcheck(
     """The report at one setting. On CUDA, `tf32` lets convolutions and matmuls of float32 use TF32
     tensor cores (torch's default for cuDNN convolutions); without it float32 means float32. With
     `bf16_sweeps` the estimate relaxes its own free phase from zeros, its first `bf16_sweeps` sweeps in
-    bf16 (`ep_core.precision`), the rest in `dtype`, while the reference keeps the free state relaxed
+    bf16 (`ep_core.numerics.precision`), the rest in `dtype`, while the reference keeps the free state relaxed
     in `dtype`: the report then says whether the mixed-precision free phase gives the same gradient."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPES)}")
-    from .training import resolve_device
+    from ..training.device import resolve_device
 
     dev = resolve_device(device, "--device")
     with _tf32(tf32):

@@ -17,7 +17,7 @@ import torch
 from .costs import check_cost, cost_grad
 from .interactions import DenseInteraction, bias_view
 from .networks import HopfieldNetwork
-from .schedule import Groups
+from .orders import Groups
 
 States = list[torch.Tensor]
 

@@ -13,7 +13,6 @@ ACTIVATIONS = ("relu6", "relu1", "relu_random")
 
 # The authors' code draws α ~ U(1, 10) with Python's unseeded `random`; the paper says [0, 10].
 AUTHORS_ALPHA_RANGE = (1.0, 10.0)
-PAPER_ALPHA_RANGE = (0.0, 10.0)
 
 
 def check_activation(name: str) -> str:

@@ -4,7 +4,7 @@ A network is a graph: layer 0 is the clamped input x, layers 1..L are free state
 and every edge is an `Interaction` (a bilinear coupling with its own weight). Weights and biases are
 `nn.Parameter`s registered biases first, then weights in the authors' edge order, so parameter order and
 optimizer groups match the authors' code; the clipped-ReLU caps α are a buffer, saved with the weights.
-States are never stored here: they are tensors passed to and returned by `ep_core.relaxation`.
+States are never stored here: they are tensors passed to and returned by `ep_core.numerics.relaxation`.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import build_config
-from .training import train
+from ..training.config import build_config
+from ..training.recipes import RECIPES as NAMED
+from ..training.run import train
 
 BASE: dict[str, Any] = {
     "data": {"name": "digits"},
@@ -169,49 +170,9 @@ def write_tta(result: dict[str, Any], path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def add_parser(sub) -> None:
-    """`ep-core bench-tta`."""
-    p = sub.add_parser(
-        "bench-tta",
-        help="train recipes side by side (digits, several seeds, interleaved): accuracy, wall time, sweeps",
-    )
-    p.add_argument(
-        "--recipe", action="append", default=None, metavar="NAME[:KEY=VALUE,...]",
-        help="a recipe to train: a name of ep.recipe (authors, fast, adaptive) with optional extra "
-        "dotted keys, e.g. 'fast:ep.nudge_iterations=20' (repeatable; default: authors and fast)",
-    )  # fmt: skip
-    p.add_argument("--reference", default="authors", help="the recipe the others are compared with")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    p.add_argument("--epochs", type=int, default=None, help=f"default {BASE['train']['epochs']}")
-    p.add_argument("--width", type=float, default=None, help=f"default {BASE['model']['width']}")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a key for every recipe")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--workdir", default="results/benchmarks/tta-runs", help="where the runs are trained")
-    p.add_argument("--out", default="results/benchmarks/tta.json")
-    p.set_defaults(func=_main)
-
-
 def parse_recipe(text: str) -> tuple[str, list[str]]:
     """'fast:ep.tol=1e-4,ep.order=coloring' -> ('fast:ep.tol=1e-4,...', ['ep.recipe=fast', ...])."""
     name, _, keys = text.partition(":")
-    from .recipes import RECIPES as NAMED
-
     if name not in NAMED:
         raise ValueError(f"--recipe {text!r}: unknown recipe {name!r}; valid choices: {', '.join(NAMED)}")
     return text, [f"ep.recipe={name}", *(k for k in keys.split(",") if k)]
-
-
-def _main(args) -> int:
-    try:
-        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
-    except ValueError:
-        raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-    recipes = dict(parse_recipe(r) for r in args.recipe) if args.recipe else None
-    result = run_tta(
-        recipes=recipes, seeds=seeds, epochs=args.epochs, width=args.width, reference=args.reference,
-        workdir=args.workdir, threads=args.threads, extra=args.set,
-    )  # fmt: skip
-    write_tta(result, args.out)
-    print(format_tta(result))
-    print(f"written: {args.out}")
-    return 0

@@ -22,6 +22,7 @@ import datetime
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ def rendezvous_env(ctx: Context, env: Mapping[str, str] | None = None) -> dict[s
 def select_device(ctx: Context, name: str, key: str = "train.device") -> torch.device:
     """`auto` and `cuda` mean this rank's GPU: cuda:LOCAL_RANK, or cuda:0 when the launcher shows each
     process one GPU (srun --gpus-per-task). A world of one keeps `train.device` as it is."""
-    from .training import resolve_device
+    from .device import resolve_device
 
     device = resolve_device(name, key)
     if not ctx.active or device.type != "cuda":
@@ -371,3 +372,10 @@ def global_batchnorm(model: nn.Module) -> nn.Module:
         else:
             global_batchnorm(child)
     return model
+
+
+def free_port() -> int:
+    """A TCP port no process on this host listens on now: a rendezvous port for a new process group."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]

@@ -24,7 +24,7 @@ import torch
 
 from .costs import check_cost
 from .networks import HopfieldNetwork
-from .schedule import Groups
+from .orders import Groups
 from .sweep import Nudge, RelaxStats, independent_groups, input_drive, relative_residual, sweep
 
 _COMPILED: Callable | None = None

@@ -21,214 +21,43 @@ training run then mirrors itself through a `RunTracker`, which never lets MLflow
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
-from .naming import mlflow_metric_name
-from .rundir import parse_file
+from ..numerics.naming import mlflow_metric_name
+from ..training.checkpoint import atomic_write_text
+from ..training.rundir import (
+    COMPLETED,
+    CONFIG,
+    LINK,
+    RECORDS,
+    UNSUCCESSFUL,
+    RunDirError,
+    flat_params,
+    parse_file,
+    read_history,
+    read_metrics,
+    read_saved_config,
+)
+from .store import (
+    KEY_TAG,
+    RETRY_AFTER_S,
+    MirrorError,
+    TrackingError,
+    bounded,
+    check_uri,
+    experiment_id_for,
+    read_init,
+    store_client,
+)
 
-TRACKING_ENV = "MLFLOW_TRACKING_URI"
-TIMEOUT_ENV = "EP_CORE_MLFLOW_TIMEOUT"
-DEFAULT_TIMEOUT_S = 30.0
-STORE_TIMEOUT_S = 120.0  # creating a store may wait behind other processes' creation (a few seconds each)
-RETRY_AFTER_S = 60.0  # during an outage, a job tries again at most this often (and always at the end)
-LINK = "mlflow.json"
-SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
-STATUS = {"completed": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
-KEY_TAG = "ep_core.key"
+MLFLOW_STATUS = {COMPLETED: "FINISHED"} | dict.fromkeys(UNSUCCESSFUL, "FAILED")
 PROBE_METRIC = "test_acc"  # in every epoch row: which steps MLflow holds
-
-
-class TrackingError(ValueError):
-    """A tracking URI or init file that cannot work: one line naming it and what is allowed."""
-
-
-class MirrorError(Exception):
-    """An MLflow call that failed or did not answer in time (never reaches training)."""
-
-
-def check_uri(uri: str) -> str:
-    scheme = uri.partition(":")[0] if "://" in uri or uri.startswith("sqlite:") else ""
-    if scheme not in SCHEMES:
-        raise TrackingError(
-            f"--mlflow: {uri!r} is not a tracking URI; valid: an init.json file or a URI with scheme "
-            f"{', '.join(SCHEMES)} (e.g. sqlite:///mlflow.db, http://host:5000)"
-        )
-    return uri
-
-
-def timeout_s() -> float:
-    raw = os.environ.get(TIMEOUT_ENV)
-    try:
-        value = float(raw) if raw else DEFAULT_TIMEOUT_S
-    except ValueError:
-        raise TrackingError(f"{TIMEOUT_ENV}: expected seconds, got {raw!r}") from None
-    if not value > 0:
-        raise TrackingError(f"{TIMEOUT_ENV}: must be positive, got {raw!r}")
-    return value
-
-
-def bounded(what: str, call: Callable, *args, timeout: float | None = None, **kwargs) -> Any:
-    """`call(*args, **kwargs)` in a daemon thread; MirrorError if it raises or outlasts `timeout` (a stuck
-    call is abandoned, not killed: the thread dies with the process)."""
-    timeout = timeout_s() if timeout is None else timeout
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = call(*args, **kwargs)
-        except BaseException as error:  # reported to the caller as one line
-            box["error"] = error
-
-    worker = threading.Thread(target=target, name=f"mlflow {what}", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise MirrorError(f"{what}: no answer in {timeout:g} s")
-    if "error" in box:
-        error = box["error"]
-        first = (str(error).strip().splitlines() or [""])[0][:200]
-        raise MirrorError(f"{what}: {type(error).__name__}: {first}")
-    return box.get("value")
-
-
-def _bound_http_client() -> None:
-    # Read by MLflow's client at each request; a user's own settings win.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout_s() / 3))))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-
-
-def sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    rest = uri[len("sqlite:///") :].split("?")[0]
-    return None if rest in ("", ":memory:") else Path(rest)
-
-
-def _open_client(uri: str):
-    from filelock import FileLock
-    from mlflow.tracking import MlflowClient
-
-    _bound_http_client()
-    path = sqlite_path(uri)
-    if path is None:
-        return MlflowClient(tracking_uri=uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # MLflow creates and migrates the tables in its stores' constructors, without a lock (the client's
-    # constructor already builds one); the stores are cached per process, so this runs once per process
-    # and the later processes find the tables made.
-    with FileLock(f"{path}.lock", timeout=STORE_TIMEOUT_S):
-        client = MlflowClient(tracking_uri=uri)
-        _ = client._tracking_client.store
-        _ = client._get_registry_client().store
-    return client
-
-
-_CLIENTS: dict[str, Any] = {}
-
-
-def _client(uri: str):
-    """An MlflowClient for `uri`, its store created (under the lock for sqlite) within a deadline."""
-    if uri not in _CLIENTS:
-        _CLIENTS[uri] = bounded("opening the store", _open_client, uri, timeout=STORE_TIMEOUT_S)
-    return _CLIENTS[uri]
-
-
-def default_tracking_uri(root: Path) -> str:
-    """$MLFLOW_TRACKING_URI if set (a shared server on a cluster), else a sqlite file under `root`."""
-    return os.environ.get(TRACKING_ENV) or f"sqlite:///{(root / 'mlflow.db').resolve()}"
-
-
-def _experiment_id(client, name: str, artifact_root: Path | None = None) -> str:
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    if artifact_root is not None:
-        artifact_root.mkdir(parents=True, exist_ok=True)
-        location = artifact_root.resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # another process created it in between
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
-
-
-def init_tracking(
-    tracking_uri: str, experiment: str, artifact_root: Path | None = None, parent_name: str | None = None
-) -> dict[str, str | None]:
-    """Create (or reuse) the experiment and, with `parent_name`, open a parent run; return the ids.
-    Raises MirrorError (one line) if the store does not answer in time."""
-    client = _client(check_uri(tracking_uri))
-    experiment_id = bounded("creating the experiment", _experiment_id, client, experiment, artifact_root)
-    parent = None
-    if parent_name is not None:
-        parent = bounded("creating the parent run", client.create_run, experiment_id, run_name=parent_name,
-                         tags={"ep_core.role": "pipeline"})  # fmt: skip
-    return {
-        "tracking_uri": tracking_uri,
-        "experiment_id": experiment_id,
-        "parent_run_id": parent.info.run_id if parent else None,
-    }
-
-
-def read_init(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    what = "give a pipeline's results/mlflow/init.json or a tracking URI"
-    if not path.is_file():
-        raise TrackingError(f"{path}: no such init.json; {what}")
-    init = parse_file(path, json.loads, "JSON", what, TrackingError)
-    if not isinstance(init, dict) or "tracking_uri" not in init or "experiment_id" not in init:
-        raise TrackingError(f"{path}: not an init.json (needs tracking_uri and experiment_id)")
-    return init
-
-
-def set_parent_status(init: dict[str, Any], status: str) -> None:
-    client = _client(init["tracking_uri"])
-    bounded(f"marking the parent run {status}", client.set_terminated, init["parent_run_id"], status=status)
-
-
-def pipeline_status(log: str | Path | list | None, failed: bool) -> str:
-    """The parent run's status at the end of a pipeline: FINISHED, KILLED (interrupted by the user:
-    Snakemake's log — one file or the list its hooks receive — says 'Terminating processes on user
-    request') or FAILED."""
-    if not failed:
-        return "FINISHED"
-    text = ""
-    for path in log if isinstance(log, list | tuple) else [log] if log else []:
-        with contextlib.suppress(OSError):  # a log that is gone says nothing
-            text += Path(path).read_text()
-    return "KILLED" if "Terminating processes on user request" in text else "FAILED"
-
-
-def mark_parent(init_path: str | Path, status: str) -> None:
-    """For the Snakefile's onstart/onsuccess/onerror hooks: set the parent run's status; never raises
-    (a pipeline's outcome must not depend on MLflow), one line either way."""
-    if not Path(init_path).exists():
-        return
-    try:
-        init = read_init(init_path)
-        if init.get("parent_run_id"):
-            if status == "RUNNING":
-                client = _client(init["tracking_uri"])
-                bounded("reopening the parent run", client.update_run, init["parent_run_id"], status=status)
-            else:
-                set_parent_status(init, status)
-            print(f"MLflow: parent run {init['parent_run_id']} {status}", file=sys.stderr)
-    except (MirrorError, TrackingError) as error:
-        print(f"warning: MLflow: parent run not marked {status} ({error})", file=sys.stderr)
 
 
 def _scalars(prefix: str, values: dict[str, Any]) -> dict[str, float]:
@@ -336,7 +165,7 @@ class RunTracker:
             self._send_runtime_tags(client, link["run_id"])
             return link["run_id"]
         if not link.get("experiment_id"):
-            link["experiment_id"] = bounded("finding the experiment", _experiment_id, client,
+            link["experiment_id"] = bounded("finding the experiment", experiment_id_for, client,
                                             link["experiment_name"])  # fmt: skip
         found = bounded("searching the run", client.search_runs, [link["experiment_id"]],
                         filter_string=f"tags.`{KEY_TAG}` = '{link['key']}'")  # fmt: skip
@@ -402,10 +231,14 @@ class RunTracker:
         for path in files:
             if path.exists():
                 bounded(f"sending {path.name}", client.log_artifact, run_id, str(path))
-        status = STATUS.get(metrics["status"], "FAILED")
+        status = MLFLOW_STATUS.get(metrics["status"], "FAILED")
         bounded(f"marking the run {status}", client.set_terminated, run_id, status=status)
         self.link["status"] = status
         self._save()
+
+    def resync(self, out: Path) -> bool:
+        """`sync_run(out)`: a finished run directory's records, from its own link file."""
+        return sync_run(out)
 
     def sync(
         self,
@@ -422,7 +255,7 @@ class RunTracker:
         if self.down and not force and time.monotonic() < self.retry_at:
             return False
         try:
-            client = _client(self.link["tracking_uri"])
+            client = store_client(self.link["tracking_uri"])
             run_id = self._open_run(client)
             if not self.link["params_sent"]:
                 self._send_params(client, run_id, params)
@@ -455,65 +288,20 @@ class RunTracker:
         self._save()
 
 
-def summarise_parent(init: dict[str, Any], metrics_files: list[Path]) -> dict[str, Any]:
-    """Close the pipeline's parent run and list its child runs beside each run's metrics.json: the
-    summary says, per run, whether MLflow's final test accuracy equals the run directory's. First each run
-    directory is synced (what an outage held back); MirrorError if MLflow still lacks some."""
-    from .rundir import sync_run
-
-    behind = [
-        path.parent for path in metrics_files if (path.parent / LINK).exists() and not sync_run(path.parent)
-    ]
-    if behind:
-        raise MirrorError(f"MLflow still lacks {len(behind)} run(s), e.g. {behind[0]}; rerun when it answers")
-    client = _client(init["tracking_uri"])
-    children = bounded("listing the pipeline's runs", client.search_runs, [init["experiment_id"]],
-                       filter_string=f"tags.mlflow.parentRunId = '{init['parent_run_id']}'")  # fmt: skip
-    by_id = {run.info.run_id: run for run in children}
-    rows = []
-    for path in metrics_files:
-        metrics = json.loads(path.read_text())
-        link = read_link(path.parent) or {}
-        run_id = link.get("run_id") or metrics.get("mlflow_run_id")
-        run = by_id.get(run_id)
-        mlflow_acc = run.data.metrics.get("summary.final.test_acc") if run else None
-        rows.append({
-            "run_dir": str(path.parent), "status": metrics["status"],
-            "mlflow_run_id": run_id, "mlflow_status": run.info.status if run else None,
-            "test_acc": metrics["final"]["test_acc"], "mlflow_test_acc": mlflow_acc,
-            "consistent": run is not None and mlflow_acc == metrics["final"]["test_acc"],
-        })  # fmt: skip
-    set_parent_status(init, "FINISHED")
-    return {"parent_run_id": init["parent_run_id"], "children": len(children), "runs": rows}
-
-
-STATUSES = ("completed", "diverged", "failed")
-
-
-def log_files_to_parent(init: dict[str, str], files: list[Path], root: Path) -> None:
-    """Log files as artifacts of the pipeline's parent run, under their folder relative to `root`
-    (results/tables/main.md → tables/main.md; results/report.html → report.html)."""
-    client = _client(init["tracking_uri"])
-    for path in map(Path, files):
-        folder = path.resolve().parent.relative_to(root.resolve()).as_posix()
-        client.log_artifact(init["parent_run_id"], str(path), artifact_path=None if folder == "." else folder)
-
-
-def log_to_parent(
-    init: dict[str, str], summary: dict[str, Any], files: list[Path], root: Path
-) -> dict[str, int]:
-    """What a researcher landing on the pipeline's parent run needs: how many runs completed, diverged or
-    failed (metrics `runs/completed`, ... and a tag), the summary itself, and the pipeline's tables and
-    figures as artifacts (`log_files_to_parent`)."""
-    from mlflow.entities import Metric
-
-    client = _client(init["tracking_uri"])
-    run_id = init["parent_run_id"]
-    counts = {status: sum(r["status"] == status for r in summary["runs"]) for status in STATUSES}
-    counts["total"] = len(summary["runs"])
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(f"runs/{k}", float(v), now, 0) for k, v in counts.items()])
-    client.set_tag(run_id, "ep_core.runs", ", ".join(f"{v} {k}" for k, v in counts.items()))
-    client.log_dict(run_id, summary, "summary.json")
-    log_files_to_parent(init, files, root)
-    return counts
+def sync_run(out: str | Path) -> bool:
+    """Send what MLflow lacks of run directory `out` (its link `mlflow.json` says where); True when the
+    MLflow run is level with the directory. A directory never mirrored is a RunDirError."""
+    out = Path(out)
+    if not out.is_dir():
+        raise RunDirError(f"{out}: not a run directory")
+    link = read_link(out)
+    if link is None:
+        raise RunDirError(f"{out}: was never mirrored to MLflow (no mlflow.json); nothing to sync")
+    saved = read_saved_config(out)
+    if saved is None:
+        raise RunDirError(f"{out}: no {CONFIG}; not a run directory")
+    tracker = RunTracker(link, link["run_name"], link.get("tags"))
+    tracker.attach(out, reopen=False)
+    metrics = read_metrics(out)
+    files = [out / name for name in RECORDS] if metrics is not None else []
+    return tracker.sync(flat_params(saved), read_history(out), metrics, files)

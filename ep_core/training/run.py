@@ -7,9 +7,9 @@ resumes from the checkpoint and produces the same history and weights as an unin
 order and augmentation of every batch are functions of (seed, epoch, batch) alone). `metrics.json` is
 written last, with status completed, diverged or failed.
 
-Under `torchrun` or `srun` a run is data-parallel (ep_core.distributed): every rank trains its shard of
-each global batch, rank 0 alone writes the run directory and talks to MLflow. A checkpoint is the same
-file as a single process's: rank 0 gathers every rank's warm-start states (the rows of the global batch)
+Under `torchrun` or `srun` a run is data-parallel (ep_core.training.distributed): every rank trains its
+shard of each global batch, rank 0 alone writes the run directory and talks to MLflow. A checkpoint is the
+same file as a single process's: rank 0 gathers every rank's warm-start states (the rows of the global batch)
 and RNG state into it, so a run resumes with any number of processes, its warm states re-sharded.
 """
 
@@ -23,12 +23,14 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from .backprop import build_bp_network
+from ..numerics.backprop import build_bp_network
+from ..numerics.naming import BLOCK_ARCHS, network_name, network_of_config
+from ..numerics.networks import build_network
 from .checkpoint import (
     StopRequest,
     atomic_write_text,
@@ -39,6 +41,7 @@ from .checkpoint import (
 )
 from .config import BP_ARCHS, ConfigError, RunConfig, dump_config, resolve
 from .datasets import Data, DatasetInfo, load_data
+from .device import resolve_device
 from .distributed import (
     Collective,
     Context,
@@ -48,8 +51,6 @@ from .distributed import (
     select_device,
 )
 from .learners import BPLearner, DivergenceError, EPLearner, StepResult
-from .naming import BLOCK_ARCHS, network_name, network_of_config
-from .networks import build_network
 from .optimization import build_optimizer, build_scheduler
 from .provenance import device_description, git_commit, package_versions
 from .records import initial_scales, write_csv, write_json, write_weight_records
@@ -57,6 +58,7 @@ from .rundir import (
     CHECKPOINT,
     CONFIG,
     HISTORY,
+    LINK,
     METRICS,
     MODEL,
     PREVIOUS_CHECKPOINT,
@@ -66,11 +68,10 @@ from .rundir import (
     prepare_out,
     read_metrics,
     read_saved_config,
-    sync_run,
 )
-from .tracking import LINK, RunTracker
 
-EXIT_COMPLETED, EXIT_FAILED, EXIT_CONFIG, EXIT_DIVERGED = 0, 1, 2, 3
+# `ep-core train`'s exit statuses; 2 (bad input) is every subcommand's, ep_core.cli.EXIT_BAD_INPUT.
+EXIT_COMPLETED, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
 # Keys that do not change what a run computes: a resumed run may differ in them.
 OPERATIONAL_KEYS = {"data.data_dir", "data.num_workers", "train.device", "train.checkpoint_every"}
 BEST_TEST_PROTOCOL = (
@@ -82,19 +83,28 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def resolve_device(name: str, key: str = "train.device") -> torch.device:
-    """`auto` is CUDA when present, else the CPU; `key` names the setting in the one-line errors."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"{key}: {name!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{key}: {name!r} requested but CUDA is not available here")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"{key}: {name!r} is not supported; valid: auto, cpu, cuda, cuda:N")
-    return device
+class Mirror(Protocol):
+    """What a run asks of its tracker (ep_core.tracking.mirror.RunTracker): the run is handed one and
+    never builds one, so training imports nothing from tracking."""
+
+    runtime_tags: dict[str, str]
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    def attach(self, out: Path, resume_run_id: str | None = None, reopen: bool = True) -> None: ...
+
+    def sync(
+        self,
+        params: dict[str, Any],
+        rows: list[dict[str, Any]],
+        metrics: dict[str, Any] | None = None,
+        files: list[Path] = (),
+        stopped: bool = False,
+        force: bool = True,
+    ) -> bool: ...
+
+    def resync(self, out: Path) -> bool: ...
 
 
 @dataclass
@@ -422,7 +432,7 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _write_records(run: Run, status: str, message: str | None, tracker: RunTracker | None) -> None:
+def _write_records(run: Run, status: str, message: str | None, tracker: Mirror | None) -> None:
     """The run's closing files, metrics.json last; a diverged run gets every file a completed one has
     (its weights as they were when it diverged), a failed one only history and metrics. Rank 0 only."""
     if not run.c.ctx.is_writer:
@@ -445,7 +455,7 @@ def train(
     config: RunConfig,
     out: str | Path,
     *,
-    tracker: RunTracker | None = None,
+    tracker: Mirror | None = None,
     threads: int | None = None,
     diverged_ok: bool = False,
 ) -> int:
@@ -470,7 +480,7 @@ def train(
         torch.set_num_threads(previous)
 
 
-def _open(run: Run, config: RunConfig, tracker: RunTracker | None) -> dict[str, Any]:
+def _open(run: Run, config: RunConfig, tracker: Mirror | None) -> dict[str, Any]:
     """Rank 0's part of starting: resume or first attempt, the config record, the MLflow run."""
     out = run.out
     if (out / METRICS).exists():
@@ -486,7 +496,7 @@ def _open(run: Run, config: RunConfig, tracker: RunTracker | None) -> dict[str, 
 
 
 def _train(
-    config: RunConfig, out: Path, collective: Collective, tracker: RunTracker | None, diverged_ok: bool
+    config: RunConfig, out: Path, collective: Collective, tracker: Mirror | None, diverged_ok: bool
 ) -> int:
     setup = prepare(config, collective)  # may raise ConfigError/ValueError: nothing written yet
     config, writer = setup.config, collective.ctx.is_writer
@@ -502,7 +512,7 @@ def _train(
         if writer:
             log(f"{out}: already completed (test_acc {previous['final']['test_acc']:.2f}); nothing to do")
             if tracker is not None and (out / LINK).exists():
-                sync_run(out)  # a run that ended while MLflow was down: send the rest now
+                tracker.resync(out)  # a run that ended while MLflow was down: send the rest now
         return EXIT_COMPLETED
     collective.on_writer(lambda: prepare_out(out))  # a file, or a place that cannot be written: one line
 

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from ..training.distributed import free_port
+
 LAUNCHERS = ("torchrun", "srun")
 
 
@@ -85,12 +87,6 @@ def launch_command(
     return ["srun", "--ntasks", str(nprocs), f"--cpus-per-task={threads}", "--kill-on-bad-exit=1", exe, *args]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
 def launch_env(launcher: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of the launched processes: for srun, where rank 0 listens (this host, a free port)."""
     out = dict(os.environ if env is None else env)
@@ -140,9 +136,9 @@ def train_job(
     its init.json), a diverged run counted as a result. `threads`: the job's CPUs, shared by its
     processes. One GPU: in this process, exactly as `ep-core train`; more: launched on `gpus` processes."""
     if gpus == 1:
-        from .config import build_config
-        from .tracking import RunTracker
-        from .training import train
+        from ..tracking.mirror import RunTracker
+        from ..training.config import build_config
+        from ..training.run import train
 
         tracker = RunTracker.from_file(init, name, tags=dict(tags))
         return train(

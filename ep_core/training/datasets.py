@@ -76,7 +76,7 @@ _INFO = {
 SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "n_train": 256, "n_test": 128, "in_channels": 3, "size": 32, "num_classes": 10, "noise": 1.0, "seed": 0,
 }  # fmt: skip
-_TORCHVISION = ("cifar10", "cifar100", "fashion_mnist")
+DOWNLOADABLE = ("cifar10", "cifar100", "fashion_mnist")
 _DIGITS_TEST, _DIGITS_SPLIT_SEED = 360, 0  # 20% of 1797, rounded up (as scikit-learn would)
 
 
@@ -414,7 +414,7 @@ def load_data(
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     info = _INFO[name]
-    if name in _TORCHVISION:
+    if name in DOWNLOADABLE:
         x, y, x_test, y_test = _load_torchvision(name, Path(data_dir))
     elif name == "digits":
         x, y, x_test, y_test = _load_digits()
@@ -440,7 +440,7 @@ def download(name: str, data_dir: str | Path) -> Path:
     """Fetch ``name`` into ``data_dir`` with torchvision (md5-verified); digits and synthetic need nothing."""
     _check_choice("dataset", name, DATASETS)
     root = Path(data_dir)
-    if name in _TORCHVISION:
+    if name in DOWNLOADABLE:
         from torchvision import datasets as tvd
 
         cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "fashion_mnist": tvd.FashionMNIST}[name]

@@ -11,24 +11,21 @@ Each process gets `--threads` // N torch threads, so every N uses the same cores
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import build_config
-from .config import resolve as resolve_config
-from .distributed import Collective, Context, process_group, shard_bounds
-from .estimators import device_clock
-from .launch import free_port
-from .learners import EPLearner
-from .networks import NETWORKS, build_network
-from .optimization import build_optimizer
+from ..numerics.estimators import device_clock
+from ..numerics.networks import build_network
+from ..training.config import build_config
+from ..training.config import resolve as resolve_config
+from ..training.distributed import Collective, Context, free_port, process_group, shard_bounds
+from ..training.learners import EPLearner
+from ..training.optimization import build_optimizer
 
 
 def _config(args: dict[str, Any]):
@@ -128,54 +125,3 @@ def format_rows(rows: list[dict[str, Any]], args: dict[str, Any]) -> str:
         ]  # fmt: skip
         lines.append("  ".join(cells))
     return "\n".join(lines)
-
-
-def _bench_ddp(args: argparse.Namespace) -> int:
-    from .training import resolve_device
-
-    device = resolve_device(args.device, "--device")
-    if device.type == "cuda" and max(args.processes) > torch.cuda.device_count():
-        raise ValueError(f"--processes: {max(args.processes)} > the {torch.cuda.device_count()} GPUs here")
-    bad = [n for n in args.processes if args.batch_size % n]
-    if bad:
-        raise ValueError(f"--batch-size: {args.batch_size} is not divisible by --processes {bad[0]}")
-    options = {k: getattr(args, k) for k in ("arch", "width", "batch_size", "input_size", "free_iterations",
-               "nudge_iterations", "steps", "warmup", "threads", "processes")}  # fmt: skip
-    options["device"] = "cuda" if device.type == "cuda" else "cpu"
-    started = time.perf_counter()
-    rows = run_ddp_bench(options)
-    print(json.dumps(rows, indent=2) if args.json else format_rows(rows, options))
-    print(f"({time.perf_counter() - started:.0f} s)", flush=True)
-    return 0
-
-
-def add_parser(sub) -> None:
-    from .cli import _at_least, _input_size, _positive
-
-    def counts(text: str) -> list[int]:
-        try:
-            values = [int(v) for v in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-        if not values or min(values) < 1:
-            raise argparse.ArgumentTypeError(f"process counts must be >= 1, got {text!r}")
-        return values
-
-    p = sub.add_parser(
-        "bench-ddp",
-        help="time a data-parallel CEP step at N = 1, 2, ... processes and the all-reduce's share",
-    )
-    p.add_argument("--arch", default="hopfield_resnet13", choices=list(NETWORKS))
-    p.add_argument("--width", type=_positive, default=0.25)
-    p.add_argument("--input-size", type=_input_size, default=32)
-    p.add_argument("--batch-size", type=_at_least(1), default=16, help="the global batch")
-    p.add_argument("--processes", type=counts, default=[1, 2], metavar="N1,N2,...", help="default 1,2")
-    p.add_argument("--free-iterations", type=_at_least(1), default=8)
-    p.add_argument("--nudge-iterations", type=_at_least(1), default=4)
-    p.add_argument("--steps", type=_at_least(1), default=5, help="timed steps per process count")
-    p.add_argument("--warmup", type=_at_least(0), default=1)
-    p.add_argument("--threads", type=_at_least(1), default=torch.get_num_threads(),
-                   help="torch threads shared by the processes (each gets threads // N)")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu (gloo, default) or cuda (NCCL, one GPU per process)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_bench_ddp)

@@ -25,6 +25,10 @@ CHECKPOINT, METRICS, HISTORY, MODEL, CONFIG = (
     "model.pt",
     "config.yaml",
 )
+# What a run directory's metrics.json says of how the run ended (ep_core.training.run writes it).
+STATUSES = ("completed", "diverged", "failed")
+COMPLETED, UNSUCCESSFUL = STATUSES[0], STATUSES[1:]
+LINK = "mlflow.json"  # the run's MLflow link (ep_core.tracking.mirror writes it)
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the one before the latest: the fallback if that is unreadable
 RECORDS = (CONFIG, HISTORY, METRICS, MODEL, "weights_summary.csv", "weights_histograms.json")
 
@@ -120,24 +124,3 @@ def read_history(out: Path) -> list[dict[str, Any]]:
 
 def flat_params(saved: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, section in saved.items() for k, v in section.items()}
-
-
-def sync_run(out: str | Path) -> bool:
-    """Send what MLflow lacks of run directory `out` (its link `mlflow.json` says where); True when the
-    MLflow run is level with the directory. A directory never mirrored is a RunDirError."""
-    from .tracking import RunTracker, read_link
-
-    out = Path(out)
-    if not out.is_dir():
-        raise RunDirError(f"{out}: not a run directory")
-    link = read_link(out)
-    if link is None:
-        raise RunDirError(f"{out}: was never mirrored to MLflow (no mlflow.json); nothing to sync")
-    saved = read_saved_config(out)
-    if saved is None:
-        raise RunDirError(f"{out}: no {CONFIG}; not a run directory")
-    tracker = RunTracker(link, link["run_name"], link.get("tags"))
-    tracker.attach(out, reopen=False)
-    metrics = read_metrics(out)
-    files = [out / name for name in RECORDS] if metrics is not None else []
-    return tracker.sync(flat_params(saved), read_history(out), metrics, files)

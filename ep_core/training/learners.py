@@ -4,13 +4,13 @@ A learner owns no data and no loop: `train_step` takes a batch (and, for EP, the
 from) and returns a `StepResult` of device tensors, so the loop can accumulate them without a device
 synchronisation per batch; `evaluate` runs a split from zero states (EP) or in eval mode (BP).
 
-Data-parallel (a `Collective` of more than one process, ep_core.distributed): the batch a learner gets is
-this rank's shard of a global batch of `batch_size` examples. EP sums each shard's Hebbian terms with
-weight 1/batch_size, all-reduces them, then clips the global norm of the reduced gradient — the
-single-process update of the global batch. Backprop runs DistributedDataParallel (its bucketed gradient
-all-reduce overlaps the backward pass) on a loss scaled so that DDP's average over ranks is the global
-batch's mean, exact for unequal shards too, with every BatchNorm computing global-batch statistics
-(`GlobalBatchNorm2d`). Losses, accuracies and layer statistics are reduced as sums over the global batch.
+Data-parallel (a `Collective` of more than one process, ep_core.training.distributed): the batch a learner
+gets is this rank's shard of a global batch of `batch_size` examples. EP sums each shard's Hebbian terms with
+weight 1/batch_size, all-reduces them, then clips the global norm of the reduced gradient — the single-process
+update of the global batch. Backprop runs DistributedDataParallel (its bucketed gradient all-reduce overlaps
+the backward pass) on a loss scaled so that DDP's average over ranks is the global batch's mean, exact for
+unequal shards too, with every BatchNorm computing global-batch statistics (`GlobalBatchNorm2d`). Losses,
+accuracies and layer statistics are reduced as sums over the global batch.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..numerics.costs import cost_value, one_hot
+from ..numerics.diagnostics import layer_statistic_names, layer_statistics
+from ..numerics.estimators import EquilibriumProp, clip_global_norm, device_clock
+from ..numerics.networks import HopfieldNetwork
+from ..numerics.orders import check_omega, update_groups
+from ..numerics.relaxation import States, relax
 from .config import ConfigError, RunConfig
-from .costs import cost_value, one_hot
-from .diagnostics import layer_statistic_names, layer_statistics
 from .distributed import Collective, global_batchnorm
-from .estimators import EquilibriumProp, clip_global_norm, device_clock
-from .networks import HopfieldNetwork
-from .relaxation import States, relax
-from .schedule import check_omega, update_groups
 
 
 class DivergenceError(RuntimeError):

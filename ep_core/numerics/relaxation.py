@@ -1,9 +1,9 @@
 """Relaxation to equilibrium as a pure function: states in, states and convergence statistics out.
 
-The sweep of block updates itself is `ep_core.sweep`; this module runs sweeps until a budget or a
+The sweep of block updates itself is `ep_core.numerics.sweep`; this module runs sweeps until a budget or a
 tolerance, with a solver picked by name from `SOLVERS` (the plain fixed-point iteration here, Anderson
-mixing in `ep_core.anderson`). Nothing here uses autograd; every drive is a closed-form conv, transposed
-conv or matmul.
+mixing in `ep_core.numerics.anderson`). Nothing here uses autograd; every drive is a closed-form
+conv, transposed conv or matmul.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .anderson import anderson_relax
-from .fast import compiled_sweep
+from .compiled import compiled_sweep
 from .networks import HopfieldNetwork
-from .schedule import Groups, check_omega, update_groups
+from .orders import Groups, check_omega, update_groups
 from .sweep import (  # noqa: F401  (re-exported: the relaxation's public names live here)
     ROUNDING_ULPS,
     Nudge,
@@ -74,7 +74,7 @@ def relax(
     With `tol`, stop as soon as the relative residual of a sweep is ≤ tol (this checks the residual every
     sweep, one device synchronisation each). `drive` is `input_drive(net, x)`, passed in to share it
     between phases. `solver="anderson"` accelerates the same sweeps with Anderson mixing of the last
-    `memory` iterates, projected back onto each hidden layer's box [0, α] (`ep_core.anderson`); it
+    `memory` iterates, projected back onto each hidden layer's box [0, α] (`ep_core.numerics.anderson`); it
     converges to a fixed point of the same sweeps and counts one iteration per sweep. `compile` runs the
     sweeps through `torch.compile` (same results to rounding). `omega` over-relaxes every layer update
     (SOR, `sweep.sweep`; the order must then be a proper colouring). Returns the new states (the inputs
@@ -119,7 +119,8 @@ def relax_list(
     tensors never modified), so a state no one else holds is freed as soon as its layer is updated — no
     previous copy is kept. The states may stack copies of x's batch (x's drive is broadcast over them).
     `cache` (a dict) keeps the max-pool argmax of the final states for the caller. `compile` runs every
-    sweep after the first through `torch.compile` (`ep_core.fast.compiled_sweep`; fixed-point solver).
+    sweep after the first through `torch.compile` (`ep_core.numerics.compiled.compiled_sweep`;
+    fixed-point solver).
     With `reference` (the B-example states a nudged phase started from), `tol` compares a sweep's change
     with the displacement from them instead of with the states (`sweep.StopTest`): a nudge moves the
     states little, so measured against the whole state a nudged phase would stop long before its

@@ -32,20 +32,22 @@ import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .backprop import build_bp_network
-from .estimators import EquilibriumProp, device_clock
-from .flops import bp_flops, ep_step_flops, iteration_flops, minimal_kernel_set
-from .naming import BLOCK_ARCHS
-from .networks import HopfieldNetwork, build_network
-from .relaxation import input_drive, relax, relax_list
-from .schedule import ORDERS, update_groups
-from .training import resolve_device
+import ep_core
 
-BP_TWIN = {"hopfield_resnet13": "resnet13", "hopfield_plain13": "resnet13", "vgg5": "vgg5_bp"}
+from ..numerics.backprop import BP_TWIN, build_bp_network
+from ..numerics.estimators import EquilibriumProp, device_clock
+from ..numerics.flops import bp_flops, ep_step_flops, iteration_flops, minimal_kernel_set
+from ..numerics.naming import BLOCK_ARCHS
+from ..numerics.networks import HopfieldNetwork, build_network
+from ..numerics.orders import ORDERS, update_groups
+from ..numerics.relaxation import input_drive, relax, relax_list
+from ..training.device import resolve_device
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
@@ -282,11 +284,11 @@ def peak_memory(kinds: list[str], spec: dict) -> list[dict | None]:
     a probe that failed or where /proc is missing (not Linux)."""
     if spec["device"] == "cpu" and not os.path.exists("/proc/self/status"):
         return [None] * len(kinds)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # import this very ep_core
+    root = str(Path(ep_core.__file__).resolve().parent.parent)  # import this very ep_core
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", PYTHONPATH=path)
     code = (
-        "import json, sys; from ep_core.benchmark import _memory_probe; "
+        "import json, sys; from ep_core.bench.step import _memory_probe; "
         "print(json.dumps(_memory_probe(json.loads(sys.argv[1]))))"
     )
     procs = []

@@ -1,0 +1,6 @@
+"""Measurements: the training-step bench (`step`), time to accuracy of recipes (`tta`), the
+data-parallel step (`ddp`), and gradient checks against the reference gradient (`gradcheck`).
+
+Each returns plain data (dicts, JSON, formatted text); arguments are parsed by ep_core.cli. Imports
+numerics, training and tracking; never pipeline, analysis or cli.
+"""

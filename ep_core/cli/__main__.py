@@ -1,0 +1,7 @@
+"""`python -m ep_core.cli ...` is `ep-core ...`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

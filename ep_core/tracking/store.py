@@ -1,0 +1,161 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..training.rundir import parse_file
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+
+TIMEOUT_ENV = "EP_CORE_MLFLOW_TIMEOUT"
+
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+STORE_TIMEOUT_S = 120.0  # creating a store may wait behind other processes' creation (a few seconds each)
+
+
+RETRY_AFTER_S = 60.0  # during an outage, a job tries again at most this often (and always at the end)
+
+
+SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
+
+
+KEY_TAG = "ep_core.key"
+
+
+class TrackingError(ValueError):
+    """A tracking URI or init file that cannot work: one line naming it and what is allowed."""
+
+
+class MirrorError(Exception):
+    """An MLflow call that failed or did not answer in time (never reaches training)."""
+
+
+def check_uri(uri: str) -> str:
+    scheme = uri.partition(":")[0] if "://" in uri or uri.startswith("sqlite:") else ""
+    if scheme not in SCHEMES:
+        raise TrackingError(
+            f"--mlflow: {uri!r} is not a tracking URI; valid: an init.json file or a URI with scheme "
+            f"{', '.join(SCHEMES)} (e.g. sqlite:///mlflow.db, http://host:5000)"
+        )
+    return uri
+
+
+def timeout_s() -> float:
+    raw = os.environ.get(TIMEOUT_ENV)
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise TrackingError(f"{TIMEOUT_ENV}: expected seconds, got {raw!r}") from None
+    if not value > 0:
+        raise TrackingError(f"{TIMEOUT_ENV}: must be positive, got {raw!r}")
+    return value
+
+
+def bounded(what: str, call: Callable, *args, timeout: float | None = None, **kwargs) -> Any:
+    """`call(*args, **kwargs)` in a daemon thread; MirrorError if it raises or outlasts `timeout` (a stuck
+    call is abandoned, not killed: the thread dies with the process)."""
+    timeout = timeout_s() if timeout is None else timeout
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call(*args, **kwargs)
+        except BaseException as error:  # reported to the caller as one line
+            box["error"] = error
+
+    worker = threading.Thread(target=target, name=f"mlflow {what}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise MirrorError(f"{what}: no answer in {timeout:g} s")
+    if "error" in box:
+        error = box["error"]
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        raise MirrorError(f"{what}: {type(error).__name__}: {first}")
+    return box.get("value")
+
+
+def _bound_http_client() -> None:
+    # Read by MLflow's client at each request; a user's own settings win.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout_s() / 3))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///") :].split("?")[0]
+    return None if rest in ("", ":memory:") else Path(rest)
+
+
+_CLIENTS: dict[str, Any] = {}  # one client per tracking URI and process
+
+
+def _open_client(uri: str):
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    _bound_http_client()
+    path = sqlite_path(uri)
+    if path is None:
+        return MlflowClient(tracking_uri=uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # MLflow creates and migrates the tables in its stores' constructors, without a lock (the client's
+    # constructor already builds one); the stores are cached per process, so this runs once per process
+    # and the later processes find the tables made.
+    with FileLock(f"{path}.lock", timeout=STORE_TIMEOUT_S):
+        client = MlflowClient(tracking_uri=uri)
+        _ = client._tracking_client.store
+        _ = client._get_registry_client().store
+    return client
+
+
+def store_client(uri: str):
+    """An MlflowClient for `uri`, its store created (under the lock for sqlite) within a deadline."""
+    if uri not in _CLIENTS:
+        _CLIENTS[uri] = bounded("opening the store", _open_client, uri, timeout=STORE_TIMEOUT_S)
+    return _CLIENTS[uri]
+
+
+def default_tracking_uri(root: Path) -> str:
+    """$MLFLOW_TRACKING_URI if set (a shared server on a cluster), else a sqlite file under `root`."""
+    return os.environ.get(TRACKING_ENV) or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def experiment_id_for(client, name: str, artifact_root: Path | None = None) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if artifact_root is not None:
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        location = artifact_root.resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it in between
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def read_init(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    what = "give a pipeline's results/mlflow/init.json or a tracking URI"
+    if not path.is_file():
+        raise TrackingError(f"{path}: no such init.json; {what}")
+    init = parse_file(path, json.loads, "JSON", what, TrackingError)
+    if not isinstance(init, dict) or "tracking_uri" not in init or "experiment_id" not in init:
+        raise TrackingError(f"{path}: not an init.json (needs tracking_uri and experiment_id)")
+    return init
