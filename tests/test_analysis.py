@@ -32,19 +32,19 @@ from ep_core.analysis import (
     plot_depth_ablation,
     plot_ep_vs_bp,
     plot_residual_ablation,
+    plot_search,
     plot_step_phases,
-    plot_sweep,
     plot_weight_histograms,
     plot_weight_profiles,
     profile_table,
     residual_trace,
-    sweep_table,
+    search_table,
     weight_layers,
     weight_table,
     write_ablation_table,
     write_depth_table,
     write_profile_table,
-    write_sweep_table,
+    write_search_table,
     write_table,
     write_weight_table,
 )
@@ -621,9 +621,9 @@ def test_no_inputs_give_empty_tables_and_figures_that_say_so(tmp_path):
     table = main_table(runs, PAPER_CSV)
     assert table.empty  # rows the grid did not run are left out
     assert ablation_table(runs, history).empty and weight_table(load_weights([])).empty
-    assert depth_table(runs, history).empty and sweep_table(runs, ["ep.beta"]).empty
+    assert depth_table(runs, history).empty and search_table(runs, ["ep.beta"]).empty
     plot_depth_ablation(depth_table(runs, history), tmp_path / "d.png")
-    plot_sweep(sweep_table(runs, ["ep.beta"]), ["ep.beta"], tmp_path / "b.png")
+    plot_search(search_table(runs, ["ep.beta"]), ["ep.beta"], tmp_path / "b.png")
     assert profile_table(load_benchmarks([])).empty
     plot_residual_ablation(history, tmp_path / "r.png")
     plot_activation_ablation(history, tmp_path / "a.png")
@@ -662,7 +662,7 @@ def test_depth_table_and_figure(tmp_path):
     assert_figure(tmp_path / "d.png")
 
 
-def test_a_sweep_chooses_its_setting_on_validation_not_on_test(tmp_path):
+def test_a_search_chooses_its_setting_on_validation_not_on_test(tmp_path):
     dirs = []
     for beta, val_acc, test_acc in ((0.1, 80.0, 90.0), (0.2, 85.0, 70.0), (0.4, 60.0, 95.0)):
         for seed in (0, 1):
@@ -670,14 +670,14 @@ def test_a_sweep_chooses_its_setting_on_validation_not_on_test(tmp_path):
                                  val=test_acc + seed, val_acc=val_acc + seed, best=test_acc,
                                  settings=(f"ep.beta={beta}", "data.val_size=100")))  # fmt: skip
     runs = load_runs(dirs, ["ep.beta"])
-    table = sweep_table(runs, ["ep.beta"])
+    table = search_table(runs, ["ep.beta"])
     assert table["ep.beta"].tolist() == [0.1, 0.2, 0.4] and table["n"].tolist() == [2, 2, 2]
     chosen = table[table["chosen"]].iloc[0]
     assert chosen["ep.beta"] == 0.2 and chosen["val_selected_test_acc_mean"] == 70.5  # not 0.4's 95.5
-    write_sweep_table(table, ["ep.beta"], tmp_path / "s.csv", tmp_path / "s.md")
+    write_search_table(table, ["ep.beta"], tmp_path / "s.csv", tmp_path / "s.md")
     line = next(x for x in (tmp_path / "s.md").read_text().splitlines() if "**chosen**" in x)
     assert "ep.beta = 0.2" in line and "85.5 ± 0.7 (n=2)" in line
-    plot_sweep(table, ["ep.beta"], tmp_path / "s.png")
+    plot_search(table, ["ep.beta"], tmp_path / "s.png")
     assert_figure(tmp_path / "s.png")
 
 

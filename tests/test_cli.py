@@ -40,7 +40,7 @@ def test_gradcheck_table_sweep_and_exit_status(capsys):
     [
         (
             ["gradcheck", "--arch", "vgg5", "--beta", "0"],
-            "ep-core gradcheck: error: centered EP needs beta > 0",
+            "ep-core gradcheck: error: beta must be > 0 (centered EP nudges with -beta and +beta)",
         ),
         (
             ["gradcheck", "--arch", "vgg5", "--width", "-1"],

@@ -1,6 +1,6 @@
 import pytest
 
-from ep_core.training.config import ConfigError, build_config, load_config, resolve
+from ep_core.training.config import ConfigError, build_config, dump_config, load_config, resolve
 
 
 def test_defaults_are_the_authors_per_dataset():
@@ -100,3 +100,49 @@ def test_bad_files(tmp_path):
     bad.write_text("data: 3\n")
     with pytest.raises(ConfigError, match="data: expected a mapping"):
         load_config(bad)
+
+
+def test_a_config_saved_by_an_older_run_still_loads(tmp_path):
+    # the ep section as runs wrote it before EPConfig was built from the estimator's fields (that key order)
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "data: {name: digits}\n"
+        "ep:\n  estimator: ep\n  beta: 0.15\n  free_iterations: 40\n  nudge_iterations: 15\n"
+        "  eval_iterations: 40\n  order: coloring\n  omega: 1.0\n  nudge_omega: null\n  cost: mse\n"
+        "  warm_start: true\n  clip_norm: 1.0\n  tol: 0.001\n  nudge_tol: null\n  batch_phases: true\n"
+        "  solver: anderson\n  nudge_solver: fixed_point\n  anderson_memory: 5\n  channels_last: false\n"
+        "  compile: false\n  cuda_graphs: false\n  chunk_size: null\n  bf16_sweeps: 0\n  recipe: fast\n"
+    )
+    c = resolve(load_config(path))
+    assert (c.ep.estimator, c.ep.free_iterations, c.ep.eval_iterations, c.ep.tol, c.ep.solver) == (
+        "ep",
+        40,
+        40,
+        1e-3,
+        "anderson",
+    )
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config(c))  # what this run saves loads to the same configuration
+    assert load_config(again) == c
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["ep.estimator=ep", "ep.beta=0"],
+            "ep.beta: must be != 0 (one-sided EP nudges with 0 and +beta), got 0.0",
+        ),
+        (
+            ["ep.cuda_graphs=true", "ep.solver=anderson"],
+            "ep.cuda_graphs: needs fixed-length phases (ep.tol and ep.nudge_tol null, ep.solver fixed_point)",
+        ),
+        (["ep.nudge_omega=0"], "ep.nudge_omega: must satisfy 0 < omega < 2, got 0.0"),
+        (["ep.chunk_size=0"], "ep.chunk_size: must be >= 1 or null, got 0"),
+    ],
+)
+def test_estimator_settings_are_checked_by_the_estimator_in_the_configs_words(overrides, message):
+    # the estimator's own check (EquilibriumProp.__post_init__), its message spelt with ep. keys and null
+    with pytest.raises(ConfigError) as info:
+        build_config({}, overrides)
+    assert str(info.value) == message

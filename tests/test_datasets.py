@@ -16,7 +16,7 @@ from ep_core.training.datasets import (
     dataset_info,
     download,
     load_data,
-    training_recipe,
+    training_augmentation,
 )
 
 N_BATCH, N_TEST = 20, 20  # CIFAR-10: 5 training files of 20 images
@@ -106,9 +106,10 @@ def _eval(data, split="test", batch_size=7) -> tuple[torch.Tensor, torch.Tensor]
     return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
 
 
-def _normalised(x_uint8, recipe) -> torch.Tensor:
+def _normalised(x_uint8, augmentation) -> torch.Tensor:
     x = torch.as_tensor(x_uint8).float() / 255
-    return (x - torch.tensor(recipe.mean).view(-1, 1, 1)) / torch.tensor(recipe.std).view(-1, 1, 1)
+    mean, std = (torch.tensor(v).view(-1, 1, 1) for v in (augmentation.mean, augmentation.std))
+    return (x - mean) / std
 
 
 # ---- names, messages ---------------------------------------------------------------------------------
@@ -154,26 +155,26 @@ def test_download_needs_nothing_for_bundled_data_and_keeps_existing_files(root, 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_cifar10_shapes_labels_and_normalisation(preset, root, cifar10_raw):
     data = load_data("cifar10", data_dir=root, preset=preset)
-    recipe = training_recipe("cifar10", preset)
+    augmentation = training_augmentation("cifar10", preset)
     assert (data.num_train, data.num_val, data.num_test) == (100, 0, 20)
     x, y = _eval(data)
     assert x.shape == (20, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert torch.equal(y, torch.as_tensor(cifar10_raw["y_test"]))
-    colour = (torch.tensor(COLOUR) / 255 - torch.tensor(recipe.mean)) / torch.tensor(recipe.std)
+    colour = (torch.tensor(COLOUR) / 255 - torch.tensor(augmentation.mean)) / torch.tensor(augmentation.std)
     torch.testing.assert_close(x[0], colour.view(3, 1, 1).expand(3, 32, 32))
-    torch.testing.assert_close(x[1], _normalised(_gradient(3, 32), recipe))
+    torch.testing.assert_close(x[1], _normalised(_gradient(3, 32), augmentation))
     x, y = _epoch(data)  # augmented: every example once, shapes kept
     assert x.shape == (100, 3, 32, 32) and x.dtype == torch.float32
     assert torch.equal(torch.bincount(y, minlength=10), torch.full((10,), 10))
 
 
 def test_cifar10_std_per_preset():
-    assert training_recipe("cifar10", "authors_ep").std == pytest.approx((0.6069, 0.5982, 0.6030))
-    assert training_recipe("cifar10", "authors_bp_resnet").std == (0.2023, 0.1994, 0.2010)
-    assert training_recipe("cifar10", "authors_bp_vgg").std == (0.2470, 0.2435, 0.2616)
-    assert training_recipe("cifar100", "authors_ep").std == (0.2675, 0.2565, 0.2761)
-    assert ("randaugment", 4) in training_recipe("cifar100", "authors_ep").ops
-    assert ("crop", 4, "constant") in training_recipe("cifar10", "authors_bp_vgg").ops
+    assert training_augmentation("cifar10", "authors_ep").std == pytest.approx((0.6069, 0.5982, 0.6030))
+    assert training_augmentation("cifar10", "authors_bp_resnet").std == (0.2023, 0.1994, 0.2010)
+    assert training_augmentation("cifar10", "authors_bp_vgg").std == (0.2470, 0.2435, 0.2616)
+    assert training_augmentation("cifar100", "authors_ep").std == (0.2675, 0.2565, 0.2761)
+    assert ("randaugment", 4) in training_augmentation("cifar100", "authors_ep").ops
+    assert ("crop", 4, "constant") in training_augmentation("cifar10", "authors_bp_vgg").ops
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -236,7 +237,7 @@ def test_device_flips_and_crops_match_torchvision(name, preset, pad, root):
 def test_augment_false_yields_the_normalised_training_set(root, cifar10_raw):
     data = load_data("cifar10", data_dir=root, preset="authors_ep", augment=False)
     x, y = _epoch(data, batch_size=32)
-    expected = _normalised(cifar10_raw["x"], training_recipe("cifar10", "authors_ep"))
+    expected = _normalised(cifar10_raw["x"], training_augmentation("cifar10", "authors_ep"))
     match = (x[:, None] - expected[None]).abs().amax(dim=(2, 3, 4)) < 1e-6  # (yielded, source)
     assert torch.equal(match.sum(0), torch.ones(100, dtype=torch.long))  # a permutation of the sources
     assert torch.equal(match.sum(1), torch.ones(100, dtype=torch.long))

@@ -11,10 +11,10 @@ from ep_core.numerics.reference import reference_gradients
 from ep_core.numerics.relaxation import ROUNDING_ULPS, relax
 
 
-def _exact(beta, variant="cep", **kw):
+def _exact(beta, estimator="cep", **kw):
     return EquilibriumProp(
         beta=beta,
-        variant=variant,
+        estimator=estimator,
         free_iterations=0,
         nudge_iterations=20_000,
         order="coloring",
@@ -112,7 +112,7 @@ def test_batched_and_separate_phases_agree_and_one_sided_uses_the_free_state():
     )
     for name in a.grads:
         torch.testing.assert_close(a.grads[name], b.grads[name], rtol=1e-10, atol=1e-12)
-    ep = EquilibriumProp(beta=0.1, variant="ep", free_iterations=20, nudge_iterations=20).estimate(
+    ep = EquilibriumProp(beta=0.1, estimator="ep", free_iterations=20, nudge_iterations=20).estimate(
         net, x, y, warm
     )
     assert len(ep.nudged_states) == 1 and ep.stats["free"].iterations == 20
@@ -150,12 +150,18 @@ def test_global_norm_clipping():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"beta": 0.0}, "centered EP needs beta > 0"),
-        ({"beta": -0.1}, "centered EP needs beta > 0"),
-        ({"variant": "ep", "beta": 0.0}, "one-sided EP needs beta != 0"),
-        ({"variant": "holo"}, "unknown estimator 'holo'; valid choices: cep, ep"),
-        ({"cost": "l1"}, "unknown cost 'l1'; valid choices: mse, cross_entropy"),
+        ({"beta": 0.0}, r"beta must be > 0 \(centered EP"),
+        ({"beta": -0.1}, r"beta must be > 0 \(centered EP"),
+        ({"estimator": "ep", "beta": 0.0}, r"beta must be != 0 \(one-sided EP"),
+        ({"estimator": "holo"}, "estimator 'holo' is not allowed; valid choices: cep, ep"),
+        ({"cost": "l1"}, "cost 'l1' is not allowed; valid choices: mse, cross_entropy"),
         ({"beta": float("nan")}, "beta must be finite"),
+        ({"free_iterations": -1}, "free_iterations must be >= 0, got -1"),
+        ({"nudge_iterations": 0}, "nudge_iterations must be >= 1, got 0"),
+        ({"nudge_iterations": 2.5}, "nudge_iterations must be an integer, got 2.5"),
+        ({"tol": 0.0}, "tol must be positive or None, got 0.0"),
+        ({"chunk_size": 0}, r"chunk_size must be >= 1 or None, got 0"),
+        ({"cuda_graphs": True, "solver": "anderson"}, r"cuda_graphs needs fixed-length phases"),
     ],
 )
 def test_bad_estimator_settings(kwargs, message):

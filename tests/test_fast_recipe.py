@@ -77,7 +77,7 @@ def test_paired_mixing_keeps_the_two_copies_symmetric_about_the_free_state(resne
 @pytest.mark.parametrize("arch", ["vgg5", "hopfield_resnet13"])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"batch_phases": False}, {"variant": "ep"}, {"solver": "anderson", "nudge_solver": "anderson"}],
+    [{}, {"batch_phases": False}, {"estimator": "ep"}, {"solver": "anderson", "nudge_solver": "anderson"}],
     ids=["stacked", "separate", "one-sided", "anderson"],
 )
 def test_chunked_estimate_equals_the_whole_batch(arch, options):

@@ -7,9 +7,10 @@ import pytest
 import yaml
 
 from ep_core import build_network
+from ep_core.analysis.runs import algorithm_of
 from ep_core.numerics import naming
 from ep_core.pipeline import grid
-from ep_core.training.config import build_config
+from ep_core.training.config import build_config, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,11 +55,11 @@ def test_the_paper_grid():
         "hopfield_resnet13", "hopfield_plain13", "hopfield_resnet19", "hopfield_plain19", "hopfield_resnet25",
         "hopfield_plain25",
     }  # fmt: skip
-    sweep = grid.runs_of_kind(config, "sweep")
-    assert len(sweep) == 3 * 3 and grid.sweep_keys(config) == ["ep.beta"]
-    assert sweep[0].path == "cifar10/hopfield_resnet13/relu6/data.val_size-5000+ep.beta-0.1/seed0"
+    search = grid.runs_of_kind(config, "search")
+    assert len(search) == 3 * 3 and grid.search_keys(config) == ["ep.beta"]
+    assert search[0].path == "cifar10/hopfield_resnet13/relu6/data.val_size-5000+ep.beta-0.1/seed0"
     # Runs shared by studies are trained once: cifar10 relu6 vgg5/HR13 belong to main and both ablations.
-    assert len(runs) == len(set(main) | set(activation) | set(residual) | set(depth) | set(sweep))
+    assert len(runs) == len(set(main) | set(activation) | set(residual) | set(depth) | set(search))
     assert len(runs) == 30 + 12 + 3 + 12 + 9
     assert grid.datasets_to_download(config) == ["cifar10", "cifar100", "fashion_mnist"]
     # 4 blocks at width 1, batch 16 is hopfield_resnet13 at width 1, batch 16: one job, not two.
@@ -131,27 +132,27 @@ def test_the_demo_grid_replaces_the_papers():
             {
                 "studies": {
                     "s": {
-                        "kind": "sweep",
+                        "kind": "search",
                         "datasets": ["digits"],
                         "archs": ["vgg5"],
-                        "sweep": {"ep.beta": [0.1, 0.2]},
+                        "search": {"ep.beta": [0.1, 0.2]},
                     }
                 }
             },
-            "a sweep chooses its best setting on validation; set data.val_size > 0",
+            "a search chooses its best setting on validation; set data.val_size > 0",
         ),
         (
             {
                 "studies": {
                     "s": {
-                        "kind": "sweep",
+                        "kind": "search",
                         "datasets": ["digits"],
                         "archs": ["vgg5"],
-                        "sweep": {"model.arch": ["vgg5"]},
+                        "search": {"model.arch": ["vgg5"]},
                     }
                 }
             },
-            "studies.s.sweep: model.arch is set by the study's own axes",
+            "studies.s.search: model.arch is set by the study's own axes",
         ),
         (
             {"studies": {"d": {"kind": "depth_ablation", "datasets": ["digits"]}}},
@@ -211,8 +212,37 @@ def test_one_name_per_network():
         run.path == "fashion_mnist/hopfield_resnet19/relu6/seed0"
         and "model.blocks=6" in grid.run_overrides(config, run)
     )
-    assert grid.run_tags(run)["architecture"] == "hopfield_resnet19"
-    assert grid.run_tags(run)["network"] == "Hopfield-ResNet19 (6 blocks)"
+    assert grid.run_tags(config, run)["architecture"] == "hopfield_resnet19"
+    assert grid.run_tags(config, run)["network"] == "Hopfield-ResNet19 (6 blocks)"
+
+
+def test_a_grid_in_the_older_spelling_plans_the_same_runs(tmp_path):
+    # `kind: sweep` with a `sweep:` mapping is how a search was written before it was renamed.
+    old = yaml.safe_load((ROOT / "configs/pipeline_demo.yaml").read_text())
+    beta = old["studies"]["beta"]
+    beta["kind"], beta["sweep"] = "sweep", beta.pop("search")
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    new = load("configs/pipeline_demo.yaml")
+    alone = load("configs/pipeline_demo.yaml") | {"studies": old["studies"]}  # not merged over a search
+    for config in (load(str(tmp_path / "old.yaml")), alone):
+        assert grid.validate_grid(config) == grid.validate_grid(new)
+        assert grid.runs_of_kind(config, "search") == grid.runs_of_kind(new, "search")
+        assert grid.search_keys(config) == ["ep.beta"]
+    # Merged over config.yaml's `search:`, the older `sweep:` of a --configfile is the one that counts.
+    beta["sweep"] = {"ep.beta": [0.3]}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    runs = grid.runs_of_kind(load(str(tmp_path / "old.yaml")), "search")
+    assert [dict(r.settings)["ep.beta"] for r in runs] == [0.3]
+
+
+def test_the_algorithm_tag_is_the_tables_name(tmp_path):
+    config = load("configs/pipeline_demo.yaml")
+    cep, bp = grid.runs_of_kind(config, "main")[0], grid.RunSpec("digits", "resnet13", "relu", 0)
+    (tmp_path / "ep.yaml").write_text("settings: {ep: {ep.estimator: ep}}\n")
+    ep = load("configs/pipeline_demo.yaml", str(tmp_path / "ep.yaml"))
+    for grid_config, run, name in ((config, cep, "cep"), (ep, cep, "ep"), (config, bp, "bp")):
+        saved = resolve(build_config({}, grid.run_overrides(grid_config, run))).to_dict()
+        assert grid.run_tags(grid_config, run)["algorithm"] == algorithm_of(saved) == name
 
 
 def test_a_custom_grid_stands_alone_by_nulling_the_studies_it_does_not_want():

@@ -7,6 +7,7 @@ are checked.
 """
 
 import gc
+import os
 import weakref
 
 import pytest
@@ -332,3 +333,38 @@ def test_speed_keys_reach_the_learner_and_bad_values_are_one_line_errors():
     ):
         with pytest.raises(ValueError, match=message):
             build_config({}, overrides)
+
+
+def test_bench_times_the_learners_own_training_step():
+    from ep_core.bench.step import ep_parts, time_steps
+    from ep_core.bench.workload import BenchSettings, ep_training_step
+
+    s = BenchSettings(arch="vgg5", width=0.0625, input_size=16, batch_size=2)
+    step = ep_training_step(s, torch.device("cpu"))
+    assert isinstance(step.learner, EPLearner) and step.learner.net is step.model
+    assert len(step.optimizer.param_groups) == len(list(step.model.parameters()))  # training's groups
+    samples = time_steps(step, torch.device("cpu"), warmup=1, repeats=2)
+    assert step.warm is not None  # each step warm-starts from the previous one's carry
+    parts = ep_parts(samples)
+    assert parts["update"] == [seconds["step"] for _, seconds in samples]  # the learner's own clock
+    assert parts["minus"] == parts["plus"] == [t / 2 for t in parts["nudged"]]
+    for i, total in enumerate(parts["step"]):
+        assert total >= sum(parts[k][i] for k in ("free", "nudged", "gradient", "update"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="the CPU probe reads /proc")
+def test_memory_probes_import_this_checkout_from_any_directory(tmp_path, monkeypatch):
+    import dataclasses
+
+    from ep_core.bench.memory import peak_memory
+    from ep_core.bench.workload import BenchSettings, EPOptions
+
+    s = BenchSettings(arch="vgg5", width=0.0625, input_size=16, batch_size=2, ep=EPOptions(chunk_size=1),
+                      compare_dtypes=("float64",))  # fmt: skip
+    assert BenchSettings.from_dict(dataclasses.asdict(s)) == s  # what the probe's process rebuilds
+    decoy = tmp_path / "ep_core"  # an ep_core in the working directory must not shadow this one
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy ep_core was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    ep, bp = peak_memory(s, ["ep", "bp"])
+    assert ep["method"] == bp["method"] == "cpu_peak_rss_increment" and ep["peak_rss_mb"] > 0

@@ -21,7 +21,7 @@ from ep_core.pipeline import grid
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "pipeline" / "tiny.yaml"
-GPUS2 = ROOT / "tests" / "pipeline" / "gpus2.yaml"  # over TINY: 2 GPUs per run (the sweep's: 1)
+GPUS2 = ROOT / "tests" / "pipeline" / "gpus2.yaml"  # over TINY: 2 GPUs per run (the search's: 1)
 BIN = Path(sys.executable).parent
 
 
@@ -71,10 +71,10 @@ def test_dry_run_plans_exactly_the_jobs_the_config_implies(tmp_path, configfile)
         counts[rule] == 1 for rule in counts if rule not in ("train", "profile", "download", "convergence")
     )
     assert counts["mlflow_init"] == 1 and counts["all"] == 1
-    # The studies a grid has are the aggregations it plans (depth study, sweep), and nothing else:
+    # The studies a grid has are the aggregations it plans (depth study, search), and nothing else:
     # the Fashion-MNIST-only grid stands alone, with no CIFAR job or download.
     kinds = {s["kind"] for s in grid.studies(config).values()}
-    assert ("depth" in counts) == ("depth_ablation" in kinds) and ("sweep" in counts) == ("sweep" in kinds)
+    assert ("depth" in counts) == ("depth_ablation" in kinds) and ("search" in counts) == ("search" in kinds)
     datasets = {r.dataset for r in grid.all_runs(config)}
     assert all(f"results/runs/{d}/" in result.stdout for d in datasets)
     assert not {"cifar10", "cifar100"} - datasets or "cifar" not in result.stdout
@@ -153,7 +153,7 @@ def _assert_complete(workdir: Path, *configfiles: Path) -> None:
         for a in client.list_artifacts(parent.info.run_id, folder)
     }
     kinds = {study["kind"] for study in grid.studies(config).values()}
-    expected = {"summary.json", "tables/main.md", "figures/sweep.png"}
+    expected = {"summary.json", "tables/main.md", "figures/search.png"}
     expected |= {"figures/depth_ablation.png"} if "depth_ablation" in kinds else set()
     assert expected <= artifacts
 
@@ -202,7 +202,7 @@ def test_the_tiny_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tiny_pi
     assert [p.name for p in (tiny_pipeline / "results/profiles").iterdir()] == [
         "hopfield_resnet13-w0.0625-b2.json"
     ]
-    for name in ("tables/main.csv", "tables/main.md", "tables/depth.md", "tables/sweep.md"):
+    for name in ("tables/main.csv", "tables/main.md", "tables/depth.md", "tables/search.md"):
         assert (tiny_pipeline / "results" / name).stat().st_size > 0
     again = snakemake("--cores", "2", "--directory", str(tiny_pipeline), "--configfile", str(TINY))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -363,3 +364,44 @@ def test_warm_start_only_carries_states_of_the_same_batch_size(monkeypatch):
     setup.learner.train_step(x, y, setup.optimizer, first.carry)  # same size: warm start
     setup.learner.train_step(x[:5], y[:5], setup.optimizer, first.carry)  # the last, smaller batch: zeros
     assert seen[0] is first.carry and seen[1] is None
+
+
+class _RecordingTracker:
+    """A run's Mirror that records, for each sync, the rows sent, `stopped`, `force` and whether the run
+    directory held a checkpoint by then."""
+
+    run_id = None
+
+    def __init__(self, out: Path):
+        self.out, self.syncs, self.runtime_tags = out, [], {}
+
+    def attach(self, out, resume_run_id=None, reopen=True) -> None:
+        pass
+
+    def sync(self, params, rows, metrics=None, files=(), stopped=False, force=True) -> bool:
+        self.syncs.append((len(rows), stopped, force, (self.out / "checkpoint.pt").exists()))
+        return True
+
+    def resync(self, out) -> bool:
+        return True
+
+
+def test_a_signal_during_evaluation_stops_the_run_after_that_epoch(tmp_path, monkeypatch, capsys):
+    from ep_core.training.run import Run
+
+    finish_epoch = Run.finish_epoch
+
+    def finish_under_sigterm(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # caught by the run's StopRequest, seen after the evaluation
+        return finish_epoch(self)
+
+    monkeypatch.setattr(Run, "finish_epoch", finish_under_sigterm)
+    out = tmp_path / "run"
+    tracker = _RecordingTracker(out)
+    assert train(fast_config("train.checkpoint_every=5"), out, tracker=tracker) == 128 + signal.SIGTERM
+    assert "stopped by signal 15; checkpoint saved after epoch 1" in capsys.readouterr().err
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)  # off the checkpoint_every schedule
+    assert (checkpoint["epoch"], checkpoint["next_batch"], len(checkpoint["history"])) == (1, 0, 1)
+    assert _history_rows(out) == 1 and not (out / "metrics.json").exists()
+    # MLflow hears of the epoch once it is checkpointed, then of the stop.
+    assert tracker.syncs == [(0, False, True, False), (1, False, False, True), (1, True, True, True)]

@@ -18,7 +18,7 @@ from .profiles import (
     write_profile_table,
 )
 from .runs import load_history, load_runs
-from .sweep import plot_sweep, sweep_table, write_sweep_table
+from .search import plot_search, search_table, write_search_table
 from .tables import main_table, read_paper_results, write_table
 from .weights import (
     load_weights,
@@ -46,20 +46,20 @@ __all__ = [
     "plot_depth_ablation",
     "plot_ep_vs_bp",
     "plot_residual_ablation",
+    "plot_search",
     "plot_step_phases",
-    "plot_sweep",
     "plot_weight_histograms",
     "plot_weight_profiles",
     "profile_table",
     "read_paper_results",
     "residual_trace",
-    "sweep_table",
+    "search_table",
     "weight_layers",
     "weight_table",
     "write_ablation_table",
     "write_depth_table",
     "write_profile_table",
-    "write_sweep_table",
+    "write_search_table",
     "write_table",
     "write_weight_table",
 ]

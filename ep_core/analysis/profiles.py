@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 
 from ..numerics.backprop import BP_TWIN
 from ..numerics.naming import network_name
@@ -291,15 +292,8 @@ def plot_step_phases(
     devices = sorted(bench["device_name"].astype(str).unique()) or [None]
     phases = phase_times(bench, PAPER_ITERATIONS if project else None)
     steps = np.ceil(CIFAR10_TRAIN / bench["batch_size"]) * PAPER_EPOCHS
-    how = "projected to 120 free + 2 × 50 nudged iterations" if project else "at the bench's iteration counts"
-    caption = (
-        f"Seconds per CEP training step, {how}; number at the end of a bar: hours for {PAPER_EPOCHS} epochs "
-        "of CIFAR-10 at that rate (training steps only, evaluation excluded). Paper: Hopfield-ResNet13 takes "
-        "over 30 h for 300 epochs on one RTX 4090 / RTX 6000 Ada, much of it kernel-launch and "
-        "synchronisation overhead. Error bars: min–max of the bench's repeats (the bar is their median); "
-        f"hatched and marked ⚠ ×(max / min): the repeats disagree by more than ×{max_spread:g}, so the host "
-        "was busy and the bar is not a cost."
-    )
+    hours = phases["step_ms"] / 1e3 * steps / 3600
+    caption = _step_phases_caption(project, max_spread)
     flags = spread(bench, max_spread)
     bars = [max(int((bench["device_name"] == d).sum()), 1) for d in devices]
     panel = (7.5, 1.2 + 0.32 * sum(bars) / len(bars))  # each panel as tall as its bars need
@@ -311,52 +305,95 @@ def plot_step_phases(
     ):
         colors = dict(zip(PHASES, sns.color_palette(PALETTE, len(PHASES)), strict=True))
         for ax, device in zip(axes.flat, devices, strict=True):
-            rows = bench[bench["device_name"] == device]
-            family = rows["arch"].str.rstrip("0123456789").rename("family")  # hopfield_resnet13 with its kin
-            rows = rows.join(family).sort_values(["family", "depth", "width", "batch_size"], kind="stable")
+            rows = _device_cases(bench, device)
             if device is None or rows.empty:
                 no_data(ax, "no bench files")
                 continue
             y = np.arange(len(rows))[::-1]  # first case on top
-            left = np.zeros(len(rows))
-            for column, phase in PHASES.items():
-                seconds = phases.loc[rows.index, column].to_numpy(dtype=float) / 1e3
-                if np.all(np.isnan(seconds)):
-                    continue
-                seconds = np.nan_to_num(seconds)
-                ax.barh(y, seconds, left=left, label=phase, color=colors[column], height=0.7)
-                left += seconds
-            # The repeats' range, scaled like the bar (the projection is linear in the step time).
-            low, high = (
-                left * (rows[f"ep_step_ms_{e}"] / rows["ep_step_ms"]).to_numpy() for e in ("min", "max")
-            )
-            ranged = np.isfinite(low) & np.isfinite(high)
-            if ranged.any():
-                at, lo, hi = left[ranged], low[ranged], high[ranged]
-                ax.errorbar(at, y[ranged], xerr=[at - lo, hi - at], fmt="none", ecolor="black", capsize=2,
-                            elinewidth=0.8, label="min–max of repeats")  # fmt: skip
+            left = _phase_bars(ax, y, phases.loc[rows.index], colors)
             unsteady = flags.loc[rows.index, "unsteady"].to_numpy(dtype=bool)
-            if unsteady.any():
-                ax.barh(y[unsteady], left[unsteady], color="none", edgecolor="black", hatch="///", height=0.7,
-                        label=f"⚠ repeats differ > ×{max_spread:g}")  # fmt: skip
-            hours = phases.loc[rows.index, "step_ms"] / 1e3 * steps[rows.index] / 3600
-            ends = np.where(ranged, high, left)
-            for yy, end, h, bad, (i, r) in zip(y, ends, hours, unsteady, rows.iterrows(), strict=True):
-                if not np.isfinite(h):
-                    continue
-                text = f"{h:.3g} h" if h < 100 else f"{h:,.0f} h"
-                if r["arch"] in PAPER_HOURS_AT_LEAST and _is_paper_setting(r):
-                    text += f" (paper: > {PAPER_HOURS_AT_LEAST[r['arch']]:g} h)"
-                if bad:
-                    worst = flags.loc[i, ["ep_step_spread", "bp_step_spread"]].max()
-                    text += f" ⚠ ×{worst:.2g}"
-                ax.annotate(text, (end, yy), ha="left", va="center", fontsize=7, xytext=(3, 0),
-                            textcoords="offset points")  # fmt: skip
+            ends = _repeat_marks(ax, y, left, rows, unsteady, max_spread)
+            _hour_labels(ax, y, ends, hours.loc[rows.index], unsteady, rows, flags)
             ax.set_yticks(y, [_case_label(r) for _, r in rows.iterrows()], fontsize=8)
             ax.set_xlim(0, ends.max() * 1.4 if ends.max() > 0 else 1)
             ax.set(title=str(device), xlabel="seconds per training step", ylabel="")
             ax.grid(axis="y", visible=False)
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="phase")
+
+
+def _step_phases_caption(project: bool, max_spread: float) -> str:
+    how = "projected to 120 free + 2 × 50 nudged iterations" if project else "at the bench's iteration counts"
+    return (
+        f"Seconds per CEP training step, {how}; number at the end of a bar: hours for {PAPER_EPOCHS} epochs "
+        "of CIFAR-10 at that rate (training steps only, evaluation excluded). Paper: Hopfield-ResNet13 takes "
+        "over 30 h for 300 epochs on one RTX 4090 / RTX 6000 Ada, much of it kernel-launch and "
+        "synchronisation overhead. Error bars: min–max of the bench's repeats (the bar is their median); "
+        f"hatched and marked ⚠ ×(max / min): the repeats disagree by more than ×{max_spread:g}, so the host "
+        "was busy and the bar is not a cost."
+    )
+
+
+def _device_cases(bench: pd.DataFrame, device: str | None) -> pd.DataFrame:
+    """The bench rows of one device in drawing order: by architecture family, depth, width, batch size."""
+    rows = bench[bench["device_name"] == device]
+    family = rows["arch"].str.rstrip("0123456789").rename("family")  # hopfield_resnet13 with its kin
+    return rows.join(family).sort_values(["family", "depth", "width", "batch_size"], kind="stable")
+
+
+def _phase_bars(ax: Axes, y: np.ndarray, phases: pd.DataFrame, colors: dict) -> np.ndarray:
+    """One stacked segment per phase, in seconds (a phase no case timed gets none, and no legend entry);
+    returns where each bar ends, its step time."""
+    left = np.zeros(len(phases))
+    for column, phase in PHASES.items():
+        seconds = phases[column].to_numpy(dtype=float) / 1e3
+        if np.all(np.isnan(seconds)):
+            continue
+        seconds = np.nan_to_num(seconds)
+        ax.barh(y, seconds, left=left, label=phase, color=colors[column], height=0.7)
+        left += seconds
+    return left
+
+
+def _repeat_marks(
+    ax: Axes, y: np.ndarray, left: np.ndarray, rows: pd.DataFrame, unsteady: np.ndarray, max_spread: float
+) -> np.ndarray:
+    """The repeats' min–max as error bars and a hatch over the `unsteady` bars; returns where each bar's
+    marks end (the repeats' max where known, else the bar's end), for its label."""
+    # The repeats' range, scaled like the bar (the projection is linear in the step time).
+    low, high = (left * (rows[f"ep_step_ms_{e}"] / rows["ep_step_ms"]).to_numpy() for e in ("min", "max"))
+    ranged = np.isfinite(low) & np.isfinite(high)
+    if ranged.any():
+        at, lo, hi = left[ranged], low[ranged], high[ranged]
+        ax.errorbar(at, y[ranged], xerr=[at - lo, hi - at], fmt="none", ecolor="black", capsize=2,
+                    elinewidth=0.8, label="min–max of repeats")  # fmt: skip
+    if unsteady.any():
+        ax.barh(y[unsteady], left[unsteady], color="none", edgecolor="black", hatch="///", height=0.7,
+                label=f"⚠ repeats differ > ×{max_spread:g}")  # fmt: skip
+    return np.where(ranged, high, left)
+
+
+def _hour_labels(
+    ax: Axes,
+    y: np.ndarray,
+    ends: np.ndarray,
+    hours: pd.Series,
+    unsteady: np.ndarray,
+    rows: pd.DataFrame,
+    flags: pd.DataFrame,
+) -> None:
+    """Each bar's hours for the paper's epochs at its end: with the paper's figure at the paper's setting,
+    and the repeats' worse spread where they disagree."""
+    for yy, end, h, bad, (i, r) in zip(y, ends, hours, unsteady, rows.iterrows(), strict=True):
+        if not np.isfinite(h):
+            continue
+        text = f"{h:.3g} h" if h < 100 else f"{h:,.0f} h"
+        if r["arch"] in PAPER_HOURS_AT_LEAST and _is_paper_setting(r):
+            text += f" (paper: > {PAPER_HOURS_AT_LEAST[r['arch']]:g} h)"
+        if bad:
+            worst = flags.loc[i, ["ep_step_spread", "bp_step_spread"]].max()
+            text += f" ⚠ ×{worst:.2g}"
+        ax.annotate(text, (end, yy), ha="left", va="center", fontsize=7, xytext=(3, 0),
+                    textcoords="offset points")  # fmt: skip
 
 
 X_LABELS = {"batch_size": "batch size", "width": "width multiplier (1 = 128-256-512-512 channels)",

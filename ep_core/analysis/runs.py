@@ -187,7 +187,7 @@ def _unique(dirs: Iterable[PathLike]) -> list[Path]:
 
 def load_runs(dirs: Iterable[PathLike], keys: Iterable[str] = ()) -> pd.DataFrame:
     """One row per run directory, in the order given, each directory once (see `read_run` for the
-    columns; `keys`: dotted settings to add as columns, e.g. the keys a sweep varies)."""
+    columns; `keys`: dotted settings to add as columns, e.g. the keys a hyper-parameter search varies)."""
     keys = list(keys)
     return pd.DataFrame([read_run(d, keys) for d in _unique(dirs)], columns=[*RUN_COLUMNS, *keys])
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 
 from ..numerics.diagnostics import pattern_changes
-from ..numerics.estimators import EquilibriumProp
-from ..numerics.networks import build_network
+from ..numerics.estimators import EquilibriumProp, GradientEstimate
+from ..numerics.networks import HopfieldNetwork, build_network
 from ..numerics.reference import reference_gradients
 from ..numerics.relaxation import fixed_point_residual, relative_change, relax
 
@@ -172,54 +173,23 @@ def _run(
         "activation": activation, "cost": cost, "tol": tol, "device": str(dev), "tf32": tf32,
         "bf16_sweeps": bf16_sweeps,
     }  # fmt: skip
-
-    def estimator_at(variant: str, b: float) -> EquilibriumProp:
-        return EquilibriumProp(
-            beta=b, variant=variant, free_iterations=max_iterations, nudge_iterations=max_iterations,
-            order=order, cost=cost, tol=tol, clip_norm=None, bf16_sweeps=bf16_sweeps,
-        )  # fmt: skip
-
+    estimator_at = partial(_estimator, max_iterations=max_iterations, order=order, cost=cost, tol=tol,
+                           bf16_sweeps=bf16_sweeps)  # fmt: skip
     ep = estimator_at(estimator, beta)
     for b in sweep:
         estimator_at("cep", b)  # validates every β before any work
-    torch.manual_seed(seed)
-    net = build_network(
-        arch, in_channels=in_channels, num_classes=num_classes, input_size=input_size, width=width,
-        activation=activation, alpha_seed=seed,
-    ).to(device=dev, dtype=DTYPES[dtype])  # fmt: skip
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, in_channels, input_size, input_size, generator=generator)
-    x = x.to(device=dev, dtype=DTYPES[dtype])
-    y = torch.randint(0, num_classes, (batch_size,), generator=generator).to(dev)
-    net.check_input(x)
-
+    net, x, y = _network_and_batch(
+        arch, width=width, activation=activation, input_size=input_size, batch_size=batch_size,
+        in_channels=in_channels, num_classes=num_classes, seed=seed, dev=dev, dtype=DTYPES[dtype],
+    )  # fmt: skip
     free, free_stats = relax(net, x, iterations=max_iterations, order=order, tol=tol)
     reference = reference_gradients(net, x, y, free, cost=cost)
     # The mixed-precision mode is a free phase: the estimate runs its own (from zeros) instead of starting
     # at the reference's fixed point.
-    start = None if bf16_sweeps else free
-    estimate = ep.estimate(net, x, y, start)
-    tensors = []
-    ref_sq = sum(g.pow(2).sum().item() for g in reference.grads.values())
-    for name, g in reference.grads.items():
-        e = estimate.grads[name]
-        cosine = torch.nn.functional.cosine_similarity(e.flatten(), g.flatten(), dim=0).item()
-        tensors.append(
-            TensorCheck(name, list(g.shape), cosine, ((e - g).norm() / g.norm()).item(), g.norm().item())
-        )
-
-    def total_error(est) -> float:
-        num = sum((est.grads[n] - g).pow(2).sum() for n, g in reference.grads.items())
-        return math.sqrt(num.item() / ref_sq)
-
-    rows = []
-    for b in sweep:
-        row: dict = {"beta": b}
-        for variant in ("ep", "cep"):
-            est = estimator_at(variant, b).estimate(net, x, y, start)
-            row[variant] = total_error(est)
-            row[f"{variant}_changes"] = sum(pattern_changes(net, x, free, s) for s in est.nudged_states)
-        rows.append(row)
+    check = _Check(net, x, y, free, start=None if bf16_sweeps else free, reference=reference.grads)
+    estimate = check.estimate(ep)
+    tensors = check.tensors(estimate)
+    rows = [check.sweep_row(estimator_at, b) for b in sweep]
     return GradcheckReport(
         settings=settings,
         tensors=tensors,
@@ -228,16 +198,93 @@ def _run(
         fixed_point_residual=fixed_point_residual(net, x, free),
         nudged_iterations=estimate.stats["nudged"].iterations,
         nudged_residual=estimate.stats["nudged"].residual,
-        pattern_changes=sum(pattern_changes(net, x, free, s) for s in estimate.nudged_states),
+        pattern_changes=check.changes(estimate),
         cg_iterations=reference.cg_iterations,
         cg_residual=reference.cg_residual,
         active_fraction=reference.active_fraction,
         loss=reference.loss,
         **(_own_free_phase(estimate, free) if bf16_sweeps else {}),
-        total_rel_error=total_error(estimate),
+        total_rel_error=check.total_error(estimate),
         sweep=rows,
         slopes={variant: _fitted_slope(rows, variant) for variant in ("ep", "cep")} if rows else {},
     )
+
+
+def _estimator(
+    variant: str, beta: float, *, max_iterations: int, order: str, cost: str, tol: float, bf16_sweeps: int
+) -> EquilibriumProp:
+    """The estimator `variant` at `beta`, every phase relaxed to `tol` within `max_iterations`, unclipped."""
+    return EquilibriumProp(
+        beta=beta, estimator=variant, free_iterations=max_iterations, nudge_iterations=max_iterations,
+        order=order, cost=cost, tol=tol, clip_norm=None, bf16_sweeps=bf16_sweeps,
+    )  # fmt: skip
+
+
+def _network_and_batch(
+    arch: str, *, width: float, activation: str, input_size: int, batch_size: int, in_channels: int,
+    num_classes: int, seed: int, dev: torch.device, dtype: torch.dtype,
+) -> tuple[HopfieldNetwork, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The network, initialised from the global RNG seeded with `seed`, and a random batch (x, y) drawn from
+    a generator of its own seeded alike, so the check is the same whatever ran before it."""
+    torch.manual_seed(seed)
+    net = build_network(
+        arch, in_channels=in_channels, num_classes=num_classes, input_size=input_size, width=width,
+        activation=activation, alpha_seed=seed,
+    ).to(device=dev, dtype=dtype)  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, in_channels, input_size, input_size, generator=generator)
+    x = x.to(device=dev, dtype=dtype)
+    y = torch.randint(0, num_classes, (batch_size,), generator=generator).to(dev)
+    net.check_input(x)
+    return net, x, y
+
+
+@dataclass
+class _Check:
+    """What every estimate is compared on: the network, the batch, its free fixed point, where the
+    estimates' free phase starts (None: from zeros) and the reference gradient."""
+
+    net: HopfieldNetwork
+    x: torch.Tensor
+    y: torch.Tensor
+    free: list[torch.Tensor]
+    start: list[torch.Tensor] | None
+    reference: dict[str, torch.Tensor]
+
+    def estimate(self, ep: EquilibriumProp) -> GradientEstimate:
+        """`ep`'s estimate on the batch, its free phase from `start`."""
+        return ep.estimate(self.net, self.x, self.y, self.start)
+
+    def changes(self, estimate: GradientEstimate) -> int:
+        """Active-set changes (clip boundaries crossed, max-pool argmaxes flipped) the nudges made."""
+        return sum(pattern_changes(self.net, self.x, self.free, s) for s in estimate.nudged_states)
+
+    def tensors(self, estimate: GradientEstimate) -> list[TensorCheck]:
+        """The estimate against the reference, tensor by tensor."""
+        checks = []
+        for name, g in self.reference.items():
+            e = estimate.grads[name]
+            cosine = torch.nn.functional.cosine_similarity(e.flatten(), g.flatten(), dim=0).item()
+            checks.append(
+                TensorCheck(name, list(g.shape), cosine, ((e - g).norm() / g.norm()).item(), g.norm().item())
+            )
+        return checks
+
+    def total_error(self, estimate: GradientEstimate) -> float:
+        """‖ĝ − g‖ / ‖g‖ over all parameter tensors together."""
+        ref_sq = sum(g.pow(2).sum().item() for g in self.reference.values())
+        num = sum((estimate.grads[n] - g).pow(2).sum() for n, g in self.reference.items())
+        return math.sqrt(num.item() / ref_sq)
+
+    def sweep_row(self, estimator_at: Callable[[str, float], EquilibriumProp], beta: float) -> dict:
+        """One point of the β sweep: EP's and CEP's total relative error at `beta` and their active-set
+        changes."""
+        row: dict = {"beta": beta}
+        for variant in ("ep", "cep"):
+            est = self.estimate(estimator_at(variant, beta))
+            row[variant] = self.total_error(est)
+            row[f"{variant}_changes"] = self.changes(est)
+        return row
 
 
 def _own_free_phase(estimate, free) -> dict:

@@ -11,7 +11,7 @@ import torch
 
 from ..bench.ddp import format_rows, run_ddp_bench
 from ..bench.tta import BASE, format_tta, parse_recipe, run_tta, write_tta
-from ..numerics.estimators import VARIANTS
+from ..numerics.estimators import ESTIMATORS
 from ..numerics.networks import NETWORKS
 from ..numerics.orders import ORDERS
 from ..training.device import resolve_device
@@ -40,7 +40,7 @@ def add_gradcheck(sub) -> None:
     )
     p.add_argument("--arch", required=True, choices=list(NETWORKS))
     p.add_argument("--width", type=positive, default=1 / 16, help="channel multiplier (default 1/16)")
-    p.add_argument("--estimator", choices=VARIANTS, default="cep")
+    p.add_argument("--estimator", choices=ESTIMATORS, default="cep")
     p.add_argument("--beta", type=float, default=1e-3)
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     p.add_argument("--input-size", type=input_size, default=32, help="a multiple of 16")
@@ -70,6 +70,7 @@ def _bench(args: argparse.Namespace) -> int:
     import json
 
     from ..bench.step import format_result, run_benchmark
+    from ..bench.workload import BenchSettings, EPOptions
 
     if args.blocks is not None and args.arch not in ("hopfield_resnet", "hopfield_plain"):
         raise ValueError(
@@ -83,18 +84,21 @@ def _bench(args: argparse.Namespace) -> int:
         args.blocks = 4
     args.anderson_memory = 5 if args.anderson_memory is None else args.anderson_memory
     args.schedule_tol = 1e-3 if args.schedule_tol is None else args.schedule_tol
-    result = run_benchmark(
+    options = EPOptions(
+        order=args.order, solver=args.solver, nudge_solver=args.nudge_solver,
+        anderson_memory=args.anderson_memory, compile=args.compile, cuda_graphs=args.cuda_graphs,
+        batch_phases=not args.separate_phases, channels_last=args.channels_last, chunk_size=args.chunk_size,
+        omega=args.omega, bf16_sweeps=args.bf16_sweeps, tol=args.tol,
+    )  # fmt: skip
+    settings = BenchSettings(
         args.arch, width=args.width, batch_size=args.batch_size, free_iterations=args.free_iterations,
         nudge_iterations=args.nudge_iterations, repeats=args.repeats, device=args.device, dtype=args.dtype,
-        blocks=args.blocks, input_size=args.input_size, order=args.order, solver=args.solver,
-        anderson_memory=args.anderson_memory, batch_phases=not args.separate_phases,
-        nudge_solver=args.nudge_solver, chunk_size=args.chunk_size, memory_only=args.memory_only,
-        channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs, tol=args.tol,
-        omega=args.omega, bf16_sweeps=args.bf16_sweeps,
+        blocks=args.blocks, input_size=args.input_size, ep=options, memory_only=args.memory_only,
         overhead_rounds=args.overhead_rounds, measure_bp=not args.no_bp, measure_memory=not args.no_memory,
         schedule_tol=None if args.no_schedules else args.schedule_tol,
         schedule_max_iterations=args.schedule_max_iterations, compare_dtypes=tuple(args.compare_dtype),
     )  # fmt: skip
+    result = run_benchmark(settings)
     text = json.dumps(result, indent=2) if args.json else format_result(result)
     if args.output:  # written whole or not at all: a killed job never leaves a partial report
         from pathlib import Path

@@ -21,7 +21,8 @@ compare directly with the plain fixed-point iteration.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
@@ -57,66 +58,110 @@ def anderson_relax(
         raise ValueError(f"anderson memory must be a positive integer, got {memory!r}")
     if pairs and s[1].shape[0] % 2:
         raise ValueError(f"paired Anderson needs an even number of stacked examples, got {s[1].shape[0]}")
-    cache = {} if cache is None else cache
     alphas = net.alphas.tolist()
-    independent = independent_groups(net, groups)
+    cache = {} if cache is None else cache
+    apply = partial(sweep, net, groups=groups, drive=drive, alphas=alphas, nudge=nudge, cache=cache,
+                    independent=independent_groups(net, groups), omega=omega)  # fmt: skip
     x0 = s[0]
     B = s[1].shape[0]  # may be a multiple of x's batch (stacked phases share x's drive)
-    L = net.num_layers
     dtype = s[1].dtype
     shapes = [tuple(t.shape) for t in s[1:]]
-    current = [t.reshape(B, -1) for t in s[1:]]  # x_k, flattened per layer (views)
-    history: History | None = None
-    P = B // 2 if pairs else B  # independent mixing problems
-    valid = torch.zeros(P, memory, dtype=torch.bool, device=s[1].device)
-    f_prev: list[torch.Tensor] = []
-    g_prev: list[torch.Tensor] = []
-    r_prev = torch.zeros(P, dtype=dtype, device=s[1].device)
+    mixer = _Mixer(memory, B // 2 if pairs else B, pairs, alphas, s[1])
     # The checked states are G(x_t), not the iterates x_t, so the displacement bound does not apply.
     stop = StopTest(tol, reference, dtype, bounded=False) if tol is not None else None
     residual = float("nan")
     done = 0
+    current = g = [t.reshape(B, -1) for t in s[1:]]  # x_k, flattened per layer (views)
     while done < iterations:
         done += 1
-        lst = [x0, *(c.view(shape) for c, shape in zip(current, shapes, strict=True))]
-        sweep(net, lst, groups, drive, alphas, nudge, cache, independent, omega=omega)
-        g = [t.reshape(B, -1) for t in lst[1:]]
-        del lst
+        g = _swept(apply, x0, current, shapes)
         f = [gl - xl for gl, xl in zip(g, current, strict=True)]
-        del current
-        f2 = _per_example_square(f)  # per example ‖f‖²
-        if pairs:
-            f2 = f2[:P] + f2[P:]
+        del current  # x_k is not needed any more: one copy of the states less while mixing
+        f2 = mixer.per_problem(_per_example_square(f))  # ‖f‖² of each mixing problem
         if tol is not None or done == iterations:
-            g2 = _per_example_square(g).sum()
-            residual = (f2.sum().sqrt() / g2.sqrt().clamp_min(torch.finfo(dtype).tiny)).item()
+            residual = _relative_residual(f2, g, dtype)
             if done == iterations:
                 break
             views = [gl.view(shape) for gl, shape in zip(g, shapes, strict=True)]
             if stop is not None and stop(f2.sum(), residual, views):
                 break
-        if f_prev:
-            if history is None:
-                history = History(f, memory)
-            slot = (done - 2) % memory
-            rhs = history.push(slot, f, g, f_prev, g_prev)
-            valid[:, slot] = True
-            # Safeguard: an example whose residual grew (typically a unit crossed a clip boundary, so the
-            # sweep map moved to another linear piece) forgets its history and takes the plain step.
-            valid &= (f2 <= r_prev).view(P, 1)
-            gamma = _mixing(history.gram, rhs, valid, dtype, pairs)  # (B, 1, m), zero for invalid slots
-            current = []
-            for i in range(L):
-                mixed = torch.baddbmm(g[i].unsqueeze(1), gamma, history.dG[i], alpha=-1).squeeze(1)
-                if i < L - 1:
-                    mixed.clamp_(0.0, alphas[i])
-                current.append(mixed)
-        else:
-            current = g
-        f_prev, g_prev, r_prev = f, g, f2
-    else:
-        g = current
+        current = mixer.next_iterate(f, g, f2)
     return [x0, *(gl.view(shape) for gl, shape in zip(g, shapes, strict=True))], RelaxStats(done, residual)
+
+
+def _swept(
+    apply: Callable[[list[torch.Tensor]], object],
+    x0: torch.Tensor,
+    current: list[torch.Tensor],
+    shapes: list[tuple[int, ...]],
+) -> list[torch.Tensor]:
+    """G(x_k): one sweep (`apply`, on the list [x, s_1, ..., s_L]) from the flattened iterate `current`, its
+    outputs flattened per layer like it."""
+    lst = [x0, *(c.view(shape) for c, shape in zip(current, shapes, strict=True))]
+    apply(lst)
+    return [t.reshape(t.shape[0], -1) for t in lst[1:]]
+
+
+def _relative_residual(f2: torch.Tensor, g: list[torch.Tensor], dtype: torch.dtype) -> float:
+    """‖f‖ / ‖G(x_k)‖ over the whole batch, from the per-problem ‖f‖² `f2` and the sweep's outputs `g`."""
+    g2 = _per_example_square(g).sum()
+    return (f2.sum().sqrt() / g2.sqrt().clamp_min(torch.finfo(dtype).tiny)).item()
+
+
+class _Mixer:
+    """Anderson's state between sweeps: the last sweep's residuals f and outputs g, the history of their
+    differences, which history slots each mixing problem (an example, or with `pairs` an example and its copy
+    B/2 further) may use, and each problem's last ‖f‖² for the safeguard."""
+
+    def __init__(self, memory: int, problems: int, pairs: bool, alphas: list[float], like: torch.Tensor):
+        self.memory, self.problems, self.pairs = memory, problems, pairs
+        self.alphas, self.dtype = alphas, like.dtype
+        self.history: History | None = None
+        self.pushes = 0  # differences stored so far; the next goes to the slot of the oldest
+        self.valid = torch.zeros(problems, memory, dtype=torch.bool, device=like.device)
+        self.f_prev: list[torch.Tensor] = []
+        self.g_prev: list[torch.Tensor] = []
+        self.r_prev = torch.zeros(problems, dtype=like.dtype, device=like.device)
+
+    def per_problem(self, f2: torch.Tensor) -> torch.Tensor:
+        """Per example values (B,) summed over the examples of each mixing problem, (problems,)."""
+        return f2[: self.problems] + f2[self.problems :] if self.pairs else f2
+
+    def next_iterate(
+        self, f: list[torch.Tensor], g: list[torch.Tensor], f2: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """x_{k+1} from this sweep's residuals `f`, outputs `g` and per-problem ‖f‖² `f2`: the plain step
+        G(x_k) after the first sweep (there is no difference yet), the projected mixed step after it."""
+        current = self._mixed(f, g, f2) if self.f_prev else g
+        self.f_prev, self.g_prev, self.r_prev = f, g, f2
+        return current
+
+    def _mixed(self, f: list[torch.Tensor], g: list[torch.Tensor], f2: torch.Tensor) -> list[torch.Tensor]:
+        """Store the new differences, drop the history of the problems whose residual grew, and mix."""
+        if self.history is None:
+            self.history = History(f, self.memory)
+        slot = self.pushes % self.memory
+        self.pushes += 1
+        rhs = self.history.push(slot, f, g, self.f_prev, self.g_prev)
+        self.valid[:, slot] = True
+        # Safeguard: an example whose residual grew (typically a unit crossed a clip boundary, so the
+        # sweep map moved to another linear piece) forgets its history and takes the plain step.
+        self.valid &= (f2 <= self.r_prev).view(self.problems, 1)
+        gamma = _mixing(self.history.gram, rhs, self.valid, self.dtype, self.pairs)  # (B, 1, m), 0 if invalid
+        return _projected(g, gamma, self.history.dG, self.alphas)
+
+
+def _projected(
+    g: list[torch.Tensor], gamma: torch.Tensor, dG: list[torch.Tensor], alphas: list[float]
+) -> list[torch.Tensor]:
+    """P(G(x_k) − ΔG γ), layer by layer: each hidden layer clipped to its box [0, α_k], the output not."""
+    mixed = []
+    for i, (gl, dGl) in enumerate(zip(g, dG, strict=True)):
+        layer = torch.baddbmm(gl.unsqueeze(1), gamma, dGl, alpha=-1).squeeze(1)
+        if i < len(g) - 1:
+            layer.clamp_(0.0, alphas[i])
+        mixed.append(layer)
+    return mixed
 
 
 class History:

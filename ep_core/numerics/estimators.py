@@ -15,21 +15,22 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
 
 import torch
 
 from .compiled import graphed_phase
-from .costs import check_cost, cost_value, one_hot
+from .costs import COSTS, cost_value, one_hot
 from .interactions import ConvMaxPoolInteraction, bias_grad
 from .networks import HopfieldNetwork
-from .orders import check_omega, check_order, update_groups
+from .orders import ORDERS, Groups, check_omega, update_groups
 from .precision import bulk_relax, check_bf16_sweeps
-from .relaxation import check_solver, check_states, relax_list
+from .relaxation import SOLVERS, check_states, relax_list
 from .sweep import Nudge, RelaxStats, States, input_drive
 
-VARIANTS = ("cep", "ep")
+ESTIMATORS = ("cep", "ep")
 
 
 @dataclass
@@ -147,75 +148,140 @@ def device_clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-@dataclass(frozen=True)
+class SettingError(ValueError):
+    """A bad `EquilibriumProp` setting: `key` is the field at fault and `reason` what it must be. The message
+    is `<subject> <reason>`, the subject being the name the check knows the value by (the field's, or
+    `omega` for `nudge_omega`). `related` are the other fields the reason names, so that a caller can spell
+    every name its own way (a run's configuration: `ep.<field>`)."""
+
+    def __init__(self, key: str, reason: str, *, subject: str | None = None, related: tuple[str, ...] = ()):
+        super().__init__(f"{subject or key} {reason}")
+        self.key, self.reason, self.related = key, reason, related
+
+
+def _delegated(key: str, check: Callable[[Any], Any], value: Any) -> None:
+    """`check(value)`, its ValueError (worded `<subject> <reason>`) raised as the SettingError of `key`."""
+    try:
+        check(value)
+    except ValueError as error:
+        subject, _, reason = str(error).partition(" ")
+        raise SettingError(key, reason, subject=subject) from None
+
+
+def _count(key: str, value: Any, low: int, *, optional: bool = False) -> None:
+    """`value` is an integer >= `low` (or None, if `optional`)."""
+    if optional and value is None:
+        return
+    alternative = " or None" if optional else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingError(key, f"must be an integer{alternative}, got {value!r}")
+    if value < low:
+        raise SettingError(key, f"must be >= {low}{alternative}, got {value!r}")
+
+
+def _choices(values: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    return {"choices": tuple(values)}
+
+
+@dataclass(frozen=True, kw_only=True)
 class EquilibriumProp:
     """An EP gradient estimator; every field defaults to the authors' training setting (`ep.recipe:
-    authors`), the speed and memory options to what reproduces it exactly."""
+    authors`), the speed and memory options to what reproduces it exactly. A run's `ep.*` keys are these
+    fields (ep_core.training.config builds them from here), so each setting's default, valid choices
+    (`metadata["choices"]`) and range (`__post_init__`) are stated here once."""
 
+    estimator: str = field(default="cep", metadata=_choices(ESTIMATORS))  # cep: nudges (−β, +β); ep: (0, +β)
     beta: float = 0.1
-    variant: str = "cep"  # "cep": nudges (−β, +β); "ep": one-sided (0, +β)
-    free_iterations: int = 120
+    free_iterations: int = 120  # 0: the start states given to `estimate` already are the free fixed point
     nudge_iterations: int = 50
-    order: str = "even_odd"
-    omega: float = 1.0  # over-relaxation of every layer update (SOR); > 1 needs a proper colouring order
+    order: str = field(default="even_odd", metadata=_choices(ORDERS))  # update order of a sweep (orders.py)
+    # over-relaxation of every layer update, s <- clip(s + omega (u - s)): 1 = the authors' plain sweeps;
+    # 0 < omega < 2, and > 1 needs an order that is a proper colouring (coloring; even_odd on VGG5)
+    omega: float = 1.0
     nudge_omega: float | None = None  # the nudged phases' own over-relaxation (None: `omega`)
-    cost: str = "mse"
-    tol: float | None = None  # early stop at this relative residual (nudged phases: of their displacement)
-    nudge_tol: float | None = None  # the nudged phases' own tolerance (None: `tol`)
+    cost: str = field(default="mse", metadata=_choices(COSTS))
     clip_norm: float | None = 1.0  # the authors clip the global gradient norm at 1.0; None disables
-    batch_phases: bool = True  # run the −β and +β phases of CEP as one stacked batch
-    solver: str = "fixed_point"  # free phase; "anderson": Anderson-accelerated (same fixed point)
-    nudge_solver: str = "fixed_point"  # nudged phases; "anderson": the ±β copies share their mixing
+    # early stop of each phase at this relative residual (nudged phases: of their displacement from the free
+    # state); changes results
+    tol: float | None = None
+    nudge_tol: float | None = None  # the nudged phases' own tolerance (None: `tol`)
+    batch_phases: bool = True  # run the −β and +β phases of CEP as one stacked batch (same result)
+    # Speed (docs/benchmarks.md). solver: fixed_point = the authors' plain sweeps; anderson = Anderson mixing
+    # of the free phase's sweeps (same fixed point, fewer sweeps to a given tol).
+    solver: str = field(default="fixed_point", metadata=_choices(SOLVERS))
+    # nudged phases: fixed_point (plain sweeps) or anderson (the ±β copies of an example share their mixing)
+    nudge_solver: str = field(default="fixed_point", metadata=_choices(SOLVERS))
     anderson_memory: int = 5  # iterates the Anderson solver mixes
-    compile: bool = False  # run the sweeps through torch.compile (ep_core.numerics.compiled)
-    cuda_graphs: bool = False  # on CUDA, capture each fixed-length phase as one CUDA graph
+    compile: bool = False  # torch.compile the sweeps (compiled.py; compiles once per phase shape)
+    cuda_graphs: bool = False  # on CUDA, each phase replays as one CUDA graph (needs fixed-length phases)
     chunk_size: int | None = None  # relax at most this many examples at once (memory); None: the batch
-    bf16_sweeps: int = 0  # the free phase's first sweeps in bf16, the rest in full precision (precision.py)
+    # this many of the free phase's first sweeps (fewer if tol stops them) in bf16 on a bf16 copy of the
+    # network, the rest of the phase in full precision (precision.py); 0: off
+    bf16_sweeps: int = 0
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown estimator {self.variant!r}; valid choices: {', '.join(VARIANTS)}")
-        if not math.isfinite(self.beta):
-            raise ValueError(f"beta must be finite, got {self.beta!r}")
-        if self.variant == "cep" and self.beta <= 0:
-            raise ValueError(f"centered EP needs beta > 0 (it nudges with -beta and +beta), got {self.beta}")
-        if self.variant == "ep" and self.beta == 0:
-            raise ValueError("one-sided EP needs beta != 0")
-        check_cost(self.cost)
-        check_order(self.order)
-        check_omega(self.omega)
-        if self.nudge_omega is not None:
-            check_omega(self.nudge_omega)
-        check_solver(self.solver)
-        check_solver(self.nudge_solver)
-        if self.nudge_solver == "anderson" and self.variant == "cep" and not self.batch_phases:
-            raise ValueError(
-                "nudge_solver 'anderson' with centered EP needs batch_phases (the -beta and +beta copies "
-                "share one set of mixing coefficients, so they must relax together)"
+        self._check_choices()
+        self._check_numbers()
+        self._check_combinations()
+
+    def _check_choices(self) -> None:
+        for setting in fields(self):
+            allowed, value = setting.metadata.get("choices"), getattr(self, setting.name)
+            if allowed is not None and value not in allowed:
+                raise SettingError(
+                    setting.name, f"{value!r} is not allowed; valid choices: {', '.join(allowed)}"
+                )
+
+    def _check_numbers(self) -> None:
+        beta = self.beta
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not math.isfinite(beta):
+            raise SettingError("beta", f"must be finite, got {beta!r}")
+        if self.estimator == "cep" and beta <= 0:
+            raise SettingError("beta", f"must be > 0 (centered EP nudges with -beta and +beta), got {beta}")
+        if self.estimator == "ep" and beta == 0:
+            raise SettingError("beta", f"must be != 0 (one-sided EP nudges with 0 and +beta), got {beta}")
+        _count("free_iterations", self.free_iterations, 0)
+        _count("nudge_iterations", self.nudge_iterations, 1)  # 0: no nudge, so no gradient
+        for key in ("omega", "nudge_omega"):
+            if getattr(self, key) is not None:
+                _delegated(key, check_omega, getattr(self, key))
+        for key in ("clip_norm", "tol", "nudge_tol"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise SettingError(key, f"must be positive or None, got {value!r}")
+        _count("anderson_memory", self.anderson_memory, 1)
+        _count("chunk_size", self.chunk_size, 1, optional=True)
+        _delegated("bf16_sweeps", check_bf16_sweeps, self.bf16_sweeps)
+
+    def _check_combinations(self) -> None:
+        if self.nudge_solver == "anderson" and self.estimator == "cep" and not self.batch_phases:
+            raise SettingError(
+                "nudge_solver",
+                "anderson with centered EP needs batch_phases (the -beta and +beta copies share one set of "
+                "mixing coefficients, so they must relax together)",
+                related=("batch_phases",),
             )
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm!r}")
-        if not isinstance(self.anderson_memory, int) or self.anderson_memory < 1:
-            raise ValueError(f"anderson_memory must be a positive integer, got {self.anderson_memory!r}")
-        if self.chunk_size is not None and not (isinstance(self.chunk_size, int) and self.chunk_size >= 1):
-            raise ValueError(f"chunk_size must be a positive integer or None, got {self.chunk_size!r}")
-        check_bf16_sweeps(self.bf16_sweeps)
+        adaptive = self.tol is not None or self.nudge_tol is not None or self.solver != "fixed_point"
+        if self.cuda_graphs and adaptive:
+            raise SettingError(
+                "cuda_graphs",
+                "needs fixed-length phases (tol and nudge_tol None, solver fixed_point)",
+                related=("tol", "nudge_tol", "solver"),
+            )
         if self.bf16_sweeps and self.cuda_graphs:
-            raise ValueError("bf16_sweeps: not with cuda_graphs (graphed phases are all one precision)")
+            raise SettingError(
+                "bf16_sweeps",
+                "not with cuda_graphs (graphed phases are all one precision)",
+                related=("cuda_graphs",),
+            )
 
     @property
     def nudges(self) -> tuple[float, float]:
-        return (-self.beta, self.beta) if self.variant == "cep" else (0.0, self.beta)
+        return (-self.beta, self.beta) if self.estimator == "cep" else (0.0, self.beta)
 
     def graphed(self, device: torch.device) -> bool:
-        """Whether phases run as captured CUDA graphs on `device`."""
-        return (
-            self.cuda_graphs
-            and device.type == "cuda"
-            and self.tol is None
-            and self.nudge_tol is None
-            and self.solver == "fixed_point"
-        )
+        """Whether phases run as captured CUDA graphs on `device` (cuda_graphs implies fixed-length ones)."""
+        return self.cuda_graphs and device.type == "cuda"
 
     def _phase(
         self,
@@ -300,121 +366,186 @@ class EquilibriumProp:
         size = self.chunk_size or B
         b1, b2 = self.nudges
         scale = 1.0 / ((b2 - b1) * B)
-        total: dict[str, torch.Tensor] = {}
-        seconds = {"free": 0.0, "nudged": 0.0, "gradient": 0.0}
-        phase_seconds: list[float] = []
-        stats: dict[str, list[RelaxStats]] = {}
-        kept: list[tuple[States, tuple[States, ...]]] = []
-        outputs, loss, summary = [], 0.0, None
+        sums = _ChunkSums(B)
         for lo in range(0, B, size):
             hi = min(lo + size, B)
             start = None if states is None else [t[lo:hi] for t in states]
             part = self._chunk(net, x[lo:hi], target[lo:hi], start, groups, scale, keep_states, summarise)
-            for name, g in part.pop("grads").items():
-                total[name] = total[name].add_(g) if name in total else g
-            for name, value in part.pop("seconds").items():
-                seconds[name] += value
-            nudged_seconds = part.pop("nudged_seconds")
-            if phase_seconds:
-                nudged_seconds = [a + b for a, b in zip(phase_seconds, nudged_seconds, strict=True)]
-            phase_seconds = nudged_seconds
-            for name, value in part.pop("stats").items():
-                stats.setdefault(name, []).append(value)
             if carry is not None:
                 for buffer, value in zip(carry, part["last"], strict=True):
                     buffer[lo:hi].copy_(value)
-            outputs.append(part["output"])
-            loss += part["loss"]
-            if part["summary"] is not None:
-                weighted = part["summary"] * ((hi - lo) / B)
-                summary = weighted if summary is None else summary + weighted
-            if keep_states:
-                kept.append((part["free"], part["nudged"]))
+            sums.add(part, (hi - lo) / B, keep_states)
             del part
-        t0 = device_clock(x.device)
-        with torch.no_grad():
-            grad_norm = clip_global_norm(total, self.clip_norm)
-        seconds["gradient"] += device_clock(x.device) - t0
-        free_states, nudged_states = _concatenate(kept)
-        return GradientEstimate(
-            total, free_states, nudged_states, {k: _worst(v) for k, v in stats.items()}, loss / B,
-            grad_norm, torch.cat(outputs), seconds, phase_seconds, summary,
-        )  # fmt: skip
+        return sums.estimate(self.clip_norm, x.device)
 
     def _chunk(self, net, x, target, start, groups, scale, keep_states, summarise) -> dict:
         """Free phase, nudged phases and Hebbian terms of one chunk (`estimate`'s loop body)."""
         t0 = device_clock(x.device)
         drive = input_drive(net, x)
-        polish, bulk = self.free_iterations, None
-        if self.bf16_sweeps and polish:
-            # The bulk of the free phase in bf16; the rest of it (the polish) within the same cap.
-            sweeps, omega = min(self.bf16_sweeps, polish), self.omega
-            start, bulk = bulk_relax(net, x, start, sweeps=sweeps, groups=groups, tol=self.tol, omega=omega)
-            polish -= bulk.iterations
-        free, free_stats, _ = self._phase(net, x, start, drive, groups, polish, consume=True)
+        free, stats = self._free_phase(net, x, start, drive, groups)
         del start
-        if bulk is not None:  # the free phase's statistics count every sweep it ran
-            residual = free_stats.residual if polish else bulk.residual
-            free_stats = RelaxStats(bulk.iterations + free_stats.iterations, residual)
         t1 = device_clock(x.device)
         out = {
             "output": free[-1],
             "loss": cost_value(self.cost, free[-1], target).sum().item(),
             "summary": summarise(free) if summarise is not None else None,
-            "stats": {"free": free_stats, **({} if bulk is None else {"bulk": bulk})},
+            "stats": stats,
         }
-        b1, b2 = self.nudges
-        n, B = self.nudge_iterations, x.shape[0]
+        chunk = _Chunk(net, x, target, drive, groups, scale)
         # Once the nudged phases hold the free state, nothing else needs it unless it is kept, is the
         # one-sided estimate's s¹, or is the reference of a tol-stopped nudged phase.
-        release = not keep_states and b1 != 0.0
-        if b1 == 0.0:
-            s2, out["stats"]["nudged"], cache = self._phase(net, x, free, drive, groups, n, target, b2)
-            t2 = device_clock(x.device)
-            with torch.no_grad():
-                grads = hebbian_difference(net, x, free, s2, scale)
-            nudged = (s2,)
-            out["nudged_seconds"] = [t2 - t1]
+        one_sided = self.nudges[0] == 0.0
+        release = not keep_states and not one_sided
+        if one_sided:
+            nudged = self._one_sided(chunk, free, t1)
         elif self.batch_phases:
-            # The stacked start [free; free] is handed to the relaxation, which frees each old layer as it
-            # replaces it; the input drive of x is broadcast over both copies, never repeated.
-            betas = torch.cat([x.new_full((B, 1), b1), x.new_full((B, 1), b2)])
-            stacked, out["stats"]["nudged"], cache = self._phase(
-                net, x, free, drive, groups, n, torch.cat([target, target]), betas, copies=2, consume=release
-            )  # fmt: skip
-            t2 = device_clock(x.device)
-            s1, s2 = [t[:B] for t in stacked], [t[B:] for t in stacked]
-            with torch.no_grad():
-                grads = hebbian_difference(net, x, s1, s2, scale, stacked=stacked, cache=cache)
-            nudged = (s1, s2)
-            out["nudged_seconds"] = [t2 - t1]
+            nudged = self._stacked(chunk, free, t1, release)
         else:
-            # One phase after the other, each phase's Hebbian term taken as it ends: s¹ is gone before the
-            # +β phase starts, and the +β phase consumes the free state.
-            s1, st1, _ = self._phase(net, x, free, drive, groups, n, target, b1)
-            tm = device_clock(x.device)
-            with torch.no_grad():
-                grads = parameter_gradients(net, x, s1, x.new_full((B,), scale))
-            nudged = (s1,) if keep_states else ()
-            del s1  # gone before the +β phase allocates its states
-            tg = device_clock(x.device)
-            s2, st2, _ = self._phase(net, x, free, drive, groups, n, target, b2, consume=release)
-            t2 = device_clock(x.device)
-            with torch.no_grad():
-                for name, g in parameter_gradients(net, x, s2, x.new_full((B,), scale)).items():
-                    grads[name].sub_(g)
-            out["stats"]["nudged"] = RelaxStats(
-                max(st1.iterations, st2.iterations), max(st1.residual, st2.residual)
-            )
-            nudged = (*nudged, s2)
-            out["nudged_seconds"] = [tm - t1, t2 - tg]
-            t2 = t2 - (tg - tm)  # the first Hebbian term counts as gradient time
-        out["seconds"] = {"free": t1 - t0, "nudged": t2 - t1, "gradient": device_clock(x.device) - t2}
-        out["grads"] = grads
-        out["last"] = s2
+            nudged = self._sequential(chunk, free, t1, release, keep_states)
+        out["stats"]["nudged"] = nudged.stats
+        out["nudged_seconds"] = nudged.seconds
+        end = nudged.end
+        out["seconds"] = {"free": t1 - t0, "nudged": end - t1, "gradient": device_clock(x.device) - end}
+        out["grads"] = nudged.grads
+        out["last"] = nudged.last
         out["free"] = free if keep_states else []
-        out["nudged"] = nudged if keep_states else ()
+        out["nudged"] = nudged.states if keep_states else ()
         return out
+
+    def _free_phase(
+        self, net: HopfieldNetwork, x: torch.Tensor, start: States | None, drive: list[torch.Tensor], groups
+    ) -> tuple[States, dict[str, RelaxStats]]:
+        """The free phase from `start` (emptied as the phase takes it over): its first `bf16_sweeps` sweeps
+        in bf16 (the bulk), the rest of it (the polish) within the same cap. Returns the free states and
+        the statistics of the phase ("free", counting every sweep it ran) and of its bulk ("bulk")."""
+        polish, bulk = self.free_iterations, None
+        if self.bf16_sweeps and polish:
+            sweeps, omega = min(self.bf16_sweeps, polish), self.omega
+            start, bulk = bulk_relax(net, x, start, sweeps=sweeps, groups=groups, tol=self.tol, omega=omega)
+            polish -= bulk.iterations
+        free, free_stats, _ = self._phase(net, x, start, drive, groups, polish, consume=True)
+        if bulk is None:
+            return free, {"free": free_stats}
+        residual = free_stats.residual if polish else bulk.residual
+        return free, {"free": RelaxStats(bulk.iterations + free_stats.iterations, residual), "bulk": bulk}
+
+    def _one_sided(self, c: _Chunk, free: States, t1: float) -> _Nudged:
+        """One-sided EP: the +β phase from the free state, which is s¹; its Hebbian difference."""
+        n = self.nudge_iterations
+        s2, stats, _ = self._phase(c.net, c.x, free, c.drive, c.groups, n, c.target, self.beta)
+        t2 = device_clock(c.x.device)
+        with torch.no_grad():
+            grads = hebbian_difference(c.net, c.x, free, s2, c.scale)
+        return _Nudged(grads, (s2,), s2, stats, [t2 - t1], t2)
+
+    def _stacked(self, c: _Chunk, free: States, t1: float, release: bool) -> _Nudged:
+        """Centered EP with the −β and +β phases as one stacked batch; their Hebbian difference. The stacked
+        start [free; free] is handed to the relaxation, which frees each old layer as it replaces it
+        (`release`); the input drive of x is broadcast over both copies, never repeated."""
+        b1, b2 = self.nudges
+        B = c.x.shape[0]
+        betas = torch.cat([c.x.new_full((B, 1), b1), c.x.new_full((B, 1), b2)])
+        n, targets = self.nudge_iterations, torch.cat([c.target, c.target])
+        stacked, stats, cache = self._phase(
+            c.net, c.x, free, c.drive, c.groups, n, targets, betas, copies=2, consume=release
+        )
+        t2 = device_clock(c.x.device)
+        s1, s2 = [t[:B] for t in stacked], [t[B:] for t in stacked]
+        with torch.no_grad():
+            grads = hebbian_difference(c.net, c.x, s1, s2, c.scale, stacked=stacked, cache=cache)
+        return _Nudged(grads, (s1, s2), s2, stats, [t2 - t1], t2)
+
+    def _sequential(self, c: _Chunk, free: States, t1: float, release: bool, keep_states: bool) -> _Nudged:
+        """Centered EP with one phase after the other, each phase's Hebbian term taken as it ends: s¹ is
+        gone before the +β phase starts, and the +β phase consumes the free state (`release`)."""
+        b1, b2 = self.nudges
+        n, B = self.nudge_iterations, c.x.shape[0]
+        s1, st1, _ = self._phase(c.net, c.x, free, c.drive, c.groups, n, c.target, b1)
+        tm = device_clock(c.x.device)
+        with torch.no_grad():
+            grads = parameter_gradients(c.net, c.x, s1, c.x.new_full((B,), c.scale))
+        kept = (s1,) if keep_states else ()
+        del s1  # gone before the +β phase allocates its states
+        tg = device_clock(c.x.device)
+        s2, st2, _ = self._phase(c.net, c.x, free, c.drive, c.groups, n, c.target, b2, consume=release)
+        t2 = device_clock(c.x.device)
+        with torch.no_grad():
+            for name, g in parameter_gradients(c.net, c.x, s2, c.x.new_full((B,), c.scale)).items():
+                grads[name].sub_(g)
+        stats = RelaxStats(max(st1.iterations, st2.iterations), max(st1.residual, st2.residual))
+        # the first Hebbian term counts as gradient time, not nudged
+        return _Nudged(grads, (*kept, s2), s2, stats, [tm - t1, t2 - tg], t2 - (tg - tm))
+
+
+class _Chunk(NamedTuple):
+    """What the phases of one chunk share."""
+
+    net: HopfieldNetwork
+    x: torch.Tensor
+    target: torch.Tensor
+    drive: list[torch.Tensor]
+    groups: Groups
+    scale: float  # the Hebbian terms' coefficient 1 / ((β₂ − β₁) · B), B the whole batch
+
+
+class _Nudged(NamedTuple):
+    """The nudged phases of one chunk."""
+
+    grads: dict[str, torch.Tensor]  # their Hebbian difference: the chunk's share of the estimate
+    states: tuple[States, ...]  # (s¹, s²), or (s²,) for one-sided EP and one-after-the-other without keep
+    last: States  # s², the warm start of the next batch
+    stats: RelaxStats
+    seconds: list[float]  # wall time of each nudged relaxation
+    end: float  # the clock when the nudged phases ended, less the Hebbian time between them
+
+
+@dataclass
+class _ChunkSums:
+    """The estimate of a batch as its chunks add up."""
+
+    batch: int
+    grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=lambda: {"free": 0.0, "nudged": 0.0, "gradient": 0.0})
+    nudged_seconds: list[float] = field(default_factory=list)
+    stats: dict[str, list[RelaxStats]] = field(default_factory=dict)
+    kept: list[tuple[States, tuple[States, ...]]] = field(default_factory=list)
+    outputs: list[torch.Tensor] = field(default_factory=list)
+    loss: float = 0.0
+    summary: torch.Tensor | None = None
+
+    def add(self, part: dict, weight: float, keep_states: bool) -> None:
+        """Add one chunk (`_chunk`'s result, `weight` its share of the batch), dropping each of its
+        gradients as it is added."""
+        for name, g in part.pop("grads").items():
+            self.grads[name] = self.grads[name].add_(g) if name in self.grads else g
+        for name, value in part.pop("seconds").items():
+            self.seconds[name] += value
+        nudged_seconds = part.pop("nudged_seconds")
+        if self.nudged_seconds:
+            nudged_seconds = [a + b for a, b in zip(self.nudged_seconds, nudged_seconds, strict=True)]
+        self.nudged_seconds = nudged_seconds
+        for name, value in part.pop("stats").items():
+            self.stats.setdefault(name, []).append(value)
+        self.outputs.append(part["output"])
+        self.loss += part["loss"]
+        if part["summary"] is not None:
+            weighted = part["summary"] * weight
+            self.summary = weighted if self.summary is None else self.summary + weighted
+        if keep_states:
+            self.kept.append((part["free"], part["nudged"]))
+
+    def estimate(self, clip_norm: float | None, device: torch.device) -> GradientEstimate:
+        """The batch's estimate, its gradient clipped to `clip_norm`."""
+        t0 = device_clock(device)
+        with torch.no_grad():
+            grad_norm = clip_global_norm(self.grads, clip_norm)
+        self.seconds["gradient"] += device_clock(device) - t0
+        free_states, nudged_states = _concatenate(self.kept)
+        return GradientEstimate(
+            self.grads, free_states, nudged_states, {k: _worst(v) for k, v in self.stats.items()},
+            self.loss / self.batch, grad_norm, torch.cat(self.outputs), self.seconds, self.nudged_seconds,
+            self.summary,
+        )  # fmt: skip
 
 
 def _worst(stats: list[RelaxStats]) -> RelaxStats:

@@ -1,9 +1,10 @@
 """The pipeline's job grid, from the workflow config (config.yaml): which training runs, with which
-settings, belong to which study (the paper's table, the ablations, the depth study, sweeps), and which
-profiling jobs to time. The Snakefile only asks this module; all the logic lives (and is tested) here.
+settings, belong to which study (the paper's table, the ablations, the depth study, hyper-parameter
+searches), and which profiling jobs to time. The Snakefile only asks this module; all the logic lives (and is
+tested) here.
 
 A study is a product datasets × archs × activations × seeds (a depth study: × blocks × with/without skips;
-a sweep: × every combination of its swept values). A study set to null is dropped, so a `--configfile`
+a search: × every combination of its searched values). A study set to null is dropped, so a `--configfile`
 can stand alone: it nulls the studies of config.yaml it does not want. Runs shared by studies are
 trained once: a run is identified by its directory `results/runs/{dataset}/{network}/{activation}[/
 {settings}]/seed{seed}`, where `network` is the network's one name (`naming.network_slug`: the depth
@@ -16,6 +17,10 @@ bad key fails the whole DAG before any job starts.
 A run's GPU count (its data-parallel processes) is `resources.train.gpus`, which a study overrides with
 its own `resources.train.gpus` as it overrides `seeds`; a run shared by studies gets the most GPUs any of
 them asks for (its result does not depend on the count beyond rounding).
+
+A hyper-parameter search is `kind: search` with a `search:` mapping of dotted keys to lists of values. Its
+older spelling, `kind: sweep` with a `sweep:` mapping, is still read (`studies` renames it): "sweep" now
+means only one pass of layer updates (ep_core.numerics.sweep).
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from ..numerics.naming import BLOCK_ARCHS, canonical_network, network_name, netw
 from ..training.config import BP_ARCHS, EP_ARCHS, RunConfig, build_config, resolve
 from ..training.datasets import DATASETS, DOWNLOADABLE
 
-STUDY_KINDS = ("main", "activation_ablation", "residual_ablation", "depth_ablation", "sweep")
+STUDY_KINDS = ("main", "activation_ablation", "residual_ablation", "depth_ablation", "search")
+# The older spelling of a search study (its kind and its mapping), read as `kind: search` and `search:`.
+OLD_SEARCH = "sweep"
 BP_ACTIVATION = "relu"
-# Keys a study's runs are identified by: a study may not set them through `settings` or `sweep`.
+# Keys a study's runs are identified by: a study may not set them through `settings` or `search`.
 IDENTITY_KEYS = ("data.name", "data.data_dir", "model.arch", "model.blocks", "model.activation", "train.seed")
 
 
@@ -53,7 +60,7 @@ class RunSpec:
     activation: str
     seed: int
     blocks: int | None = None  # hopfield_resnet / hopfield_plain only
-    settings: tuple[tuple[str, Any], ...] = ()  # what the study fixes (its settings, a sweep's point)
+    settings: tuple[tuple[str, Any], ...] = ()  # what the study fixes (its settings, a search's point)
 
     @property
     def network(self) -> str:
@@ -77,6 +84,7 @@ class RunSpec:
 
     @property
     def family(self) -> str:
+        """The `settings` layer the run reads (ep or bp); its algorithm (cep, ep or bp) is `run_algorithm`."""
         return "bp" if self.arch in BP_ARCHS else "ep"
 
 
@@ -99,9 +107,24 @@ def _check(key: str, values: list, allowed: tuple) -> None:
             raise GridError(f"{key}: {value!r} is not allowed; valid choices: {', '.join(allowed)}")
 
 
+def _current_spelling(s: dict[str, Any]) -> dict[str, Any]:
+    """A study with the older spelling of a search (`kind: sweep`, a `sweep:` mapping) renamed to `kind:
+    search` and `search:`. config.yaml uses the current one, so a `sweep:` beside a `search:` comes from a
+    --configfile merged over it, and replaces it."""
+    if s.get("kind") != OLD_SEARCH and OLD_SEARCH not in s:
+        return s
+    s = dict(s)
+    if s.get("kind") == OLD_SEARCH:
+        s["kind"] = "search"
+    if OLD_SEARCH in s:
+        s["search"] = s.pop(OLD_SEARCH)
+    return s
+
+
 def studies(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The grid's studies, without those set to null (how a --configfile drops config.yaml's)."""
-    return {name: s for name, s in (config.get("studies") or {}).items() if s is not None}
+    """The grid's studies, without those set to null (how a --configfile drops config.yaml's), in the
+    current spelling (the one place the older `kind: sweep` / `sweep:` is read)."""
+    return {name: _current_spelling(s) for name, s in (config.get("studies") or {}).items() if s is not None}
 
 
 def drop_nulls(config: dict[str, Any]) -> dict[str, Any]:
@@ -126,20 +149,20 @@ def _layered(config: dict[str, Any], family: str, dataset: str, arch: str) -> di
 
 
 def _study_points(study: str, s: dict[str, Any]) -> list[tuple[tuple[str, Any], ...]]:
-    """The settings each run of the study fixes: its `settings`, times every point of its `sweep`."""
+    """The settings each run of the study fixes: its `settings`, times every point of its `search`."""
     fixed = dict(s.get("settings") or {})
-    sweep = s.get("sweep") or {}
-    if s["kind"] == "sweep" and not sweep:
-        raise GridError(f"studies.{study}.sweep: a sweep needs dotted keys with lists of values")
-    if sweep and s["kind"] != "sweep":
-        raise GridError(f"studies.{study}.sweep: only a study of kind sweep sweeps; this one is {s['kind']}")
-    for where, keys in (("settings", fixed), ("sweep", sweep)):
+    search = s.get("search") or {}
+    if s["kind"] == "search" and not search:
+        raise GridError(f"studies.{study}.search: a search needs dotted keys with lists of values")
+    if search and s["kind"] != "search":
+        raise GridError(f"studies.{study}.search: only a study of kind search searches; this is {s['kind']}")
+    for where, keys in (("settings", fixed), ("search", search)):
         bad = [k for k in keys if k in IDENTITY_KEYS]
         if bad:
             raise GridError(f"studies.{study}.{where}: {bad[0]} is set by the study's own axes, not here")
     points = []
-    for values in itertools.product(*sweep.values()):
-        point = fixed | dict(zip(sweep, values, strict=True))
+    for values in itertools.product(*search.values()):
+        point = fixed | dict(zip(search, values, strict=True))
         points.append(tuple(sorted(point.items())))
     return points
 
@@ -176,7 +199,7 @@ def _networks(config: dict[str, Any], study: str, s: dict[str, Any], dataset: st
 
 
 def study_runs(config: dict[str, Any], study: str) -> list[RunSpec]:
-    s = config["studies"][study]
+    s = studies(config).get(study)
     if s is None:
         return []
     _check(f"studies.{study}.kind", [s["kind"]], STUDY_KINDS)
@@ -218,12 +241,12 @@ def runs_of_kind(config: dict[str, Any], kind: str) -> list[RunSpec]:
     return list(seen)
 
 
-def sweep_keys(config: dict[str, Any]) -> list[str]:
-    """The dotted keys the grid's sweeps vary, in the order first given."""
+def search_keys(config: dict[str, Any]) -> list[str]:
+    """The dotted keys the grid's searches vary, in the order first given."""
     keys: dict[str, None] = {}
     for s in studies(config).values():
-        if s["kind"] == "sweep":
-            keys |= dict.fromkeys(s.get("sweep") or {})
+        if s["kind"] == "search":
+            keys |= dict.fromkeys(s.get("search") or {})
     return list(keys)
 
 
@@ -239,14 +262,23 @@ def run_overrides(config: dict[str, Any], run: RunSpec) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in layered.items()]
 
 
-def run_tags(run: RunSpec) -> dict[str, str]:
-    """The MLflow tags of a run: its identity, the network by its one name."""
+def run_algorithm(config: dict[str, Any], run: RunSpec) -> str:
+    """The run's algorithm as the tables name it (ep_core.analysis.runs.algorithm_of): 'bp' for a backprop
+    network, else its resolved `ep.estimator` ('cep' or 'ep')."""
+    if run.family == "bp":
+        return "bp"
+    return build_config({}, run_overrides(config, run)).ep.estimator
+
+
+def run_tags(config: dict[str, Any], run: RunSpec) -> dict[str, str]:
+    """The MLflow tags of a run: its identity, the network by its one name, the algorithm as the tables
+    name it (runs tagged before had `ep` for CEP too; the tables read the run's saved config, not this)."""
     tags = {
         "dataset": run.dataset,
         "architecture": run.network,
         "network": network_name(run.network),
         "activation": run.activation,
-        "algorithm": run.family,
+        "algorithm": run_algorithm(config, run),
         "seed": str(run.seed),
     }
     return tags | ({"settings": run.variant} if run.settings else {})
@@ -292,7 +324,7 @@ def validate_grid(config: dict[str, Any]) -> list[RunSpec]:
     runs = all_runs(config)
     if not runs:
         raise GridError("studies: the grid has no runs")
-    sweeps = set(runs_of_kind(config, "sweep"))
+    searched = set(runs_of_kind(config, "search"))
     gpus = gpus_by_path(config)
     for run in runs:
         try:
@@ -306,10 +338,10 @@ def validate_grid(config: dict[str, Any]) -> list[RunSpec]:
                 f"settings for {run.name}: train.batch_size {batch} is not divisible by its {n} GPUs "
                 f"(resources.train.gpus); use a multiple of {n}"
             )
-        if run in sweeps and resolved.data.val_size <= 0:
+        if run in searched and resolved.data.val_size <= 0:
             raise GridError(
-                f"settings for {run.name}: a sweep chooses its best setting on validation; set data.val_size "
-                "> 0 in the sweep study's settings"
+                f"settings for {run.name}: a search chooses its best setting on validation; set "
+                "data.val_size > 0 in the search study's settings"
             )
     profile_specs(config)
     return runs

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,11 +23,8 @@ import yaml
 
 from ..numerics.activations import ACTIVATIONS, AUTHORS_ALPHA_RANGE
 from ..numerics.backprop import BP_NETWORKS
-from ..numerics.costs import COSTS
-from ..numerics.estimators import VARIANTS
+from ..numerics.estimators import EquilibriumProp, SettingError
 from ..numerics.networks import NETWORKS
-from ..numerics.orders import ORDERS
-from ..numerics.relaxation import SOLVERS
 from .datasets import DATASETS
 from .datasets import PRESETS as DATA_PRESETS
 from .recipes import RECIPES, apply_recipe
@@ -69,41 +67,35 @@ class ModelConfig:
     gains: list[float] | None = None  # per-edge init gains; None: the authors'
 
 
-@dataclass
-class EPConfig:
-    estimator: str = field(default="cep", metadata=choices(*VARIANTS))
-    beta: float | None = None  # auto: 0.1 on CIFAR-10, 0.15 otherwise (the authors' README)
-    free_iterations: int = 120
-    nudge_iterations: int = 50
-    eval_iterations: int = 120
-    order: str = field(default="even_odd", metadata=choices(*ORDERS))
-    # over-relaxation of every layer update, s <- clip(s + omega (u - s)): 1 = the authors' plain sweeps;
-    # 0 < omega < 2, and > 1 needs an order that is a proper colouring (coloring; even_odd on VGG5)
-    omega: float = 1.0
-    nudge_omega: float | None = None  # the nudged phases' own over-relaxation; null: ep.omega
-    cost: str = field(default="mse", metadata=choices(*COSTS))
-    warm_start: bool = True  # free phase starts from the previous batch's +β state, as in the authors' code
-    clip_norm: float | None = 1.0  # the authors clip the global gradient norm at 1.0; null disables
-    tol: float | None = None  # early stop of each phase (nudged: of its displacement); changes results
-    nudge_tol: float | None = None  # the nudged phases' own tolerance on their displacement; null: ep.tol
-    batch_phases: bool = True  # run the ±β phases as one stacked batch (same result, fewer kernel launches)
-    # Speed (docs/benchmarks.md). solver: fixed_point = the authors' plain sweeps; anderson = Anderson mixing
-    # of the free phase's sweeps (same fixed point, fewer sweeps to a given tol; nudged phases stay plain).
-    solver: str = field(default="fixed_point", metadata=choices(*SOLVERS))
-    # nudged phases: fixed_point (plain sweeps) or anderson (the ±β copies of an example share their mixing)
-    nudge_solver: str = field(default="fixed_point", metadata=choices(*SOLVERS))
-    anderson_memory: int = 5  # iterates the anderson solver mixes
-    channels_last: bool = False  # NHWC weights and states (faster convs; the same result to rounding)
-    compile: bool = False  # torch.compile the relaxation sweeps (compiles once per phase shape)
-    cuda_graphs: bool = False  # CUDA only: each fixed-length phase replays as one CUDA graph (needs tol null)
-    chunk_size: int | None = None  # relax at most this many examples at once (peak memory); null: the batch
-    # this many of the free phase's first sweeps (fewer if ep.tol stops them) in bf16 on a bf16 copy of the
-    # network, the rest of the phase in the run's precision (ep_core/precision.py); 0: off
-    bf16_sweeps: int = 0
-    # A named setting of the keys above (ep_core/recipes.py): `authors` (their code's relaxation, the
-    # default), `fast` (the same plain sweeps in truncated phases) or `adaptive` (tolerance-stopped,
-    # Anderson-accelerated phases); keys set explicitly win.
-    recipe: str = field(default="authors", metadata=choices(*RECIPES))
+# The ep.* keys that are not estimator settings: what the learner and the recipe do around the estimator.
+RUN_KEYS = (
+    ("eval_iterations", int, field(default=120)),  # sweeps of evaluation's relaxation (from zero states)
+    # the free phase starts from the previous batch's +β state, as in the authors' code
+    ("warm_start", bool, field(default=True)),
+    ("channels_last", bool, field(default=False)),  # NHWC weights and states (faster convs; same to rounding)
+    # A named setting of the other ep.* keys (ep_core/training/recipes.py): `authors` (their code's
+    # relaxation, the default), `fast` (the same plain sweeps in truncated phases) or `adaptive`
+    # (tolerance-stopped, Anderson-accelerated phases); keys set explicitly win.
+    ("recipe", str, field(default="authors", metadata=choices(*RECIPES))),
+)
+
+
+def _ep_section() -> type:
+    """EPConfig, the `ep` section: every EquilibriumProp field as the key of its name, with its type, default
+    and choices (ep_core/numerics/estimators.py documents them), then RUN_KEYS. `beta` defaults to null
+    ("auto"): `resolve` sets 0.1 on CIFAR-10, 0.15 otherwise (the authors' README)."""
+    hints = typing.get_type_hints(EquilibriumProp)
+    settings = [
+        (f.name, hints[f.name], field(default=f.default, metadata=f.metadata))
+        for f in dataclasses.fields(EquilibriumProp)
+    ]
+    settings = [("beta", float | None, field(default=None)) if s[0] == "beta" else s for s in settings]
+    section = dataclasses.make_dataclass("EPConfig", [*settings, *RUN_KEYS])
+    section.__module__ = __name__  # where pickle and readers look for it (make_dataclass says `types`)
+    return section
+
+
+EPConfig = _ep_section()
 
 
 @dataclass
@@ -269,13 +261,14 @@ def validate(c: RunConfig) -> RunConfig:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
-    for key in ("free_iterations", "nudge_iterations", "eval_iterations"):  # 0: no relaxation, no gradient
+    # A run's free phase starts from zeros or another batch's states, never from its fixed point, so it must
+    # relax (the estimator alone takes 0 free sweeps: a start that is the free state); evaluation likewise.
+    for key in ("free_iterations", "eval_iterations"):
         if getattr(c.ep, key) < 1:
             raise ConfigError(f"ep.{key}: must be >= 1, got {getattr(c.ep, key)}")
+    # beta null ("auto") resolves to a value either estimator takes: the rest is checked at the default beta
+    estimator_settings(c.ep, **({} if c.ep.beta is not None else {"beta": EquilibriumProp.beta}))
     _check_ranges(c)
-    if c.ep.beta is not None and (c.ep.beta <= 0 if c.ep.estimator == "cep" else c.ep.beta == 0):
-        need = "> 0 (centered EP nudges with -beta and +beta)" if c.ep.estimator == "cep" else "!= 0"
-        raise ConfigError(f"ep.beta: must be {need}, got {c.ep.beta}")
     if c.data.val_size < 0:
         raise ConfigError(f"data.val_size: must be >= 0, got {c.data.val_size}")
     if len(c.model.alpha_range) != 2 or not 0 <= c.model.alpha_range[0] < c.model.alpha_range[1]:
@@ -286,33 +279,25 @@ def validate(c: RunConfig) -> RunConfig:
         raise ConfigError(f"model.gains: applies to the EP networks only, not {c.model.arch}")
     if c.train.max_batches is not None and c.train.max_batches < 1:
         raise ConfigError(f"train.max_batches: must be >= 1 or null, got {c.train.max_batches}")
-    if c.ep.anderson_memory < 1:
-        raise ConfigError(f"ep.anderson_memory: must be >= 1, got {c.ep.anderson_memory}")
-    tolerances = (c.ep.tol, c.ep.nudge_tol)
-    if c.ep.cuda_graphs and (any(t is not None for t in tolerances) or c.ep.solver != "fixed_point"):
-        raise ConfigError(
-            "ep.cuda_graphs: needs fixed-length phases (ep.tol and ep.nudge_tol null, ep.solver fixed_point)"
-        )
-    if c.ep.nudge_solver == "anderson" and c.ep.estimator == "cep" and not c.ep.batch_phases:
-        raise ConfigError(
-            "ep.nudge_solver: anderson with centered EP needs ep.batch_phases true (the -beta and +beta "
-            "copies share their mixing coefficients)"
-        )
-    if c.ep.bf16_sweeps < 0:
-        raise ConfigError(f"ep.bf16_sweeps: must be >= 0 (0: off), got {c.ep.bf16_sweeps}")
-    if c.ep.bf16_sweeps and c.ep.cuda_graphs:
-        raise ConfigError("ep.bf16_sweeps: not with ep.cuda_graphs (graphed phases are all one precision)")
-    if c.ep.chunk_size is not None and c.ep.chunk_size < 1:
-        raise ConfigError(f"ep.chunk_size: must be >= 1 or null, got {c.ep.chunk_size}")
-    for key in ("omega", "nudge_omega"):
-        value = getattr(c.ep, key)
-        if value is not None and not 0 < value < 2:
-            raise ConfigError(f"ep.{key}: must satisfy 0 < omega < 2, got {value}")
-    for key in ("clip_norm", "tol", "nudge_tol"):
-        value = getattr(c.ep, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"ep.{key}: must be positive or null, got {value}")
     return c
+
+
+def estimator_settings(ep: EPConfig, **changes: Any) -> EquilibriumProp:
+    """The estimator an `ep` section sets: each EquilibriumProp field from the key of its name (so none is
+    left behind), then `changes`. A bad setting is a ConfigError on its `ep.` key."""
+    settings = {f.name: getattr(ep, f.name) for f in dataclasses.fields(EquilibriumProp)}
+    try:
+        return EquilibriumProp(**settings | changes)
+    except SettingError as error:
+        raise _config_error(error) from None
+
+
+def _config_error(error: SettingError) -> ConfigError:
+    """The estimator's message in the configuration's words: `ep.` keys, and YAML's null for None."""
+    reason = re.sub(r"\bNone\b", "null", error.reason)
+    if error.related:
+        reason = re.sub(rf"\b({'|'.join(error.related)})\b", r"ep.\1", reason)
+    return ConfigError(f"ep.{error.key}: {reason}")
 
 
 def _values(value: float | list[float] | None) -> list[float]:

@@ -1,4 +1,4 @@
-"""Datasets as in-memory tensors, the authors' augmentation recipes, and seeded, resumable training batches.
+"""Datasets as in-memory tensors, the authors' augmentations, and seeded, resumable training batches.
 
 Sources. CIFAR-10/100 and Fashion-MNIST are read from ``data_dir`` in torchvision's on-disk format and never
 downloaded here (``download`` does that, with torchvision's md5 checks); each split is held as one uint8
@@ -7,7 +7,8 @@ tensor (N, C, 32, 32) (Fashion-MNIST is zero-padded 28 -> 32 once, at load: the 
 of 1437 train / 360 test (independent of ``split_seed``) and normalised with the mean/std of those 1437.
 ``synthetic`` is a seeded toy task: smooth class prototypes plus Gaussian noise.
 
-Recipes (``load_data(preset=...)``), training-time, in the order applied; test time is normalisation only:
+Augmentations (``load_data(preset=...)``), training-time, in the order applied; test time is normalisation
+only:
 
 =================  ===================================================  ====================================
 preset             CIFAR-10 / CIFAR-100                                 Fashion-MNIST
@@ -21,17 +22,17 @@ authors_bp_vgg     flip, RandAugment(2, 9), crop(pad 4, zero);          as autho
 plain              flip, crop(pad 4, edge); true mean/std               flip, crop(pad 4, edge)
 =================  ===================================================  ====================================
 
-``digits`` and ``synthetic`` use one recipe for every preset: crop(pad 2, edge) and no flip (digits are not
-mirror-symmetric). We keep the small crop rather than no augmentation so that ``augment=True`` always means
-something; pass ``augment=False`` for normalisation only. ``augment=False`` gives every dataset its test-time
-transform for training batches too.
+``digits`` and ``synthetic`` use one augmentation for every preset: crop(pad 2, edge) and no flip (digits
+are not mirror-symmetric). We keep the small crop rather than no augmentation so that ``augment=True`` always
+means something; pass ``augment=False`` for normalisation only. ``augment=False`` gives every dataset its
+test-time transform for training batches too.
 
-Two paths, chosen per recipe. Flips and edge-padded crops are index maps, so recipes without RandAugment
-(Fashion-MNIST, plain, digits, synthetic, and every ``augment=False``) keep the whole training set on
-``device`` and augment each batch there with one gather. RandAugment is a per-image op, so those recipes
-(authors_* on CIFAR) run torchvision.transforms.v2 per uint8 image in a DataLoader (``num_workers``) and
-normalise on ``device``. (torchvision applies the ops to uint8 tensors here; the authors used PIL images,
-whose resampling can differ by rounding.)
+Two paths, chosen per augmentation. Flips and edge-padded crops are index maps, so augmentations without
+RandAugment (Fashion-MNIST, plain, digits, synthetic, and every ``augment=False``) keep the whole training
+set on ``device`` and augment each batch there with one gather. RandAugment is a per-image op, so those
+augmentations (authors_* on CIFAR) run torchvision.transforms.v2 per uint8 image in a DataLoader
+(``num_workers``) and normalise on ``device``. (torchvision applies the ops to uint8 tensors here; the
+authors used PIL images, whose resampling can differ by rounding.)
 
 Reproducibility. Epoch ``e``'s order is ``randperm`` from a generator seeded from (seed, e); all
 augmentation randomness of batch ``i`` comes from (seed, e, i) (and the position in the batch on the
@@ -91,7 +92,7 @@ def dataset_info(name: str) -> DatasetInfo:
     return _INFO[name]
 
 
-# ---- recipes ---------------------------------------------------------------------------------------------
+# ---- augmentations ---------------------------------------------------------------------------------------
 
 _C10_MEAN, _C10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 _C10_STD_AUTHORS = (0.2023, 0.1994, 0.2010)  # the widely copied values the authors' code uses
@@ -109,7 +110,7 @@ def _randaugment(num_ops: int) -> tuple:
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Augmentation:
     """Training-time ops in order -- ("flip",), ("crop", padding, padding_mode), ("randaugment", num_ops) --
     then normalisation; ``mean``/``std`` None means the training part's own statistics (digits, synthetic)."""
 
@@ -122,23 +123,23 @@ class Recipe:
         return any(op[0] == "randaugment" for op in self.ops)
 
 
-def training_recipe(name: str, preset: str) -> Recipe:
+def training_augmentation(name: str, preset: str) -> Augmentation:
     _check_choice("dataset", name, DATASETS)
     _check_choice("preset", preset, PRESETS)
     if name in ("cifar10", "cifar100"):
         c10 = name == "cifar10"
         mean, std = (_C10_MEAN, _C10_STD) if c10 else (_C100_MEAN, _C100_STD)
         if preset == "plain":
-            return Recipe((_FLIP, _crop(4)), mean, std)
+            return Augmentation((_FLIP, _crop(4)), mean, std)
         if preset == "authors_bp_vgg":
-            return Recipe((_FLIP, _randaugment(2), _crop(4, "constant")), mean, std)
+            return Augmentation((_FLIP, _randaugment(2), _crop(4, "constant")), mean, std)
         if c10:  # the authors' EP code divides by 3x the (widely copied) std, their BP ResNet code by 1x
             std = tuple(3 * s for s in _C10_STD_AUTHORS) if preset == "authors_ep" else _C10_STD_AUTHORS
-        return Recipe((_FLIP, _randaugment(3 if c10 else 4), _crop(4)), mean, std)
+        return Augmentation((_FLIP, _randaugment(3 if c10 else 4), _crop(4)), mean, std)
     if name == "fashion_mnist":
         ops = (_FLIP, _crop(4)) if preset == "plain" else (_crop(2), _FLIP)
-        return Recipe(ops, _FMNIST_MEAN, _FMNIST_STD)
-    return Recipe((_crop(2),))
+        return Augmentation(ops, _FMNIST_MEAN, _FMNIST_STD)
+    return Augmentation((_crop(2),))
 
 
 # ---- seeds -----------------------------------------------------------------------------------------------
@@ -283,8 +284,9 @@ def _geometric(x: Tensor, ops: tuple[tuple, ...], g: torch.Generator) -> Tensor:
 
 
 class _AugmentedBatches(torch.utils.data.Dataset):
-    """Items are whole training batches: key (i, indices) -> (uint8 images after the recipe's torchvision
-    v2 transforms, labels); image ``pos`` of batch ``i`` is seeded from (seed, epoch, i, pos) only."""
+    """Items are whole training batches: key (i, indices) -> (uint8 images after the augmentation's
+    torchvision v2 transforms, labels); image ``pos`` of batch ``i`` is seeded from (seed, epoch, i, pos)
+    only."""
 
     def __init__(self, images: Tensor, labels: Tensor, ops: tuple[tuple, ...], seed: int, epoch: int):
         from torchvision.transforms import v2
@@ -315,14 +317,15 @@ class _AugmentedBatches(torch.utils.data.Dataset):
 
 
 class Data:
-    """Train/val/test splits of one dataset with a recipe; see the module docstring. Made by ``load_data``."""
+    """Train/val/test splits of one dataset with an augmentation; see the module docstring. Made by
+    ``load_data``."""
 
-    def __init__(self, info: DatasetInfo, recipe: Recipe, splits: dict[str, tuple[Tensor, Tensor]],
-                 mean: tuple[float, ...], std: tuple[float, ...], *, augment: bool,
-                 device: torch.device, num_workers: int):  # fmt: skip
-        self.info, self.recipe, self.augment, self.device = info, recipe, augment, device
-        self._ops = recipe.ops if augment else ()
-        self._loader = augment and recipe.randaugment  # per-image RandAugment in DataLoader workers
+    def __init__(self, info: DatasetInfo, augmentation: Augmentation,
+                 splits: dict[str, tuple[Tensor, Tensor]], mean: tuple[float, ...], std: tuple[float, ...], *,
+                 augment: bool, device: torch.device, num_workers: int):  # fmt: skip
+        self.info, self.augmentation, self.augment, self.device = info, augmentation, augment, device
+        self._ops = augmentation.ops if augment else ()
+        self._loader = augment and augmentation.randaugment  # per-image RandAugment in DataLoader workers
         # The DataLoader path reads training images on the CPU; everything else lives on the device.
         homes = {"train": torch.device("cpu") if self._loader else device, "val": device, "test": device}
         self._splits = {k: (x.to(homes[k]), y.to(homes[k])) for k, (x, y) in splits.items()}
@@ -408,7 +411,7 @@ def load_data(
     """Load ``name`` into memory (never downloads); ``val_size`` training examples are held out, stratified,
     chosen by ``split_seed``. ``synthetic`` options (only for name "synthetic"): see SYNTHETIC_DEFAULTS."""
     _check_choice("dataset", name, DATASETS)
-    recipe = training_recipe(name, preset)
+    augmentation = training_augmentation(name, preset)
     if synthetic is not None and name != "synthetic":
         raise ValueError(f"the synthetic options apply only to dataset 'synthetic', not {name!r}")
     if num_workers < 0:
@@ -420,8 +423,8 @@ def load_data(
         x, y, x_test, y_test = _load_digits()
     else:
         info, (x, y, x_test, y_test) = _make_synthetic(synthetic)
-    if recipe.mean is not None and recipe.std is not None:
-        mean, std = recipe.mean, recipe.std
+    if augmentation.mean is not None and augmentation.std is not None:
+        mean, std = augmentation.mean, augmentation.std
     else:  # the whole training part's per-channel statistics, so they do not depend on val_size
         mean = tuple(x.double().mean(dim=(0, 2, 3)).tolist())
         std = tuple(x.double().std(dim=(0, 2, 3)).tolist())
@@ -431,8 +434,9 @@ def load_data(
         )
     keep, held = _stratified_holdout(y, val_size, split_seed)
     splits = {"train": (x[keep], y[keep]), "val": (x[held], y[held]), "test": (x_test, y_test)}
+    device = torch.device(device)
     return Data(
-        info, recipe, splits, mean, std, augment=augment, device=torch.device(device), num_workers=num_workers
+        info, augmentation, splits, mean, std, augment=augment, device=device, num_workers=num_workers
     )
 
 

@@ -25,11 +25,11 @@ from torch import nn
 
 from ..numerics.costs import cost_value, one_hot
 from ..numerics.diagnostics import layer_statistic_names, layer_statistics
-from ..numerics.estimators import EquilibriumProp, clip_global_norm, device_clock
+from ..numerics.estimators import clip_global_norm, device_clock
 from ..numerics.networks import HopfieldNetwork
 from ..numerics.orders import check_omega, update_groups
 from ..numerics.relaxation import States, relax
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, estimator_settings
 from .distributed import Collective, global_batchnorm
 
 
@@ -45,6 +45,8 @@ class StepResult:
     scalars: dict[str, float] = field(default_factory=dict)  # per-batch values averaged over the epoch
     layer_stats: torch.Tensor | None = None
     carry: States | None = None  # EP: states to warm-start the next batch from
+    # EP: wall time of each nudged relaxation, (−β, +β) when run one after the other, one when stacked
+    nudged_seconds: list[float] = field(default_factory=list)
 
 
 def _check_finite(what: str, *values: float) -> None:
@@ -66,14 +68,7 @@ class EPLearner:
         self.collective = _distributed(collective)
         # Data-parallel, each shard's estimate is unclipped: the clip acts on the all-reduced gradient.
         self.clip_norm = e.clip_norm
-        self.estimator = EquilibriumProp(
-            beta=e.beta, variant=e.estimator, free_iterations=e.free_iterations,
-            nudge_iterations=e.nudge_iterations, order=e.order, omega=e.omega, nudge_omega=e.nudge_omega,
-            cost=e.cost, tol=e.tol, nudge_tol=e.nudge_tol, clip_norm=None if self.collective else e.clip_norm,
-            batch_phases=e.batch_phases, solver=e.solver, nudge_solver=e.nudge_solver,
-            anderson_memory=e.anderson_memory, compile=e.compile, cuda_graphs=e.cuda_graphs,
-            chunk_size=e.chunk_size, bf16_sweeps=e.bf16_sweeps,
-        )  # fmt: skip
+        self.estimator = estimator_settings(e, **({"clip_norm": None} if self.collective else {}))
         for key in ("omega", "nudge_omega"):  # over-relaxation needs a proper colouring of the couplings
             try:
                 if getattr(e, key) is not None:
@@ -127,6 +122,7 @@ class EPLearner:
             scalars=scalars,
             layer_stats=est.summary,
             carry=carry,
+            nudged_seconds=est.nudged_seconds,
         )
         t0 = device_clock(x.device)
         optimizer.zero_grad(set_to_none=True)

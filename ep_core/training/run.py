@@ -500,14 +500,7 @@ def _train(
 ) -> int:
     setup = prepare(config, collective)  # may raise ConfigError/ValueError: nothing written yet
     config, writer = setup.config, collective.ctx.is_writer
-    saved = read_saved_config(out)  # an unreadable config.yaml/metrics.json: a one-line RunDirError
-    differences = _config_differences(saved, config) if saved else []
-    if differences:
-        raise ConfigError(
-            f"{out} holds a run with another configuration ({differences[0]}); use another --out"
-        )
-    previous = read_metrics(out)
-    collective.barrier()  # every rank has read the directory before rank 0 changes it
+    previous = _previous_metrics(out, config, collective)
     if previous is not None and previous["status"] == "completed":
         if writer:
             log(f"{out}: already completed (test_acc {previous['final']['test_acc']:.2f}); nothing to do")
@@ -515,42 +508,13 @@ def _train(
                 tracker.resync(out)  # a run that ended while MLflow was down: send the rest now
         return EXIT_COMPLETED
     collective.on_writer(lambda: prepare_out(out))  # a file, or a place that cannot be written: one line
-
-    run = Run(setup, out)
-    if run.resume():
-        run.say(f"{out}: resuming at epoch {run.epoch + 1}, batch {run.next_batch}")
-    if len(set(collective.all_gather_object((run.epoch, run.next_batch)))) > 1:
-        raise RunDirError(f"{out}: the processes read different checkpoints; is the run directory shared?")
+    run = _resumed(setup, out)
     params = collective.on_writer(lambda: _open(run, config, tracker)) or {}
-    epochs = config.train.epochs
     try:
         with StopRequest() as stop:
-            while run.epoch < epochs:
-                if not run.train_epoch(stop):
-                    run.save()
-                    where = f"epoch {run.epoch + 1}, batch {run.next_batch}"
-                    run.say(f"{out}: stopped by signal {run.stopped}; checkpoint saved at {where}")
-                    if tracker is not None:
-                        tracker.sync(params, run.history, stopped=True)
-                    return 128 + int(run.stopped or 0)
-                row = run.finish_epoch()
-                run.history.append(row)
-                if writer:
-                    write_csv(out / HISTORY, run.history, ("epoch",))
-                    print(_epoch_line(row, epochs), flush=True)
-                run.epoch, run.next_batch, run.acc = run.epoch + 1, 0, Accumulator()
-                run.stopped = collective.agreed_signal(stop.signal)  # one that came during evaluation
-                if run.epoch % config.train.checkpoint_every == 0 or run.stopped:
-                    run.save()  # before MLflow hears of the epoch: a resumed run never redoes a sent epoch
-                if tracker is not None:
-                    tracker.sync(params, run.history, force=False)
-                    run.mlflow_run_id = run.mlflow_run_id or tracker.run_id
-                if run.stopped:
-                    where = f"after epoch {run.epoch}"
-                    run.say(f"{out}: stopped by signal {run.stopped}; checkpoint saved {where}")
-                    if tracker is not None:
-                        tracker.sync(params, run.history, stopped=True)
-                    return 128 + int(run.stopped)
+            where = _train_epochs(run, stop, params, tracker)
+            if where is not None:  # inside StopRequest: a second signal cannot cut the report short
+                return _stopped(run, where, params, tracker)
     except DivergenceError as error:  # every rank sees the same reduced loss and gradient norm
         message = f"diverged in epoch {run.epoch + 1}, batch {run.next_batch + 1}: {error}"
         _write_records(run, "diverged", message, tracker)
@@ -565,5 +529,71 @@ def _train(
         (out / CHECKPOINT).unlink(missing_ok=True)
         (out / PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
         final = run.history[-1]
-        log(f"{out}: completed {epochs} epochs, test_acc {final['test_acc']:.2f}, {run.elapsed():.0f}s")
+        log(
+            f"{out}: completed {config.train.epochs} epochs, test_acc {final['test_acc']:.2f}, "
+            f"{run.elapsed():.0f}s"
+        )
     return EXIT_COMPLETED
+
+
+def _previous_metrics(out: Path, config: RunConfig, collective: Collective) -> dict[str, Any] | None:
+    """The metrics.json an earlier attempt left in `out` (None if none), once every rank has read the
+    directory; a ConfigError if it holds a run of another configuration."""
+    saved = read_saved_config(out)  # an unreadable config.yaml/metrics.json: a one-line RunDirError
+    differences = _config_differences(saved, config) if saved else []
+    if differences:
+        raise ConfigError(
+            f"{out} holds a run with another configuration ({differences[0]}); use another --out"
+        )
+    previous = read_metrics(out)
+    collective.barrier()  # every rank has read the directory before rank 0 changes it
+    return previous
+
+
+def _resumed(setup: Setup, out: Path) -> Run:
+    """The run in `out`, from its checkpoint if there is one; every rank must be at the same place."""
+    run = Run(setup, out)
+    if run.resume():
+        run.say(f"{out}: resuming at epoch {run.epoch + 1}, batch {run.next_batch}")
+    if len(set(run.c.all_gather_object((run.epoch, run.next_batch)))) > 1:
+        raise RunDirError(f"{out}: the processes read different checkpoints; is the run directory shared?")
+    return run
+
+
+def _train_epochs(run: Run, stop: StopRequest, params: dict[str, Any], tracker: Mirror | None) -> str | None:
+    """Train the epochs left; None when all are done, else where a signal stopped the run, its checkpoint
+    saved (mid-epoch: here; after an epoch: by `_record_epoch`)."""
+    while run.epoch < run.s.config.train.epochs:
+        if not run.train_epoch(stop):
+            run.save()
+            return f"at epoch {run.epoch + 1}, batch {run.next_batch}"
+        _record_epoch(run, stop, params, tracker)
+        if run.stopped:
+            return f"after epoch {run.epoch}"
+    return None
+
+
+def _record_epoch(run: Run, stop: StopRequest, params: dict[str, Any], tracker: Mirror | None) -> None:
+    """Evaluate the epoch just trained and record it: history.csv and its line on stdout, a checkpoint when
+    one is due or a signal came during evaluation, then MLflow."""
+    row = run.finish_epoch()
+    run.history.append(row)
+    if run.c.ctx.is_writer:
+        write_csv(run.out / HISTORY, run.history, ("epoch",))
+        print(_epoch_line(row, run.s.config.train.epochs), flush=True)
+    run.epoch, run.next_batch, run.acc = run.epoch + 1, 0, Accumulator()
+    run.stopped = run.c.agreed_signal(stop.signal)  # one that came during evaluation
+    if run.epoch % run.s.config.train.checkpoint_every == 0 or run.stopped:
+        run.save()  # before MLflow hears of the epoch: a resumed run never redoes a sent epoch
+    if tracker is not None:
+        tracker.sync(params, run.history, force=False)
+        run.mlflow_run_id = run.mlflow_run_id or tracker.run_id
+
+
+def _stopped(run: Run, where: str, params: dict[str, Any], tracker: Mirror | None) -> int:
+    """Report a run stopped by a signal, its checkpoint saved `where`, to the user and to MLflow; the exit
+    status is 128 + the signal, as for a process the signal killed."""
+    run.say(f"{run.out}: stopped by signal {run.stopped}; checkpoint saved {where}")
+    if tracker is not None:
+        tracker.sync(params, run.history, stopped=True)
+    return 128 + int(run.stopped or 0)

@@ -63,26 +63,26 @@ rule depth:
         "../scripts/depth.py"
 
 
-rule sweep:
+rule search:
     input:
-        metrics=run_files(SWEEP, "metrics.json"),
+        metrics=run_files(SEARCH, "metrics.json"),
     output:
-        csv="results/tables/sweep.csv",
+        csv="results/tables/search.csv",
         md=report(
-            "results/tables/sweep.md",
-            caption="../report/sweep.rst",
-            category="Sweeps",
+            "results/tables/search.md",
+            caption="../report/search.rst",
+            category="Hyper-parameter searches",
         ),
-        figure=figure("sweep", "sweep_figure", "Sweeps"),
+        figure=figure("search", "search_figure", "Hyper-parameter searches"),
     log:
-        "logs/aggregate/sweep.log",
+        "logs/aggregate/search.log",
     localrule: True
     conda:
         "../../environment.yml"
     params:
-        swept=grid.sweep_keys(config),
+        searched=grid.search_keys(config),
     script:
-        "../scripts/sweep.py"
+        "../scripts/search.py"
 
 
 rule profiles:

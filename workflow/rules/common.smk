@@ -37,7 +37,7 @@ def train_overrides(wildcards):
 
 
 def train_tags(wildcards):
-    return grid.run_tags(run_of(wildcards))
+    return grid.run_tags(config, run_of(wildcards))
 
 
 def train_name(wildcards):
@@ -76,7 +76,7 @@ ABLATIONS = grid.runs_of_kind(config, "activation_ablation") + grid.runs_of_kind
     config, "residual_ablation"
 )
 DEPTH = grid.runs_of_kind(config, "depth_ablation")
-SWEEP = grid.runs_of_kind(config, "sweep")
+SEARCH = grid.runs_of_kind(config, "search")
 CONVERGENCE = grid.convergence_runs(config)
 PAIR = grid.weight_pair(config)
 PAPER = f"{workflow.basedir}/reference/paper_results.csv"
@@ -104,14 +104,14 @@ if PROFILES:
     AGGREGATES.append("results/tables/profiles.md")
 if DEPTH:
     AGGREGATES.append("results/tables/depth.md")
-if SWEEP:
-    AGGREGATES.append("results/tables/sweep.md")
+if SEARCH:
+    AGGREGATES.append("results/tables/search.md")
 
 
 # The aggregation rules, whose tables and figures the pipeline's parent run in MLflow carries.
 AGGREGATE_RULES = ["main_table", "ablations", "weights", "convergence"]
 AGGREGATE_RULES += (
-    ["profiles"] * bool(PROFILES) + ["depth"] * bool(DEPTH) + ["sweep"] * bool(SWEEP)
+    ["profiles"] * bool(PROFILES) + ["depth"] * bool(DEPTH) + ["search"] * bool(SEARCH)
 )
 
 

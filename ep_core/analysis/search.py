@@ -1,10 +1,10 @@
-"""Sweeps: the same network trained at every combination of a few settings (`ep.beta`, `optim.lr`, ...),
-and the best setting chosen on validation.
+"""Hyper-parameter searches: the same network trained at every combination of a few settings (`ep.beta`,
+`optim.lr`, ...), and the best setting chosen on validation.
 
 Per (dataset, network, algorithm, width, epochs), each setting's runs give the best validation accuracy over
 epochs and the test accuracy at that epoch (mean ± s.d. over completed runs, i.e. seeds). The chosen setting
 is the one with the highest mean validation accuracy — never the test accuracy — and its test accuracy is
-what the sweep reports. Runs need a validation split (`data.val_size` > 0; the grid refuses a sweep
+what the search reports. Runs need a validation split (`data.val_size` > 0; the grid refuses a search
 without one).
 """
 
@@ -23,13 +23,13 @@ GROUP = ["dataset", "network", "algorithm", "width", "epochs"]
 STATS = ("best_val_acc", "val_selected_test_acc", "final_test_acc")
 
 
-def sweep_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def search_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per (dataset, network, algorithm, width, epochs, *keys) setting: n, n_failed,
     {best_val_acc, val_selected_test_acc, final_test_acc}_{mean,std} and `chosen` (highest mean validation
     accuracy of its group). `runs` is `load_runs(dirs, keys)`."""
     runs = runs.rename(columns={"epochs": "epochs_completed", "epochs_planned": "epochs"})
     if not keys:
-        raise ValueError("sweep_table: name the swept keys (e.g. ['ep.beta'])")
+        raise ValueError("search_table: name the searched keys (e.g. ['ep.beta'])")
     table = seed_stats(runs, [*GROUP, *keys], STATS)
     chosen = table.dropna(subset=["best_val_acc_mean"]).groupby(GROUP)["best_val_acc_mean"].idxmax()
     table["chosen"] = table.index.isin(chosen.to_numpy())
@@ -40,7 +40,7 @@ def _setting(row: pd.Series, keys: list[str]) -> str:
     return ", ".join(f"{k} = {row[k]:g}" if isinstance(row[k], float) else f"{k} = {row[k]}" for k in keys)
 
 
-def sweep_markdown(table: pd.DataFrame, keys: list[str]) -> str:
+def search_markdown(table: pd.DataFrame, keys: list[str]) -> str:
     cells = pd.DataFrame(
         {
             "dataset": [label("dataset", v) for v in table["dataset"]],
@@ -63,21 +63,21 @@ def sweep_markdown(table: pd.DataFrame, keys: list[str]) -> str:
     )
     note = (
         "- The chosen setting has the highest mean validation accuracy (best epoch) of its network; its "
-        "*test acc. at that epoch* is the sweep's result (selected on validation, never on test). Means ± "
+        "*test acc. at that epoch* is the search's result (selected on validation, never on test). Means ± "
         "s.d. over completed runs (seeds).\n"
     )
     return md.to_markdown(cells) + "\n" + note
 
 
-def write_sweep_table(table: pd.DataFrame, keys: list[str], csv_path: PathLike, md_path: PathLike) -> None:
-    """Write `sweep_table(...)` as CSV (full precision) and markdown."""
-    md.write_csv_and_markdown(table, Path(csv_path), Path(md_path), sweep_markdown(table, keys))
+def write_search_table(table: pd.DataFrame, keys: list[str], csv_path: PathLike, md_path: PathLike) -> None:
+    """Write `search_table(...)` as CSV (full precision) and markdown."""
+    md.write_csv_and_markdown(table, Path(csv_path), Path(md_path), search_markdown(table, keys))
 
 
-def plot_sweep(table: pd.DataFrame, keys: list[str], png: PathLike, pdf: PathLike | None = None) -> None:
+def plot_search(table: pd.DataFrame, keys: list[str], png: PathLike, pdf: PathLike | None = None) -> None:
     """Sensitivity: validation accuracy (top) and the test accuracy at the best-validation epoch (bottom)
-    against each swept key (one column per key), one line per network and setting of the other keys;
-    error bars ±1 s.d. over seeds, a star on the chosen setting. `table` is `sweep_table(...)`."""
+    against each searched key (one column per key), one line per network and setting of the other keys;
+    error bars ±1 s.d. over seeds, a star on the chosen setting. `table` is `search_table(...)`."""
     keys = keys or [None]  # type: ignore[list-item]
     caption = (
         "Each point: one setting, mean over completed runs (seeds), error bars ±1 s.d. Top: best validation "
@@ -89,7 +89,7 @@ def plot_sweep(table: pd.DataFrame, keys: list[str], png: PathLike, pdf: PathLik
         ("best_val_acc", "best validation accuracy (%)"),
         ("val_selected_test_acc", "test acc. (%), val-selected"),
     )
-    with figure(png, pdf, nrows=2, ncols=len(keys), title="Sweep: sensitivity", caption=caption) as (_, axes):
+    with figure(png, pdf, nrows=2, ncols=len(keys), title="Search sensitivity", caption=caption) as (_, axes):
         for column, key in enumerate(keys):
             done = table[table["n"] > 0] if key is not None else table.iloc[0:0]
             others = [k for k in keys if k != key]
@@ -98,7 +98,7 @@ def plot_sweep(table: pd.DataFrame, keys: list[str], png: PathLike, pdf: PathLik
             colors = dict(zip(names, sns.color_palette(PALETTE, max(len(names), 1)), strict=False))
             for (stat, ylabel), ax in zip(rows, axes[:, column], strict=True):
                 if done.empty:
-                    no_data(ax, "no completed sweep runs")
+                    no_data(ax, "no completed search runs")
                     continue
                 for name in names:
                     points = done[series == name].sort_values(key)
