@@ -337,7 +337,7 @@ def test_speed_keys_reach_the_learner_and_bad_values_are_one_line_errors():
 
 def test_bench_times_the_learners_own_training_step():
     from ep_core.bench.step import ep_parts, time_steps
-    from ep_core.bench.workload import BenchSettings, ep_training_step
+    from ep_core.bench.workload import BenchSettings, EPOptions, ep_training_step
 
     s = BenchSettings(arch="vgg5", width=0.0625, input_size=16, batch_size=2)
     step = ep_training_step(s, torch.device("cpu"))
@@ -346,10 +346,17 @@ def test_bench_times_the_learners_own_training_step():
     samples = time_steps(step, torch.device("cpu"), warmup=1, repeats=2)
     assert step.warm is not None  # each step warm-starts from the previous one's carry
     parts = ep_parts(samples)
-    assert parts["update"] == [seconds["step"] for _, seconds in samples]  # the learner's own clock
-    assert parts["minus"] == parts["plus"] == [t / 2 for t in parts["nudged"]]
+    assert parts["update"] == [result.seconds["step"] for _, result in samples]  # the learner's own clock
+    assert parts["minus"] == parts["plus"] == [t / 2 for t in parts["nudged"]]  # one stacked ±β phase
     for i, total in enumerate(parts["step"]):
         assert total >= sum(parts[k][i] for k in ("free", "nudged", "gradient", "update"))
+    # One phase after the other: each is timed on its own, and the two make up the nudged time.
+    separate = BenchSettings(
+        arch="vgg5", width=0.0625, input_size=16, batch_size=2, ep=EPOptions(batch_phases=False)
+    )
+    parts = ep_parts(time_steps(ep_training_step(separate, torch.device("cpu")), torch.device("cpu"), 0, 2))
+    for minus, plus, nudged in zip(parts["minus"], parts["plus"], parts["nudged"], strict=True):
+        assert minus > 0 and plus > 0 and minus + plus == pytest.approx(nudged, rel=1e-9)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="the CPU probe reads /proc")

@@ -1,22 +1,16 @@
-"""MLflow mirroring of training runs: the run directory is the source of truth, MLflow a mirror of it.
+"""One training run's MLflow mirror, and `ep-core sync`: the run directory is the source of truth.
 
-`init_tracking` runs once per pipeline, before any training job: it creates the experiment with a pinned
-artifact location and a parent run, and returns the small dict the pipeline stores as `init.json`. Each
-training run then mirrors itself through a `RunTracker`, which never lets MLflow stop or stall training:
+A run is handed a `RunTracker` (ep_core.training.run never builds one), which never lets MLflow stop or
+stall training (its calls are bounded: ep_core.tracking.store):
 
-* every call runs in a worker thread with a deadline (`EP_CORE_MLFLOW_TIMEOUT` seconds, default 30), and
-  MLflow's own HTTP client is held to one short retry, so an unreachable server costs seconds, not the
-  ~5 minutes of MLflow's default retries (pipeline.md §7);
 * a failure prints one warning line and training goes on; what was not sent stays in the run directory —
   `history.csv`, `metrics.json` and the link file `mlflow.json`, which records the MLflow run id and how
   much of the run MLflow has — and is sent when the server answers again, by the job itself or by
-  `ep-core sync RUN_DIR` (which the pipeline's `mlflow_summary` runs);
+  `ep-core sync RUN_DIR` (`sync_run`; the pipeline's `mlflow_summary` runs it);
 * one MLflow run per run directory, ever: `mlflow.json` is written (atomically) before the first call with
   a random key that tags the MLflow run, and the run id as soon as the run exists, so a rerun continues
   the same run whenever the kill happened (even before the first checkpoint, even between MLflow creating
-  the run and the answer arriving);
-* a fresh sqlite store is created and migrated under a file lock (`STORE.db.lock`): concurrent first
-  writers corrupt an unlocked one (pipeline.md §5.2).
+  the run and the answer arriving).
 """
 
 from __future__ import annotations

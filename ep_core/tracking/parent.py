@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""The pipeline's parent MLflow run: created once before any training job (`init_tracking`, whose dict
+the pipeline stores as `init.json`), marked with the pipeline's outcome, given the tables, figures and
+report, and closed with a summary of its child runs against their run directories (`summarise_parent`).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""The MLflow store behind every mirror: tracking URIs, one client per URI and process, and calls that
+never stall training.
+
+Every call runs in a worker thread with a deadline (`EP_CORE_MLFLOW_TIMEOUT` seconds, default 30), and
+MLflow's own HTTP client is held to one short retry, so an unreachable server costs seconds, not the ~5
+minutes of MLflow's default retries (pipeline.md §7). A fresh sqlite store is created and migrated under
+a file lock (`STORE.db.lock`): concurrent first writers corrupt an unlocked one (pipeline.md §5.2).
+"""
 
 from __future__ import annotations
 
