@@ -205,7 +205,7 @@ def table_runs(tmp_path) -> pd.DataFrame:
         fake_run(tmp_path / "b", seed=1, final=93.0, best=94.0, val=93.5),
         fake_run(tmp_path / "c", seed=2, final=94.5, best=95.5),  # no validation split
         fake_run(tmp_path / "d", seed=3, status="diverged", final=10.0, best=10.0),
-        fake_run(tmp_path / "e", seed=4, activation="relu1", final=50.0, best=50.0),  # ablation run
+        fake_run(tmp_path / "e", seed=4, activation="relu1", final=50.0, best=50.0),  # not the paper's
         fake_run(tmp_path / "f", arch="vgg5_bp", final=91.0, best=92.0),
         fake_run(tmp_path / "g", dataset="digits", arch="vgg5", final=97.0, best=98.0),
         fake_run(tmp_path / "h", arch="hopfield_resnet13", width=0.0625, epochs=2, final=30.0, best=31.0),
@@ -220,10 +220,18 @@ def test_main_table_means_counts_and_paper_figures(table_runs):
     assert list(dict.fromkeys(keys)) == [
         ("cifar10", "vgg5", "bp"), ("cifar10", "hopfield_resnet13", "cep"), ("digits", "vgg5", "cep")
     ]  # fmt: skip
-    assert table["in_paper"].tolist() == [True, True, True, False] and (table["n"] > 0).all()
+    assert table["in_paper"].tolist() == [True, True, True, False, False] and (table["n"] > 0).all()
+    # every activation the grid trained has its row, after the paper's: marked, with no paper figure
+    assert table["activation"].tolist() == ["relu", "relu6", "relu6", "relu1", "relu6"]
+    relu1 = table[table["activation"] == "relu1"].iloc[0]
+    identity = relu1[["architecture", "n", "seeds", "paper_activation"]].tolist()
+    assert identity == ["hopfield_resnet13", 1, "4", False]
+    assert math.isnan(relu1["paper"]) and math.isnan(relu1["diff_vs_paper"]) and math.isnan(relu1["prior_ep"])
+    assert relu1["paper_setting"] and relu1["best_test_mean"] == 50.0  # at the paper's scale, not its model
     hr = table[
         (table["dataset"] == "cifar10")
         & (table["architecture"] == "hopfield_resnet13")
+        & (table["activation"] == "relu6")
         & (table["width"] == 1.0)
     ]
     assert len(hr) == 1
@@ -268,10 +276,16 @@ def test_write_table_markdown_and_csv(table_runs, tmp_path):
     row = next(
         line
         for line in text.splitlines()
-        if "Hopfield-ResNet13" in line and "| 1 |" in line and "CIFAR-10 " in line
+        if "Hopfield-ResNet13" in line and "| 1 |" in line and "CIFAR-10 " in line and "ReLU6" in line
     )
     assert "94.2 ± 1.3 (n=3)" in row and "93.92" in row and "| +0.25 |" in row  # 94.1667 − 93.92
     assert "1 diverged/failed (excluded)" in row and "93.0 ± 0.7 (n=2)" in row and "| paper |" in row
+    assert row.endswith("| 1 s |")  # time / run: a one-second run reads as such, not as 0.0 hours
+    # a run of another activation: in the table, marked, without the paper's figures
+    other = next(line for line in text.splitlines() if "ReLU1 (α = 1)" in line)
+    assert "| paper scale; not the paper's activation |" in other and "| 1 completed |" in other
+    assert "93.92" not in other and "| 50.0 (n=1) |" in other
+    assert "| BP | ReLU |" in text
     smoke = next(line for line in text.splitlines() if "| 0.0625 |" in line)
     assert "reduced (w=0.0625, 2 ep., 120/50 it.)" in smoke and "| 93.92 |" in smoke
     assert "+" not in smoke.split("93.92")[1].split("|")[2]  # no difference beside a reduced-scale row
@@ -279,6 +293,14 @@ def test_write_table_markdown_and_csv(table_runs, tmp_path):
     assert "optimistic" in text
     back = pd.read_csv(tmp_path / "t.csv")
     assert len(back) == len(table) and back["paper"].sum() == pytest.approx(table["paper"].sum())
+
+
+def test_wall_times_read_at_every_scale():
+    from ep_core.analysis._markdown import duration
+
+    assert [duration(s) for s in (0.4, 42.4, 210.0, 31.2 * 3600, math.nan)] == [
+        "< 1 s", "42 s", "3.5 min", "31.2 h", "–"
+    ]  # fmt: skip
 
 
 # --- ablations ----------------------------------------------------------------------------------------------
@@ -348,6 +370,19 @@ def test_ablation_figures_are_written_and_deterministic(real, tmp_path):
         ).read_bytes()
     plot_residual_ablation(history.iloc[0:0], tmp_path / "empty.png")  # no runs: a figure saying so
     assert (tmp_path / "empty.png").stat().st_size > 0
+
+
+def test_an_empty_ablation_figure_names_the_networks_as_every_figure_does(tmp_path, monkeypatch):
+    from ep_core.analysis import ablations
+
+    said: list[str] = []
+    monkeypatch.setattr(ablations, "no_data", lambda ax, message: said.append(message))
+    plot_residual_ablation(load_history([]), tmp_path / "r.png")
+    plot_activation_ablation(load_history([]), tmp_path / "a.png")
+    assert said == [
+        "no EP runs of Hopfield-ResNet13 / Hopfield-Plain13 (no skips)",
+        "no EP architecture was trained\nwith two or more of ReLU6 (α = 6) / ReLU1 (α = 1) / random α per layer",
+    ]
 
 
 # --- profiles -----------------------------------------------------------------------------------------------

@@ -276,3 +276,36 @@ def test_one_network_is_profiled_once_however_many_studies_name_it():
     names = [s.name for s in grid.profile_specs(config)]
     assert names == ["hopfield_resnet13-w0.5-b8", "hopfield_resnet13-w1-b8", "vgg5-w0.5-b8", "vgg5-w1-b8",
                      "hopfield_resnet-d5-w1-b8"]  # fmt: skip
+
+
+EVERY_AGGREGATION = ["main_table", "ablations", "residual_ablation", "activation_ablation", "depth", "search",
+                     "profiles", "weights", "convergence"]  # fmt: skip
+
+
+def test_a_grid_plans_the_tables_and_figures_of_the_studies_it_has_and_no_others():
+    # The paper's and the demo's grids have every kind of study, and profiling: every output, as before.
+    for config in (load(), load("configs/pipeline_demo.yaml")):
+        assert grid.aggregations(config) == EVERY_AGGREGATION
+    # Dropped studies plan nothing: no ablation table or figure, no search, no profiles.
+    fashion = load("tests/pipeline/fashion_only.yaml")
+    assert grid.aggregations(fashion) == ["main_table", "weights", "convergence"]
+    # A main study of ReLU1 only: its main table and convergence, but no weights (ReLU6 EP against backprop).
+    own = load("tests/pipeline/tiny.yaml", "tests/pipeline/own_grid.yaml")
+    assert grid.aggregations(own) == ["main_table", "depth", "convergence"]
+    assert {r.activation for r in grid.runs_of_kind(own, "main")} == {"relu1"}
+    assert grid.weight_pair(own) is None
+    # One ablation without the other: the ablation table and that ablation's figure only.
+    residual = {"seeds": [0], "studies": {"r": {"kind": "residual_ablation", "datasets": ["digits"],
+                                                "archs": ["hopfield_resnet13", "hopfield_plain13"]}}}  # fmt: skip
+    assert grid.aggregations(residual) == ["ablations", "residual_ablation"]
+    # Backprop alone: its table; no weights or convergence, which need an EP network.
+    bp = {"seeds": [0], "studies": {"b": {"kind": "main", "datasets": ["digits"], "archs": ["resnet13"]}}}
+    assert grid.aggregations(bp) == ["main_table"]
+
+
+def test_the_weight_histograms_show_a_run_of_the_papers_activation():
+    config = {"seeds": [0], "studies": {"m": {"kind": "main", "datasets": ["digits"],
+                                              "archs": ["hopfield_resnet13", "resnet13"],
+                                              "activations": ["relu1", "relu6"]}}}  # fmt: skip
+    ep, bp = grid.weight_pair(config)
+    assert (ep.arch, ep.activation, bp.arch) == ("hopfield_resnet13", "relu6", "resnet13")

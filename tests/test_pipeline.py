@@ -11,8 +11,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from test_grid import load
@@ -22,6 +24,9 @@ from ep_core.pipeline import grid
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "pipeline" / "tiny.yaml"
 GPUS2 = ROOT / "tests" / "pipeline" / "gpus2.yaml"  # over TINY: 2 GPUs per run (the search's: 1)
+OWN_GRID = ROOT / "tests" / "pipeline" / "own_grid.yaml"  # over TINY: ReLU1 main study, studies dropped
+# The rules that are not aggregations (the tables and figures a grid plans: grid.aggregations).
+NOT_AGGREGATIONS = ("download", "mlflow_init", "train", "profile", "mlflow_summary", "all")
 BIN = Path(sys.executable).parent
 
 
@@ -53,17 +58,24 @@ def expected_counts(config: dict) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "configfile",
-    [None, "configs/pipeline_demo.yaml", "tests/pipeline/tiny.yaml", "tests/pipeline/fashion_only.yaml"],
+    "configfiles",
+    [
+        (),
+        ("configs/pipeline_demo.yaml",),
+        ("tests/pipeline/tiny.yaml",),
+        ("tests/pipeline/fashion_only.yaml",),
+        ("tests/pipeline/tiny.yaml", "tests/pipeline/own_grid.yaml"),
+    ],
+    ids=["paper", "demo", "tiny", "fashion_only", "own_grid"],
 )
-def test_dry_run_plans_exactly_the_jobs_the_config_implies(tmp_path, configfile):
+def test_dry_run_plans_exactly_the_jobs_the_config_implies(tmp_path, configfiles):
     args = ["-n", "--cores", "2", "--directory", str(tmp_path)]
-    if configfile:
-        args += ["--configfile", str(ROOT / configfile)]
+    if configfiles:
+        args += ["--configfile", *(str(ROOT / f) for f in configfiles)]
     result = snakemake(*args)
     assert result.returncode == 0, result.stdout + result.stderr
     counts = job_counts(result.stdout)
-    config = load(*([configfile] if configfile else []))
+    config = load(*configfiles)
     for rule, n in expected_counts(config).items():
         assert counts[rule] == n, (rule, counts)
     # One-off rules: MLflow set-up and summary, the aggregations, the final target.
@@ -71,10 +83,9 @@ def test_dry_run_plans_exactly_the_jobs_the_config_implies(tmp_path, configfile)
         counts[rule] == 1 for rule in counts if rule not in ("train", "profile", "download", "convergence")
     )
     assert counts["mlflow_init"] == 1 and counts["all"] == 1
-    # The studies a grid has are the aggregations it plans (depth study, search), and nothing else:
-    # the Fashion-MNIST-only grid stands alone, with no CIFAR job or download.
-    kinds = {s["kind"] for s in grid.studies(config).values()}
-    assert ("depth" in counts) == ("depth_ablation" in kinds) and ("search" in counts) == ("search" in kinds)
+    # The studies a grid has are the aggregations it plans, and nothing else (the paper's and the demo's
+    # grids: all of them); the Fashion-MNIST-only grid stands alone, with no CIFAR job or download.
+    assert set(counts) - set(NOT_AGGREGATIONS) == set(grid.aggregations(config))
     datasets = {r.dataset for r in grid.all_runs(config)}
     assert all(f"results/runs/{d}/" in result.stdout for d in datasets)
     assert not {"cifar10", "cifar100"} - datasets or "cifar" not in result.stdout
@@ -115,11 +126,16 @@ def _mlflow_runs(workdir: Path):
     return init, client, children
 
 
-def _assert_complete(workdir: Path, *configfiles: Path) -> None:
+def _summary_rows(workdir: Path, *configfiles: Path) -> list[list[str]]:
+    """`snakemake --summary`: one row (output file, date, rule, log, status, plan) per file of the DAG."""
     summary = snakemake(
         "--summary", "--cores", "1", "--directory", str(workdir), "--configfile", *map(str, configfiles)
     )
-    rows = [line.split("\t") for line in summary.stdout.splitlines()[1:] if "\t" in line]
+    return [line.split("\t") for line in summary.stdout.splitlines()[1:] if "\t" in line]
+
+
+def _assert_complete(workdir: Path, *configfiles: Path) -> None:
+    rows = _summary_rows(workdir, *configfiles)
     assert rows and all(row[4] == "ok" for row in rows), [r for r in rows if r[4] != "ok"]
     config = load(*(str(f.relative_to(ROOT)) for f in configfiles))
     runs = grid.all_runs(config)
@@ -145,17 +161,16 @@ def _assert_complete(workdir: Path, *configfiles: Path) -> None:
         if run.family == "ep":
             assert any(k.startswith("diagnostics/activity.") for k in child.data.metrics)
             assert not any(k.startswith("activity.") for k in child.data.metrics)
-    # the parent run, where a user lands: the counts, the summary, the tables and figures
+    # the parent run, where a user lands: the counts, the summary, and exactly the grid's tables and figures
     assert parent.data.metrics["runs/completed"] == len(runs) and parent.data.metrics["runs/failed"] == 0
     artifacts = {
         a.path
-        for folder in ("", "tables", "figures")
+        for folder in ("", "tables", "figures", "convergence")
         for a in client.list_artifacts(parent.info.run_id, folder)
+        if not a.is_dir
     }
-    kinds = {study["kind"] for study in grid.studies(config).values()}
-    expected = {"summary.json", "tables/main.md", "figures/search.png"}
-    expected |= {"figures/depth_ablation.png"} if "depth_ablation" in kinds else set()
-    assert expected <= artifacts
+    outputs = {row[0] for row in rows if row[2] in grid.aggregations(config)}
+    assert artifacts == {str(Path(p).relative_to("results")) for p in outputs} | {"summary.json"}
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +221,45 @@ def test_the_tiny_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tiny_pi
         assert (tiny_pipeline / "results" / name).stat().st_size > 0
     again = snakemake("--cores", "2", "--directory", str(tiny_pipeline), "--configfile", str(TINY))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def _report_files(workdir: Path, *configfiles: Path) -> set[str]:
+    """The names of the files `snakemake --report` shows (the report written as a zip, to list it)."""
+    report = workdir / "report.zip"
+    result = snakemake("--report", str(report), "--cores", "1", "--directory", str(workdir),
+                       "--configfile", *map(str, configfiles))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(report) as archive:
+        return {Path(name).name for name in archive.namelist() if "/data/raw/" in name}
+
+
+@pytest.mark.slow
+def test_a_grid_of_its_own_tables_every_run_and_plans_nothing_of_a_dropped_study(tmp_path):
+    """own_grid.yaml, a user's grid: its main study's ReLU1 run is in the main table (marked: not the
+    paper's activation), its depth study's run in the depth table; the dropped studies' tables and figures
+    are not written and not in the report (nor on the parent MLflow run: `_assert_complete`)."""
+    files = (TINY, OWN_GRID)
+    result = snakemake("--cores", "2", "--directory", str(tmp_path), "--configfile", *map(str, files))
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_complete(tmp_path, *files)
+    config = load(*(str(f.relative_to(ROOT)) for f in files))
+    # No weights: they compare ReLU6 EP runs with backprop, and this grid has neither.
+    assert grid.aggregations(config) == ["main_table", "depth", "convergence"]
+    results = tmp_path / "results"
+    main, depth = (pd.read_csv(results / "tables" / f"{name}.csv") for name in ("main", "depth"))
+    for run in grid.runs_of_kind(config, "main"):
+        row = main[(main["architecture"] == run.network) & (main["activation"] == run.activation)]
+        assert str(run.seed) in str(row["seeds"].iloc[0]).split(","), run.name
+    assert not main["paper_activation"].any() and main["paper"].isna().all()
+    for run in grid.runs_of_kind(config, "depth_ablation"):
+        assert depth.loc[depth["network"] == run.network, "n"].sum() == 1, run.name
+    assert main["n"].sum() + depth["n"].sum() == len(grid.all_runs(config))  # every run, in a table
+
+    outputs = {row[0] for row in _summary_rows(tmp_path, *files) if row[2] in grid.aggregations(config)}
+    written = {str(p.relative_to(tmp_path)) for d in ("tables", "figures", "convergence")
+               for p in (results / d).iterdir()}  # fmt: skip
+    assert written == outputs and not (results / "profiles").exists()
+    assert _report_files(tmp_path, *files) == {Path(p).name for p in outputs if p.endswith((".md", ".png"))}
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -22,6 +22,17 @@ def number(value: object, digits: int = 1, *, signed: bool = False) -> str:
     return f"{float(value):+.{digits}f}" if signed else f"{float(value):.{digits}f}"
 
 
+def duration(seconds: object) -> str:
+    """A wall time readable at every scale, a demo's seconds as a paper run's days: '42 s', '3.5 min',
+    '31.2 h'."""
+    if missing(seconds):
+        return DASH
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 1 else "< 1 s"
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
 def paper_number(value: object) -> str:
     """A figure quoted from the paper, exactly as printed there (93.92, 90.3)."""
     return DASH if missing(value) else f"{float(value):g}"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import seaborn as sns
 
+from ..numerics.activations import PAPER_ACTIVATION
 from ..training.rundir import COMPLETED, UNSUCCESSFUL
 from . import _markdown as md
 from ._figures import PALETTE, PathLike, figure, grid_shape, hide_unused, no_data
@@ -21,7 +22,6 @@ from .runs import label, seed_stats
 
 RESIDUAL_VARIANTS = ("hopfield_resnet13", "hopfield_plain13")
 ACTIVATION_ORDER = ("relu6", "relu1", "relu_random")  # the paper's ranking, best first
-ACTIVATION_LABELS = {"relu6": "ReLU6 (α = 6)", "relu1": "ReLU1 (α = 1)", "relu_random": "random α per layer"}
 EP_ALGORITHMS = ("cep", "ep")
 METRIC_LABELS = {
     "train_loss": "training loss (mean per example)",
@@ -75,7 +75,7 @@ def _variant_of(runs: pd.DataFrame, series: str, variant: str) -> str:
     return runs.loc[runs["series"] == series, variant].iloc[0]
 
 
-def residual_ablation_data(history: pd.DataFrame, *, activation: str = "relu6") -> pd.DataFrame:
+def residual_ablation_data(history: pd.DataFrame, *, activation: str = PAPER_ACTIVATION) -> pd.DataFrame:
     """Epoch rows of EP runs of Hopfield-ResNet13 and Hopfield-Plain13 with the given activation."""
     keep = (
         history["table_arch"].isin(RESIDUAL_VARIANTS)
@@ -105,7 +105,7 @@ def plot_residual_ablation(
     pdf: PathLike | None = None,
     *,
     metric: str = "train_loss",
-    activation: str = "relu6",
+    activation: str = PAPER_ACTIVATION,
 ) -> None:
     """Training loss vs epoch, Hopfield-ResNet13 against Hopfield-Plain13, one panel per dataset (and EP
     estimator). `history` is `load_history(...)`; writes `png` and `pdf` (default: same stem)."""
@@ -122,7 +122,7 @@ def plot_residual_ablation(
     with figure(png, pdf, ncols=len(panels), title=title, caption=caption) as (_, axes):
         for ax, key in zip(axes.flat, panels, strict=True):
             if key is None:
-                no_data(ax, "no EP runs of hopfield_resnet13 / hopfield_plain13")
+                no_data(ax, f"no EP runs of {' / '.join(label('arch', a) for a in RESIDUAL_VARIANTS)}")
                 continue
             dataset, algorithm = key
             frame = data[(data["dataset"] == dataset) & (data["algorithm"] == algorithm)]
@@ -142,7 +142,9 @@ def plot_activation_ablation(
     architecture trained with at least two activations. `history` is `load_history(...)`; writes `png`
     and `pdf` (default: same stem)."""
     data = activation_ablation_data(history)
-    data = data.assign(series=lambda f: f["activation"].map(ACTIVATION_LABELS) + _setting_suffix(f))
+    data = data.assign(
+        series=lambda f: f["activation"].map(lambda a: label("activation", a)) + _setting_suffix(f)
+    )
     panels = sorted(data.groupby(["dataset", "table_arch"]).groups) if not data.empty else [None]
     colors = dict(zip(ACTIVATION_ORDER, sns.color_palette(PALETTE, 3), strict=True))
     nrows, ncols = grid_shape(len(panels), max_columns=3)
@@ -154,7 +156,8 @@ def plot_activation_ablation(
     with figure(png, pdf, nrows=nrows, ncols=ncols, title=title, caption=caption) as (_, axes):
         for ax, key in zip(axes.flat, panels, strict=False):
             if key is None:
-                no_data(ax, "no EP architecture was trained\nwith two or more of relu6 / relu1 / relu_random")
+                names = " / ".join(label("activation", a) for a in ACTIVATION_ORDER)
+                no_data(ax, f"no EP architecture was trained\nwith two or more of {names}")
                 continue
             dataset, arch = key
             frame = data[(data["dataset"] == dataset) & (data["table_arch"] == arch)]
@@ -201,7 +204,7 @@ def ablation_table(
     ep = runs[runs["algorithm"].isin(EP_ALGORITHMS)].rename(columns={"epochs_planned": "epochs_"})
     keys = ["dataset", "algorithm", "width", "epochs_"]
 
-    residual = ep[ep["table_arch"].isin(RESIDUAL_VARIANTS) & (ep["activation"] == "relu6")]
+    residual = ep[ep["table_arch"].isin(RESIDUAL_VARIANTS) & (ep["activation"] == PAPER_ACTIVATION)]
     residual = _variant_rows(residual, keys, "table_arch").rename(columns={"table_arch": "variant"})
     residual = residual.assign(ablation="residual", architecture=residual["variant"])
     residual["finding"] = (
@@ -250,7 +253,10 @@ def ablation_markdown(table: pd.DataFrame) -> str:
             "width": [f"{v:g}" for v in table["width"]],
             "epochs": table["epochs"].astype(str),
             "architecture": [label("arch", v) for v in table["architecture"]],
-            "variant": [ACTIVATION_LABELS.get(v, label("arch", v)) for v in table["variant"]],
+            "variant": [
+                label("activation" if a == "activation" else "arch", v)
+                for a, v in zip(table["ablation"], table["variant"], strict=True)
+            ],
             "runs": md.runs_cells(table),
             "final test acc. (%)": md.mean_std_cells(table, "final_test_acc"),
             "best test acc. (%)": md.mean_std_cells(table, "best_test_acc"),

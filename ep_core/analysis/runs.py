@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ..numerics.backprop import BP_ACTIVATION
 from ..numerics.naming import blocks_of, layers_of, network_name, network_of_config, skips_of
 from ..training.config import BP_ARCHS
 from ..training.rundir import COMPLETED, UNSUCCESSFUL
@@ -38,6 +39,12 @@ DATASET_LABELS = {
     "synthetic": "synthetic",
 }
 ALGORITHM_LABELS = {"cep": "CEP", "ep": "EP", "bp": "BP"}
+ACTIVATION_LABELS = {
+    "relu6": "ReLU6 (α = 6)",
+    "relu1": "ReLU1 (α = 1)",
+    "relu_random": "random α per layer",
+    BP_ACTIVATION: "ReLU",
+}
 
 # Columns that identify a run; load_history repeats them on every epoch row.
 IDENTITY = [
@@ -59,11 +66,11 @@ GENERIC_HISTORY = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", 
 
 
 def label(kind: str, value: Any) -> str:
-    """Human-readable name of a dataset, network (`naming.network_name`: one name everywhere) or algorithm
-    (the code name if unknown)."""
+    """Human-readable name of a dataset, network (`naming.network_name`: one name everywhere), algorithm or
+    activation (the code name if unknown)."""
     if kind == "arch":
         return network_name(str(value))
-    table = {"dataset": DATASET_LABELS, "algorithm": ALGORITHM_LABELS}[kind]
+    table = {"dataset": DATASET_LABELS, "algorithm": ALGORITHM_LABELS, "activation": ACTIVATION_LABELS}[kind]
     return table.get(value, str(value))
 
 

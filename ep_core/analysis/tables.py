@@ -13,8 +13,9 @@ Only completed runs enter the means; diverged and failed runs are counted in `n_
 rows at the paper's setting (full width, 300 epochs, 120 free and 50 nudged iterations for EP) get the
 difference to the paper: a 1/16-width, 2-epoch smoke run is not the paper's model, so its row shows the
 paper's figure in its own column, marked reduced scale, without a difference. Settings the grid did not run
-are not listed. EP runs whose activation is not the table's (ReLU6, the paper's main results) are left to
-the activation ablation.
+are not listed. Every activation a main study trained has its rows: the paper's table is EP with ReLU6
+(backprop: plain ReLU), so rows of another activation are marked as such and get neither the paper's figure
+nor a difference — a study's runs are never left out of its table.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..numerics.activations import PAPER_ACTIVATION
+from ..numerics.backprop import BP_ACTIVATION
 from ..training.rundir import COMPLETED, UNSUCCESSFUL
 from . import _markdown as md
 from .runs import INCOMPLETE, label
@@ -83,29 +86,34 @@ def at_paper_setting(row: pd.Series) -> bool:
     return all(row[k] == v for k, v in keys.items())
 
 
-def main_table(runs: pd.DataFrame, paper_csv: str | Path, *, activation: str = "relu6") -> pd.DataFrame:
-    """Our runs beside the paper's table, one row per (dataset, architecture, algorithm, width, epochs,
-    free and nudged iterations) the grid ran.
+def main_table(runs: pd.DataFrame, paper_csv: str | Path) -> pd.DataFrame:
+    """Our runs beside the paper's table, one row per (dataset, architecture, algorithm, activation, width,
+    epochs, free and nudged iterations) the grid ran.
 
-    `runs` is `load_runs(...)`. Rows the paper reports come first, in the paper's order. Columns: dataset,
-    architecture, algorithm, width, epochs, free_iterations, nudge_iterations, n, n_failed, n_incomplete,
-    seeds, {final,val_selected,best_test}_{n,mean,std}, wall_hours_mean, peak_memory_mb_mean, devices,
-    paper (the paper's figure for that dataset, architecture and algorithm), in_paper, paper_setting (the
-    row is at the paper's scale), prior_ep (the best earlier EP result the paper quotes, on EP rows) and
-    diff_vs_paper (best_test_mean − paper, at the paper's setting only).
+    `runs` is `load_runs(...)`. Rows the paper reports come first, in the paper's order, each followed by
+    its rows of other activations. Columns: dataset, architecture, algorithm, activation (backprop:
+    `relu`), width, epochs, free_iterations, nudge_iterations, n, n_failed, n_incomplete, seeds,
+    {final,val_selected,best_test}_{n,mean,std}, wall_hours_mean, peak_memory_mb_mean, devices,
+    paper_activation (the row's activation is the paper's), paper (the paper's figure for that dataset,
+    architecture and algorithm, on rows of its activation), in_paper, paper_setting (the row is at the
+    paper's scale), prior_ep (the best earlier EP result the paper quotes, on EP rows of the paper's
+    activation) and diff_vs_paper (best_test_mean − paper, at the paper's setting only).
     """
     paper = read_paper_results(paper_csv)
-    ours = runs[(runs["algorithm"] == "bp") | (runs["activation"] == activation)]
+    # A backprop network has plain ReLU, whatever model.activation its saved configuration holds.
+    ours = runs.assign(activation=runs["activation"].where(runs["algorithm"] != "bp", BP_ACTIVATION))
     # "epochs" of the setting is the number planned (a diverged run completed fewer).
     ours = ours.drop(columns="epochs").rename(
         columns={"table_arch": "architecture", "epochs_planned": "epochs"}
     )
-    table = summarise_runs(ours, [*KEY, *SETTING])
+    table = summarise_runs(ours, [*KEY, "activation", *SETTING])
+    table["paper_activation"] = (table["algorithm"] == "bp") | (table["activation"] == PAPER_ACTIVATION)
 
     reported = paper[paper["algorithm"] != PRIOR_EP].reset_index(drop=True)
     reported = reported[KEY].assign(paper=reported["accuracy_pct"], paper_order=reported.index)
     table = table.merge(reported, on=KEY, how="left")
-    table["in_paper"] = table["paper_order"].notna()
+    table["paper"] = table["paper"].where(table["paper_activation"])  # another activation: not the paper's
+    table["in_paper"] = table["paper_order"].notna() & table["paper_activation"]
     table["paper_setting"] = (
         table.apply(at_paper_setting, axis=1).astype(bool) if len(table) else pd.Series(dtype=bool)
     )
@@ -116,12 +124,16 @@ def main_table(runs: pd.DataFrame, paper_csv: str | Path, *, activation: str = "
     table = table.merge(
         prior[["dataset", "architecture", "prior_ep"]], on=["dataset", "architecture"], how="left"
     )
-    table.loc[~table["algorithm"].isin(["cep", "ep"]), "prior_ep"] = float("nan")  # a prior *EP* figure
+    # a prior *EP* figure, beside the rows compared with the paper
+    table["prior_ep"] = table["prior_ep"].where(
+        table["algorithm"].isin(["cep", "ep"]) & table["paper_activation"]
+    )
     table["diff_vs_paper"] = (table["best_test_mean"] - table["paper"]).where(table["paper_setting"])
 
     table["paper_order"] = table["paper_order"].fillna(len(reported))
-    table = table.sort_values(["paper_order", *KEY, *SETTING], kind="stable").drop(columns="paper_order")
-    return table.reset_index(drop=True)
+    order = ["paper_order", *KEY, "other_activation", "activation", *SETTING]
+    table = table.assign(other_activation=~table["paper_activation"]).sort_values(order, kind="stable")
+    return table.drop(columns=["paper_order", "other_activation"]).reset_index(drop=True)
 
 
 def table_markdown(table: pd.DataFrame) -> str:
@@ -131,6 +143,7 @@ def table_markdown(table: pd.DataFrame) -> str:
             "dataset": [label("dataset", v) for v in table["dataset"]],
             "architecture": [label("arch", v) for v in table["architecture"]],
             "algorithm": [label("algorithm", v) for v in table["algorithm"]],
+            "activation": [label("activation", v) for v in table["activation"]],
             "width": [md.DASH if md.missing(v) else f"{v:g}" for v in table["width"]],
             "epochs": [md.DASH if md.missing(v) else f"{int(v)}" for v in table["epochs"]],
             "scale": [_scale_cell(r) for r in table.itertuples()],
@@ -149,7 +162,7 @@ def table_markdown(table: pd.DataFrame) -> str:
             "paper": [md.paper_number(v) for v in table["paper"]],
             "best prior EP": [md.paper_number(v) for v in table["prior_ep"]],
             "ours − paper": [md.number(v, 2, signed=True) for v in table["diff_vs_paper"]],
-            "hours / run": [md.number(v, 1) for v in table["wall_hours_mean"]],
+            "time / run": [md.duration(v * 3600) for v in table["wall_hours_mean"]],
         }
     )
     notes = [
@@ -161,18 +174,23 @@ def table_markdown(table: pd.DataFrame) -> str:
         "*scale*: *paper* rows are at the paper's setting (width 1, 300 epochs, 120 free / 50 nudged "
         "iterations for EP) and only they get *ours − paper*; *reduced* rows show the paper's figure for "
         "reference only. Settings the grid did not run are not listed.",
+        "*activation*: the paper's table is EP with ReLU6 (backprop: plain ReLU); a main study's runs of "
+        "another activation have their own rows, marked *not the paper's activation*, without the paper's "
+        "figures or *ours − paper*.",
         "*best prior EP*: the best earlier EP result the paper quotes for that dataset and architecture.",
-        "*hours / run*: mean wall time of a completed run (the paper: over 30 h for Hopfield-ResNet13, 300 "
-        "epochs, one GPU); the CSV has the devices and peak memory.",
+        "*time / run*: mean wall time of a completed run (the paper: over 30 h for Hopfield-ResNet13, 300 "
+        "epochs, one GPU); the CSV has it in hours, with the devices and peak memory.",
     ]
     return md.to_markdown(cells) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
 def _scale_cell(row) -> str:
     if row.paper_setting:
-        return "paper"
-    iterations = "" if row.algorithm == "bp" else f", {row.free_iterations}/{row.nudge_iterations} it."
-    return f"reduced (w={row.width:g}, {row.epochs} ep.{iterations})"
+        scale = "paper" if row.paper_activation else "paper scale"
+    else:
+        iterations = "" if row.algorithm == "bp" else f", {row.free_iterations}/{row.nudge_iterations} it."
+        scale = f"reduced (w={row.width:g}, {row.epochs} ep.{iterations})"
+    return scale if row.paper_activation else f"{scale}; not the paper's activation"
 
 
 def _runs_cell(row) -> str:

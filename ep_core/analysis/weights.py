@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..numerics.activations import PAPER_ACTIVATION
 from ..training.rundir import COMPLETED
 from . import _markdown as md
 from ._figures import PALETTE, PathLike, figure, grid_shape, hide_unused, no_data
@@ -87,14 +88,14 @@ def _is_ep(frame: pd.DataFrame) -> pd.Series:
     return frame["algorithm"] != "bp"
 
 
-def comparable(weights: pd.DataFrame, activation: str = "relu6") -> pd.DataFrame:
-    """BP runs and the EP runs with `activation` (the paper's ReLU6): ablation runs with other caps train
-    other weights and would blur the EP side."""
+def comparable(weights: pd.DataFrame, activation: str = PAPER_ACTIVATION) -> pd.DataFrame:
+    """BP runs and the EP runs with `activation` (the paper's ReLU6): runs with other caps (an ablation's, a
+    main study's ReLU1) train other weights and would blur the EP side."""
     return weights[~_is_ep(weights) | (weights["activation"] == activation)]
 
 
 def weight_layers(
-    weights: pd.DataFrame, *, near_zero: str = NEAR_ZERO, activation: str = "relu6"
+    weights: pd.DataFrame, *, near_zero: str = NEAR_ZERO, activation: str = PAPER_ACTIVATION
 ) -> pd.DataFrame:
     """Per matched layer (dataset, graph, width, role, index): EP and BP mean |w|, std, near-zero fraction
     and RMS at initialisation, each the mean over that side's runs (seeds; EP runs with `activation` only),
@@ -210,7 +211,7 @@ def _findings(key: tuple, weights: pd.DataFrame, layers: pd.DataFrame, near_zero
 
 
 def weight_table(
-    weights: pd.DataFrame, *, near_zero: str = NEAR_ZERO, activation: str = "relu6"
+    weights: pd.DataFrame, *, near_zero: str = NEAR_ZERO, activation: str = PAPER_ACTIVATION
 ) -> pd.DataFrame:
     """The three findings per (dataset, graph, width), as numbers and booleans (<NA>: not decidable here).
     `weights` is `load_weights(...)`; EP runs with another `activation` than the paper's are left out.
@@ -321,7 +322,7 @@ def plot_weight_profiles(
     pdf: PathLike | None = None,
     *,
     near_zero: str = NEAR_ZERO,
-    activation: str = "relu6",
+    activation: str = PAPER_ACTIVATION,
 ) -> None:
     """Per layer against depth: mean |w| (log scale), standard deviation and near-zero fraction, EP vs BP,
     skip kernels as squares; one row of panels per (dataset, graph, width). `weights` is `load_weights`."""

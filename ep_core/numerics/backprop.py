@@ -17,6 +17,8 @@ from torch import nn
 from .networks import check_geometry, scaled_channels
 
 BP_NETWORKS = ("resnet13", "vgg5_bp")
+# The backprop networks' activation (plain ReLU, no cap), as their run directories and the tables name it.
+BP_ACTIVATION = "relu"
 # Each EP network's backprop twin: the same graph run feed-forward (the no-skip ablation shares ResNet13).
 BP_TWIN = {"hopfield_resnet13": "resnet13", "hopfield_plain13": "resnet13", "vgg5": "vgg5_bp"}
 

@@ -21,6 +21,9 @@ them asks for (its result does not depend on the count beyond rounding).
 A hyper-parameter search is `kind: search` with a `search:` mapping of dotted keys to lists of values. Its
 older spelling, `kind: sweep` with a `sweep:` mapping, is still read (`studies` renames it): "sweep" now
 means only one pass of layer updates (ep_core.numerics.sweep).
+
+The tables and figures follow the grid too (`aggregations`): a kind of study the grid does not contain
+plans no output, so that the report holds only what was run.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..numerics.activations import ACTIVATIONS
-from ..numerics.backprop import BP_TWIN
+from ..numerics.activations import ACTIVATIONS, PAPER_ACTIVATION
+from ..numerics.backprop import BP_ACTIVATION, BP_TWIN
 from ..numerics.naming import BLOCK_ARCHS, canonical_network, network_name, network_slug
 from ..training.config import BP_ARCHS, EP_ARCHS, RunConfig, build_config, resolve
 from ..training.datasets import DATASETS, DOWNLOADABLE
@@ -39,7 +42,6 @@ from ..training.datasets import DATASETS, DOWNLOADABLE
 STUDY_KINDS = ("main", "activation_ablation", "residual_ablation", "depth_ablation", "search")
 # The older spelling of a search study (its kind and its mapping), read as `kind: search` and `search:`.
 OLD_SEARCH = "sweep"
-BP_ACTIVATION = "relu"
 # Keys a study's runs are identified by: a study may not set them through `settings` or `search`.
 IDENTITY_KEYS = ("data.name", "data.data_dir", "model.arch", "model.blocks", "model.activation", "train.seed")
 
@@ -212,7 +214,7 @@ def study_runs(config: dict[str, Any], study: str) -> list[RunSpec]:
         for (arch, blocks), seed, point in itertools.product(
             _networks(config, study, s, dataset), seeds, points
         ):
-            activations = [BP_ACTIVATION] if arch in BP_ARCHS else s.get("activations", ["relu6"])
+            activations = [BP_ACTIVATION] if arch in BP_ARCHS else s.get("activations", [PAPER_ACTIVATION])
             runs += [RunSpec(dataset, arch, a, int(seed), blocks, point) for a in activations]
     return runs
 
@@ -410,11 +412,33 @@ def convergence_runs(config: dict[str, Any]) -> list[RunSpec]:
 
 def weight_pair(config: dict[str, Any]) -> tuple[RunSpec, RunSpec | None] | None:
     """The EP run whose layers the histogram figure shows, with its backprop twin on the same data and
-    seed when the grid has it (Hopfield-ResNet13 first, as in the paper)."""
+    seed when the grid has it (Hopfield-ResNet13 first, as in the paper). Only a run with the paper's
+    activation: the weight table compares those with backprop (ep_core.analysis.weights)."""
     main = runs_of_kind(config, "main")
-    ep_runs = sorted((r for r in main if r.family == "ep"), key=lambda r: r.arch != "hopfield_resnet13")
+    ep_runs = [r for r in main if r.family == "ep" and r.activation == PAPER_ACTIVATION]
+    ep_runs.sort(key=lambda r: r.arch != "hopfield_resnet13")
     for run in ep_runs:
         twin = RunSpec(run.dataset, BP_TWIN.get(run.arch, ""), BP_ACTIVATION, run.seed)
         if twin in main:
             return run, twin
     return (ep_runs[0], None) if ep_runs else None
+
+
+def aggregations(config: dict[str, Any]) -> list[str]:
+    """The aggregation rules (workflow/rules/aggregate.smk) this grid plans, each only when the grid has
+    what its tables and figures show: a dropped study (or `profiles: null`) leaves no empty table or figure
+    in results/, the report or on the pipeline's parent MLflow run. The weights need an EP run of a main
+    study with the paper's activation (what they compare with backprop), convergence any EP main run."""
+    has = {kind: bool(runs_of_kind(config, kind)) for kind in STUDY_KINDS}
+    planned = {
+        "main_table": has["main"],
+        "ablations": has["residual_ablation"] or has["activation_ablation"],
+        "residual_ablation": has["residual_ablation"],
+        "activation_ablation": has["activation_ablation"],
+        "depth": has["depth_ablation"],
+        "search": has["search"],
+        "profiles": bool(profile_specs(config)),
+        "weights": weight_pair(config) is not None,
+        "convergence": bool(convergence_runs(config)),
+    }
+    return [rule for rule, planned_here in planned.items() if planned_here]

@@ -72,9 +72,8 @@ def profile_args(wildcards):
 
 # What the aggregation rules read and write (the runs of each study kind, the figures).
 MAIN = grid.runs_of_kind(config, "main")
-ABLATIONS = grid.runs_of_kind(config, "activation_ablation") + grid.runs_of_kind(
-    config, "residual_ablation"
-)
+RESIDUAL = grid.runs_of_kind(config, "residual_ablation")
+ACTIVATION = grid.runs_of_kind(config, "activation_ablation")
 DEPTH = grid.runs_of_kind(config, "depth_ablation")
 SEARCH = grid.runs_of_kind(config, "search")
 CONVERGENCE = grid.convergence_runs(config)
@@ -93,31 +92,18 @@ def figure(name, caption, category):
     ]
 
 
-AGGREGATES = [
-    "results/tables/main.md",
-    "results/tables/ablations.md",
-    "results/figures/residual_ablation.png",
-    "results/tables/weights.md",
-    "results/figures/convergence.png",
-]
-if PROFILES:
-    AGGREGATES.append("results/tables/profiles.md")
-if DEPTH:
-    AGGREGATES.append("results/tables/depth.md")
-if SEARCH:
-    AGGREGATES.append("results/tables/search.md")
+# The aggregation rules this grid has: only they are planned, so their tables and figures (and no empty
+# one of a study the grid lacks) are what the report and the pipeline's parent run in MLflow carry.
+AGGREGATIONS = grid.aggregations(config)
 
 
-# The aggregation rules, whose tables and figures the pipeline's parent run in MLflow carries.
-AGGREGATE_RULES = ["main_table", "ablations", "weights", "convergence"]
-AGGREGATE_RULES += (
-    ["profiles"] * bool(PROFILES) + ["depth"] * bool(DEPTH) + ["search"] * bool(SEARCH)
-)
+def aggregate_outputs():
+    return [path for name in AGGREGATIONS for path in getattr(rules, name).output]
 
 
 def parent_artifacts(wildcards):
-    return [path for name in AGGREGATE_RULES for path in getattr(rules, name).output]
+    return aggregate_outputs()
 
 
 def final_targets():
-    return ["results/mlflow/summary.json", *AGGREGATES]
+    return ["results/mlflow/summary.json", *aggregate_outputs()]

@@ -1,4 +1,5 @@
-"""Rule ablations: residual (with vs without skips) and activation (ReLU6 / ReLU1 / random alpha)."""
+"""Rule ablations: the table of the grid's residual (with vs without skips) and activation (ReLU6 / ReLU1 /
+random alpha) ablations."""
 
 import sys
 
@@ -6,18 +7,9 @@ sys.stderr = sys.stdout = open(snakemake.log[0], "w")
 
 from pathlib import Path
 
-from ep_core.analysis import (
-    ablation_table,
-    load_history,
-    load_runs,
-    plot_activation_ablation,
-    plot_residual_ablation,
-    write_ablation_table,
-)
+from ep_core.analysis import ablation_table, load_history, load_runs, write_ablation_table
 
 dirs = [Path(p).parent for p in snakemake.input.metrics]
-runs, history = load_runs(dirs), load_history(dirs)
-out = snakemake.output
-plot_residual_ablation(history, out.residual[0], out.residual[1])
-plot_activation_ablation(history, out.activation[0], out.activation[1])
-write_ablation_table(ablation_table(runs, history), out.csv, out.md)
+write_ablation_table(
+    ablation_table(load_runs(dirs), load_history(dirs)), snakemake.output.csv, snakemake.output.md
+)
