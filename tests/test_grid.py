@@ -1,5 +1,6 @@
 """The pipeline's job grid (ep_core.pipeline.grid): what config.yaml and the demo config expand to."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -309,3 +310,29 @@ def test_the_weight_histograms_show_a_run_of_the_papers_activation():
                                               "activations": ["relu1", "relu6"]}}}  # fmt: skip
     ep, bp = grid.weight_pair(config)
     assert (ep.arch, ep.activation, bp.arch) == ("hopfield_resnet13", "relu6", "resnet13")
+
+
+def _sweeps(config: dict, run: grid.RunSpec) -> tuple[str, int, int, int]:
+    c = build_config({}, grid.run_overrides(config, run)).ep
+    return c.recipe, c.free_iterations, c.nudge_iterations, c.eval_iterations
+
+
+def test_a_studys_recipe_sets_its_sweep_counts_over_the_grids_lower_layers():
+    """config.yaml's `settings.ep` sets the authors' counts; a study's `ep.recipe: fast` still trains fast's
+    (40 / 15, tested at 40), and keys set beside the recipe in the study win, as in a run's own config."""
+    config = load()
+    run = grid.RunSpec("cifar10", "hopfield_resnet13", "relu6", 0)
+    assert _sweeps(config, run) == ("authors", 120, 50, 120)
+    fast = grid.RunSpec("cifar10", "hopfield_resnet13", "relu6", 0, settings=(("ep.recipe", "fast"),))
+    assert _sweeps(config, fast) == ("fast", 40, 15, 40)
+    longer = dataclasses.replace(fast, settings=(("ep.nudge_iterations", 20), ("ep.recipe", "fast")))
+    assert _sweeps(config, longer) == ("fast", 40, 20, 40)
+    # A recipe in a lower layer of `settings` (all) gives way to counts the higher ones set: the family
+    # layer's `ep.nudge_iterations: 50` and a dataset layer's free iterations.
+    config["settings"]["all"] = {**config["settings"].get("all", {}), "ep.recipe": "fast"}
+    config["settings"]["dataset"] = {"cifar10": {"ep.free_iterations": 12}}
+    assert _sweeps(config, run) == ("fast", 12, 50, 40)
+    with pytest.raises(
+        grid.GridError, match=r"^ep\.recipe: 'quick' is not allowed; valid choices: authors, fast"
+    ):
+        grid.run_overrides(config, dataclasses.replace(run, settings=(("ep.recipe", "quick"),)))

@@ -253,6 +253,12 @@ def test_a_grid_of_its_own_tables_every_run_and_plans_nothing_of_a_dropped_study
     assert not main["paper_activation"].any() and main["paper"].isna().all()
     for run in grid.runs_of_kind(config, "depth_ablation"):
         assert depth.loc[depth["network"] == run.network, "n"].sum() == 1, run.name
+        # The study's `ep.recipe: fast` trained fast's sweeps, not tiny.yaml's `settings.ep` counts (4 / 2).
+        saved = yaml.safe_load((results / "runs" / run.path / "config.yaml").read_text())["ep"]
+        assert (saved["recipe"], saved["free_iterations"], saved["nudge_iterations"]) == ("fast", 40, 15)
+        assert saved["eval_iterations"] == 40
+        history = pd.read_csv(results / "runs" / run.path / "history.csv")
+        assert (history["free_iterations"] == 40).all() and (history["nudged_iterations"] == 15).all()
     assert main["n"].sum() + depth["n"].sum() == len(grid.all_runs(config))  # every run, in a table
 
     outputs = {row[0] for row in _summary_rows(tmp_path, *files) if row[2] in grid.aggregations(config)}

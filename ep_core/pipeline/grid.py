@@ -38,6 +38,7 @@ from ..numerics.backprop import BP_ACTIVATION, BP_TWIN
 from ..numerics.naming import BLOCK_ARCHS, canonical_network, network_name, network_slug
 from ..training.config import BP_ARCHS, EP_ARCHS, RunConfig, build_config, resolve
 from ..training.datasets import DATASETS, DOWNLOADABLE
+from ..training.recipes import RECIPES
 
 STUDY_KINDS = ("main", "activation_ablation", "residual_ablation", "depth_ablation", "search")
 # The older spelling of a search study (its kind and its mapping), read as `kind: search` and `search:`.
@@ -141,12 +142,12 @@ def drop_nulls(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _layered(config: dict[str, Any], family: str, dataset: str, arch: str) -> dict[str, Any]:
-    """`settings` layered all < family < dataset < arch."""
+    """`settings` layered all < family < dataset < arch (an `ep.recipe` clears its keys below it)."""
     settings = config.get("settings") or {}
     layered: dict[str, Any] = {}
     for layer in (settings.get("all"), settings.get(family), (settings.get("dataset") or {}).get(dataset),
                   (settings.get("arch") or {}).get(arch)):  # fmt: skip
-        layered |= layer or {}
+        layered = _with_recipe(layered, layer or {})
     return layered
 
 
@@ -252,9 +253,22 @@ def search_keys(config: dict[str, Any]) -> list[str]:
     return list(keys)
 
 
+def _with_recipe(lower: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """`lower` overlaid with `layer`, where an `ep.recipe` the layer names also clears the keys that recipe
+    sets from the layers below it: a study's `ep.recipe: fast` trains the fast recipe's sweep counts even
+    when the grid's `settings.ep` sets the authors' (keys set beside the recipe, in its own layer, still
+    win, as in a run's own config). So a saved config never names one recipe while training another's."""
+    recipe = layer.get("ep.recipe")
+    if recipe is None:
+        return lower | layer
+    if recipe not in RECIPES:
+        raise GridError(f"ep.recipe: {recipe!r} is not allowed; valid choices: {', '.join(RECIPES)}")
+    return {k: v for k, v in lower.items() if k.removeprefix("ep.") not in RECIPES[recipe]} | layer
+
+
 def run_overrides(config: dict[str, Any], run: RunSpec) -> list[str]:
     """`key=value` settings of one run (the layers of `settings`, the study's, then the run's identity)."""
-    layered = _layered(config, run.family, run.dataset, run.arch) | dict(run.settings)
+    layered = _with_recipe(_layered(config, run.family, run.dataset, run.arch), dict(run.settings))
     layered |= {"data.name": run.dataset, "data.data_dir": config["data_dir"], "model.arch": run.arch,
                 "train.seed": run.seed}  # fmt: skip
     if run.blocks is not None:
