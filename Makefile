@@ -50,7 +50,8 @@ demo-run: setup
 bench-tta: setup
 	$(BIN)/ep-core bench-tta $(TTA_ARGS)
 
-# GPU readiness in one script (~10 min on one CUDA GPU; never needed for CI): scripts/gpu-check.sh.
+# GPU readiness in one script that can fail (~10 min on one CUDA GPU; never needed for CI): scripts/gpu-check.sh.
+# Writes only under OUT (default results/benchmarks/gpu).
 gpu-check: setup
 	BIN=$(BIN) bash scripts/gpu-check.sh
 
