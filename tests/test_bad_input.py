@@ -4,13 +4,19 @@ checkpoint, which falls back to the previous one."""
 
 import json
 import os
+import pickle
+import runpy
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
 
@@ -331,3 +337,79 @@ def test_files_respect_the_umask(tmp_path):
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir()}
     assert modes and set(modes.values()) == {0o644}, modes
+
+
+def _tiny_cifar10(root: Path, bad: dict) -> Path:
+    """CIFAR-10's files under ``root``, readable but for data_batch_1, whose pickled dict is ``bad``."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    good = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}
+    for k in range(1, 6):
+        (folder / f"data_batch_{k}").write_bytes(pickle.dumps(bad if k == 1 else good))
+    (folder / "test_batch").write_bytes(pickle.dumps(good))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(k) for k in range(10)]}))
+    return folder / "data_batch_1"
+
+
+@pytest.fixture
+def offline(monkeypatch) -> None:
+    def urlopen(*args, **kwargs):
+        raise urllib.error.URLError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+def test_a_malformed_dataset_file_is_named(tmp_path, base_config, capsys):
+    path = _tiny_cifar10(tmp_path / "data", {"images": np.zeros((2, 3072), np.uint8), "labels": [0, 1]})
+    out, sets = tmp_path / "run", ["data.name=cifar10", f"data.data_dir={tmp_path / 'data'}"]
+    args = [
+        "train",
+        "--config",
+        str(base_config),
+        "--out",
+        str(out),
+        *(a for s in sets for a in ("--set", s)),
+    ]
+    code, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, f"{path}: expected a pickled dict with 'data' (N x 3072 uint8)")
+    assert "found ['images', 'labels']" in err and not out.exists()
+
+
+def test_download_without_network_says_what_to_do_and_accept_present_keeps_the_copy(
+    tmp_path, capsys, offline
+):
+    _tiny_cifar10(tmp_path, {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]})
+    args = ["download", "--dataset", "cifar10", "--data-dir", str(tmp_path)]
+    before = snapshot(tmp_path)
+    code, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, "ep-core download: error: cifar10: download failed (<urlopen error")
+    assert "md5 differs from torchvision's: cifar-10-batches-py/data_batch_1, " in err
+    assert err.strip().endswith("or pass --accept-present to use these as they are, without md5 checks")
+    assert snapshot(tmp_path) == before
+    assert run_cli([*args, "--accept-present"], capsys) == (0, "")
+
+
+def test_the_workflow_download_rule_says_it_in_its_log_and_exits_2(tmp_path, capsys, monkeypatch, offline):
+    _tiny_cifar10(tmp_path / "data", {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]})
+    log = tmp_path / "download.log"
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # the script sends both to its log: restore them after
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    rule = SimpleNamespace(
+        wildcards=SimpleNamespace(dataset="cifar10"), output=[str(tmp_path / "data" / ".cifar10.ready")],
+        log=[str(log)], params=SimpleNamespace(accept_present=False),
+    )  # fmt: skip
+    script = Path(__file__).parents[1] / "workflow" / "scripts" / "download.py"
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_path(str(script), init_globals={"snakemake": rule})
+    sys.stdout.close()  # the log, which snakemake's process would close on exit
+    lines = log.read_text().splitlines()
+    assert exit.value.code == 2 and len(lines) == 1 and "Traceback" not in log.read_text()
+    assert lines[0].startswith("download cifar10: error: cifar10: download failed (<urlopen error")
+    assert lines[0].endswith(
+        "or set data_accept_present: true in the config to use these as they are, without md5 checks"
+    )
+    assert capsys.readouterr().err.strip() == lines[0]
+    rule.params.accept_present = True
+    runpy.run_path(str(script), init_globals={"snakemake": rule})
+    sys.stdout.close()
+    assert log.read_text() == ""

@@ -2,6 +2,8 @@
 
 import pickle
 import struct
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -364,3 +366,121 @@ def test_synthetic_sizes_and_learnable():
     x_test, y_test = _eval(data)
     accuracy = (torch.cdist(x_test.flatten(1), means).argmin(1) == y_test).double().mean()
     assert accuracy > 0.9
+
+
+# ---- no network, pre-provisioned copies, malformed files --------------------------------------------------
+
+
+@pytest.fixture
+def offline(monkeypatch) -> list[str]:
+    """torchvision's downloads fail as on a host without network; the list records the URLs tried."""
+    tried = []
+
+    def urlopen(request, *args, **kwargs):
+        tried.append(getattr(request, "full_url", request))
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return tried
+
+
+def test_offline_download_names_the_files_that_differ_and_how_to_accept_them(tmp_path, offline):
+    _write_cifar10(tmp_path)  # our tiny files: present, but not torchvision's (md5)
+    with pytest.raises(ValueError) as err:
+        download("cifar10", tmp_path)
+    files = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch", "batches.meta"]
+    assert str(err.value) == (
+        f"cifar10: download failed (<urlopen error [Errno -3] Temporary failure in name resolution>); under "
+        f"{tmp_path} md5 differs from torchvision's: {', '.join('cifar-10-batches-py/' + f for f in files)}: "
+        "put torchvision's files there (copied from a host with network), or pass --accept-present to use "
+        "these as they are, without md5 checks"
+    )
+    assert offline and "\n" not in str(err.value)
+
+
+def test_offline_download_with_files_missing_says_only_to_provide_them(tmp_path, offline):
+    _write_cifar100(tmp_path)
+    (tmp_path / "cifar-100-python" / "test").unlink()
+    with pytest.raises(ValueError) as err:
+        download("cifar100", tmp_path, accept_present=True)
+    message = str(err.value)
+    assert "missing: cifar-100-python/test; md5 differs from torchvision's: cifar-100-python/train" in message
+    assert message.endswith("put torchvision's files there (copied from a host with network)")
+    # Fashion-MNIST's mirrors fail one after the other; the last one's reason is kept, on one line
+    with pytest.raises(ValueError) as err:
+        download("fashion_mnist", tmp_path / "empty")
+    assert str(err.value).startswith(
+        "fashion_mnist: download failed (<urlopen error [Errno -3] Temporary failure in name resolution>); "
+        f"under {tmp_path / 'empty'} missing: FashionMNIST/raw/train-images-idx3-ubyte, "
+    )
+    assert len(offline) > 1 and "\n" not in str(err.value)
+
+
+def test_accept_present_keeps_a_readable_copy_without_the_network(tmp_path, offline):
+    raw = _write_cifar10(tmp_path)
+    assert download("cifar10", tmp_path, accept_present=True) == tmp_path
+    assert offline == []
+    data = load_data("cifar10", data_dir=tmp_path, augment=False)
+    assert data.num_train == len(raw["y"]) and data.num_test == N_TEST
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(ValueError, match=r"data_batch_3: cannot be unpickled \(UnpicklingError\)"):
+        download("cifar10", tmp_path, accept_present=True)
+    assert offline == []
+
+
+def _damage(root: Path, kind: str) -> tuple[str, str]:
+    """Damage one file of a good copy under ``root``; (dataset, the error it gives)."""
+    c10, raw = root / "cifar-10-batches-py", root / "FashionMNIST" / "raw"
+    if kind == "keys":
+        _pickle(c10 / "data_batch_2", {"images": np.zeros((2, 3072), np.uint8), "labels": [0, 1]})
+        return "cifar10", (
+            f"{c10 / 'data_batch_2'}: expected a pickled dict with 'data' (N x 3072 uint8) and 'labels' "
+            "(N labels < 10), found ['images', 'labels']"
+        )
+    if kind == "shape":
+        _pickle(c10 / "test_batch", {"data": np.zeros((2, 1024), np.uint8), "labels": [0, 1]})
+        return (
+            "cifar10",
+            "test_batch: expected a pickled dict with 'data' (N x 3072 uint8) and 'labels' (N labels < 10), found data uint8 (2, 1024) and 2 labels",
+        )
+    if kind == "label":
+        _pickle(c10 / "test_batch", {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]})
+        return "cifar10", "found labels outside 0..9"
+    if kind == "truncated":
+        path = c10 / "data_batch_1"
+        path.write_bytes(path.read_bytes()[:100])
+        return (
+            "cifar10",
+            f"{path}: cannot be unpickled (UnpicklingError); expected a pickled dict with 'data'",
+        )
+    if kind == "meta":
+        _pickle(c10 / "batches.meta", {"names": []})
+        return "cifar10", f"{c10 / 'batches.meta'}: expected a pickled dict with 'label_names'"
+    path = raw / "t10k-images-idx3-ubyte"
+    if kind == "magic":
+        path.write_bytes(struct.pack(">4i", 0x801, 20, 28, 28) + bytes(20 * 784))
+        return "fashion_mnist", (
+            f"{path}: expected an idx file with magic 0x00000803 (uint8, N x 28 x 28), found 0x00000801"
+        )
+    if kind == "dims":
+        path.write_bytes(struct.pack(">4i", 0x803, 20, 28, 27) + bytes(20 * 28 * 27))
+        return "fashion_mnist", f"{path}: expected N x 28 x 28 uint8 values, found 20 x 28 x 27"
+    path.write_bytes(path.read_bytes()[:-1])  # size
+    return (
+        "fashion_mnist",
+        f"{path}: expected 15696 bytes (the header and 20 x 28 x 28 uint8 values), found 15695",
+    )
+
+
+@pytest.mark.parametrize("kind", ["keys", "shape", "label", "truncated", "meta", "magic", "dims", "size"])
+def test_a_malformed_file_is_named_with_what_was_expected(tmp_path, kind):
+    _write_cifar10(tmp_path)
+    _write_fmnist(tmp_path)
+    name, needle = _damage(tmp_path, kind)
+    for call in (
+        lambda: load_data(name, data_dir=tmp_path),
+        lambda: download(name, tmp_path, accept_present=True),
+    ):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -96,7 +96,7 @@ def add_sync(sub) -> None:
 def _download(args: argparse.Namespace) -> int:
     from ..training.datasets import download
 
-    where = download(args.dataset, args.data_dir)
+    where = download(args.dataset, args.data_dir, accept_present=args.accept_present)
     print(f"{args.dataset} is ready under {where}")
     return 0
 
@@ -107,6 +107,12 @@ def add_download(sub) -> None:
     )
     p.add_argument("--dataset", required=True, help="cifar10, cifar100 or fashion_mnist")
     p.add_argument("--data-dir", default="data")
+    p.add_argument(
+        "--accept-present",
+        action="store_true",
+        help="keep files already in --data-dir that are all there and readable, without md5 checks "
+        "(a pre-provisioned copy on a host without network)",
+    )
     p.set_defaults(func=_download)
 
 

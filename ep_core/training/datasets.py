@@ -1,8 +1,9 @@
 """Datasets as in-memory tensors, the authors' augmentations, and seeded, resumable training batches.
 
 Sources. CIFAR-10/100 and Fashion-MNIST are read from ``data_dir`` in torchvision's on-disk format and never
-downloaded here (``download`` does that, with torchvision's md5 checks); each split is held as one uint8
-tensor (N, C, 32, 32) (Fashion-MNIST is zero-padded 28 -> 32 once, at load: the authors' ``Pad(2)``).
+downloaded here (``download`` does that, with torchvision's md5 checks, or keeps a pre-provisioned copy);
+each file's format is checked as it is read. Each split is held as one uint8 tensor (N, C, 32, 32)
+(Fashion-MNIST is zero-padded 28 -> 32 once, at load: the authors' ``Pad(2)``).
 ``digits`` is scikit-learn's bundled 8x8 set, upsampled bilinearly to 1x32x32, with a fixed stratified split
 of 1437 train / 360 test (independent of ``split_seed``) and normalised with the mean/std of those 1437.
 ``synthetic`` is a seeded toy task: smooth class prototypes plus Gaussian noise.
@@ -49,11 +50,13 @@ import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .dataset_files import read_files, required_files
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
 PRESETS = ("authors_ep", "authors_bp_resnet", "authors_bp_vgg", "plain")
@@ -157,48 +160,6 @@ def _generator(tag: str, *parts: int) -> torch.Generator:
 
 
 # ---- sources ---------------------------------------------------------------------------------------------
-
-
-def _required_files(name: str, root: Path) -> list[Path]:
-    from torchvision import datasets as tvd
-
-    if name == "fashion_mnist":  # torchvision reads the extracted idx files
-        return [root / "FashionMNIST" / "raw" / Path(f).stem for f, _ in tvd.FashionMNIST.resources]
-    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    return [root / cls.base_folder / f for f in files]
-
-
-def _existence_checked(base: type) -> type:
-    # torchvision checks md5 sums on every load; keep that for download() only, so loading needs the files
-    # to exist (and tests can use tiny ones).
-    class Cifar(base):
-        train_list: ClassVar = [[f, None] for f, _ in base.train_list]
-        test_list: ClassVar = [[f, None] for f, _ in base.test_list]
-        meta: ClassVar = {**base.meta, "md5": None}
-
-    return Cifar
-
-
-def _load_torchvision(name: str, root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    if not all(p.is_file() for p in _required_files(name, root)):
-        raise ValueError(
-            f"{name} not found under {root}: run 'ep-core download --dataset {name} --data-dir {root}'"
-        )
-    from torchvision import datasets as tvd
-
-    out = []
-    for train in (True, False):
-        if name == "fashion_mnist":
-            ds = tvd.FashionMNIST(root, train=train, download=False)
-            x = F.pad(ds.data.unsqueeze(1), (2, 2, 2, 2))  # the authors' Pad(2, fill=0), once
-            y = ds.targets.long()
-        else:
-            ds = _existence_checked(tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100)(root, train=train)
-            x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # torchvision holds HWC
-            y = torch.tensor(ds.targets, dtype=torch.int64)
-        out += [x, y]
-    return out[0], out[1], out[2], out[3]
 
 
 def _stratified_holdout(y: Tensor, k: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -418,7 +379,7 @@ def load_data(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     info = _INFO[name]
     if name in DOWNLOADABLE:
-        x, y, x_test, y_test = _load_torchvision(name, Path(data_dir))
+        x, y, x_test, y_test = read_files(name, Path(data_dir), _INFO[name].num_classes)
     elif name == "digits":
         x, y, x_test, y_test = _load_digits()
     else:
@@ -440,15 +401,59 @@ def load_data(
     )
 
 
-def download(name: str, data_dir: str | Path) -> Path:
-    """Fetch ``name`` into ``data_dir`` with torchvision (md5-verified); digits and synthetic need nothing."""
+def download(
+    name: str,
+    data_dir: str | Path,
+    *,
+    accept_present: bool = False,
+    accept_hint: str = "pass --accept-present",
+) -> Path:
+    """Fetch ``name`` into ``data_dir`` with torchvision (md5-verified); digits and synthetic need nothing.
+
+    ``accept_present`` keeps files that are all there and readable without md5 checks: a pre-provisioned
+    copy on a host without network (training reads them the same way). A failed download is a one-line
+    ValueError naming the files that are missing or differ and what to do (``accept_hint`` says how to
+    accept them in the caller's terms)."""
     _check_choice("dataset", name, DATASETS)
     root = Path(data_dir)
-    if name in DOWNLOADABLE:
-        from torchvision import datasets as tvd
+    if name not in DOWNLOADABLE:
+        return root
+    files = required_files(name, root)
+    # torchvision keeps existing Fashion-MNIST files unchecked as well; read them so a damaged one is named.
+    if all(p.is_file() for p in files) and (accept_present or name == "fashion_mnist"):
+        read_files(name, root, _INFO[name].num_classes)
+        return root
+    from torchvision import datasets as tvd
 
-        cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "fashion_mnist": tvd.FashionMNIST}[name]
-        root.mkdir(parents=True, exist_ok=True)
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "fashion_mnist": tvd.FashionMNIST}[name]
+    root.mkdir(parents=True, exist_ok=True)
+    try:
         for train in (True, False):  # CIFAR's one archive holds both; Fashion-MNIST fetches all four files
             cls(root, train=train, download=True)
+    # No network shows up here: URLError and socket errors are OSErrors, and torchvision's Fashion-MNIST
+    # turns its mirrors' failures into one RuntimeError.
+    except (OSError, RuntimeError) as error:
+        raise ValueError(_download_failed(name, root, files, error, accept_hint)) from None
     return root
+
+
+def _download_failed(
+    name: str, root: Path, files: dict[Path, str | None], error: Exception, accept_hint: str
+) -> str:
+    from torchvision.datasets.utils import check_md5
+
+    lines = str(error).strip().splitlines()
+    reason = lines[-1] if lines else type(error).__name__  # Fashion-MNIST's: the last mirror's error
+    missing = [p for p in files if not p.is_file()]
+    differ = [p for p, md5 in files.items() if p.is_file() and md5 and not check_md5(p, md5)]
+    found = "; ".join(
+        f"{what}: {', '.join(str(p.relative_to(root)) for p in paths)}"
+        for what, paths in (("missing", missing), ("md5 differs from torchvision's", differ))
+        if paths
+    )
+    if not found:  # the files are torchvision's, so the failure is elsewhere (e.g. an unwritable folder)
+        return f"{name}: download failed ({reason}) under {root}"
+    todo = "put torchvision's files there (copied from a host with network)"
+    if not missing:
+        todo += f", or {accept_hint} to use these as they are, without md5 checks"
+    return f"{name}: download failed ({reason}); under {root} {found}: {todo}"

@@ -9,5 +9,7 @@ rule download:
     localrule: True
     conda:
         "../../environment.yml"
+    params:
+        accept_present=config["data_accept_present"],
     script:
         "../scripts/download.py"
