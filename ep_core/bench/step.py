@@ -6,7 +6,8 @@ For one network at one batch size on one device it measures (docs/benchmarks.md 
   from a `RunConfig` (ep_core.bench.workload), warm-started from the previous step's carry, warm-up steps
   excluded, the device synchronised before every clock reading, the median over `repeats` steps. The parts
   (free phase, nudged phases, Hebbian gradient, optimizer update) are the learner's own `StepResult.seconds`;
-  the −β and +β phases are reported as half the nudged time each, stacked or not;
+  the −β and +β phases are each timed on their own when they run one after the other, half the stacked
+  phase each when stacked;
 * the **overhead ratio**: one free-phase iteration as the estimator runs it, divided by the *minimal kernel
   set* of an iteration — each coupling's forward drive once and its transposed drive once (the library's
   own kernels: conv, transposed conv, max-pool with indices / unpool, matmul), called bare back to back

@@ -19,13 +19,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def required_files(name: str, root: Path) -> dict[Path, str | None]:
-    """The files torchvision reads for ``name`` -> their md5 (None: torchvision checks only existence)."""
+def torchvision_class(name: str) -> type:
+    """torchvision's dataset class of ``name`` (cifar10, cifar100 or fashion_mnist): its file lists, md5s,
+    folders and download."""
     from torchvision import datasets as tvd
 
+    return {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "fashion_mnist": tvd.FashionMNIST}[name]
+
+
+def required_files(name: str, root: Path) -> dict[Path, str | None]:
+    """The files torchvision reads for ``name`` -> their md5 (None: torchvision checks only existence)."""
+    cls = torchvision_class(name)
     if name == "fashion_mnist":  # torchvision reads the extracted idx files; its md5s are the archives'
-        return {root / "FashionMNIST" / "raw" / Path(f).stem: None for f, _ in tvd.FashionMNIST.resources}
-    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+        return {root / "FashionMNIST" / "raw" / Path(f).stem: None for f, _ in cls.resources}
     files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
     return {root / cls.base_folder / f: md5 for f, md5 in files}
 
@@ -104,9 +110,7 @@ def read_files(name: str, root: Path, num_classes: int) -> tuple[Tensor, Tensor,
     if name == "fashion_mnist":
         raw = root / "FashionMNIST" / "raw"
         return *_read_fmnist(raw, "train"), *_read_fmnist(raw, "t10k")
-    from torchvision import datasets as tvd
-
-    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+    cls = torchvision_class(name)
     K, folder = num_classes, root / cls.base_folder
     label_key = "labels" if name == "cifar10" else "fine_labels"
     # Training needs no class names, but a meta file that is not CIFAR's says the folder is not either.

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dataset_files import read_files, required_files
+from .dataset_files import read_files, required_files, torchvision_class
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
 PRESETS = ("authors_ep", "authors_bp_resnet", "authors_bp_vgg", "plain")
@@ -423,9 +423,7 @@ def download(
     if all(p.is_file() for p in files) and (accept_present or name == "fashion_mnist"):
         read_files(name, root, _INFO[name].num_classes)
         return root
-    from torchvision import datasets as tvd
-
-    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "fashion_mnist": tvd.FashionMNIST}[name]
+    cls = torchvision_class(name)
     root.mkdir(parents=True, exist_ok=True)
     try:
         for train in (True, False):  # CIFAR's one archive holds both; Fashion-MNIST fetches all four files
