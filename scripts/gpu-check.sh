@@ -9,7 +9,8 @@
 #      sweeps in bf16, and what an epoch of CIFAR-10 costs (391 steps of 128 at 120 + 2 x 50 sweeps);
 #   3. peak memory of a step, EP (stacked, separate, chunked) vs backprop;
 #   4. a short digits training on CUDA, authors' and fast recipes;
-#   5. the tiny pipeline grid on CUDA, run in its own folder.
+#   5. the gradient-fidelity monitor on a fast run and an ep.recipe: auto run on CUDA;
+#   6. the tiny pipeline grid on CUDA, run in its own folder.
 # Everything is written under $OUT (default results/benchmarks/gpu), nothing else: the pipeline's results/,
 # logs/, .snakemake/ and MLflow store included. A summary is printed at the end.
 set -euo pipefail
@@ -73,11 +74,29 @@ for flags in "" "--separate-phases" "--chunk-size 32"; do
     --batch-size 128 --free-iterations 5 --nudge-iterations 5 --memory-only $flags
 done
 
-step "4. digits on CUDA, 3 epochs: authors' and fast recipes"
-bounded 90 "bench-tta" "$BIN/ep-core" bench-tta --seeds 0 --epochs 3 --set train.device=cuda \
-  --workdir "$OUT/tta-runs" --out "$OUT/tta.json"
+step "4. digits on CUDA, 3 epochs, seeds 1 and 2: authors' and fast recipes under the time-to-accuracy protocol"
+bounded 180 "bench-tta" "$BIN/ep-core" bench-tta --dataset digits --seeds 1,2 --epochs 3 --set train.device=cuda \
+  --control none --workdir "$OUT/tta-runs" --out "$OUT/tta"
 
-step "5. the tiny pipeline grid on CUDA, in $OUT/pipeline"
+step "5. the gradient-fidelity monitor and ep.recipe: auto on CUDA (digits, 2 epochs, a probe every 10 steps)"
+for recipe in fast auto; do
+  bounded 90 "monitor $recipe" "$BIN/ep-core" train --set data.name=digits --set model.width=0.0625 \
+    --set train.device=cuda --set train.epochs=2 --set train.batch_size=32 --set optim.lr=0.05 \
+    --set ep.recipe=$recipe --set train.fidelity_every=10 --out "$OUT/monitor-$recipe"
+  "$BIN/python" - "$OUT/monitor-$recipe" <<'PY'
+import csv, json, math, sys
+out = sys.argv[1]
+f = json.load(open(f"{out}/metrics.json"))["fidelity"]
+if not f or f["probes"] < 8 or not math.isfinite(f["cosine_last"]):
+    sys.exit(f"gpu-check: FAILED: the monitor of {out} made fewer than 8 probes or a non-finite cosine: {f}")
+auto = [r["auto/free_iterations"] for r in csv.DictReader(open(f"{out}/history.csv")) if r.get("auto/free_iterations")]
+print(f"{out}: {f['probes']} probes, cosine first {f['cosine_first']:.3f}, last {f['cosine_last']:.3f}, "
+      f"min {f['cosine_min']:.3f}; the monitor took {100 * f['share_of_training']:.1f} % of training"
+      + (f"; auto's free sweeps per epoch {auto}" if auto else ""))
+PY
+done
+
+step "6. the tiny pipeline grid on CUDA, in $OUT/pipeline"
 mkdir -p "$OUT/pipeline"
 printf 'settings:\n  all:\n    train.device: cuda\nprofiles:\n  device: cuda\n' > "$OUT/tiny-cuda.yaml"
 # --directory: the pipeline's results/, logs/, .snakemake/ and MLflow store live under $OUT, not the repo.

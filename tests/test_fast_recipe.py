@@ -1,8 +1,8 @@
-"""The fast recipe's parts against the straightforward paths: paired Anderson in the nudged phases, chunked and one-after-the-other phases, the in-place warm carry, `ep.recipe`, and
-the time-to-accuracy benchmark."""
+"""The fast recipe's parts against the straightforward paths: paired Anderson in the nudged phases, chunked
+and one-after-the-other phases, the in-place warm carry, and `ep.recipe` (the time-to-accuracy benchmark:
+tests/test_tta.py)."""
 
 import copy
-import json
 
 import pytest
 import torch
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import batch, converged, small_net
 from conftest import relative_error as _rel
 
-from ep_core.bench.tta import format_tta, parse_recipe, run_tta
+from ep_core.bench.tta import parse_recipe
 from ep_core.numerics.anderson import History
 from ep_core.numerics.diagnostics import layer_statistics
 from ep_core.numerics.estimators import EquilibriumProp
@@ -227,32 +227,11 @@ def test_the_recipe_fills_unset_keys_and_explicit_keys_win():
     assert (separate.solver, separate.nudge_solver) == ("anderson", "fixed_point")
     assert build_config({}, ["ep.recipe=adaptive", "ep.solver=fixed_point"]).ep.solver == "fixed_point"
     with pytest.raises(
-        ConfigError, match=r"ep\.recipe: 'quick' is not allowed; valid choices: authors, fast, adaptive"
+        ConfigError, match=r"ep\.recipe: 'quick' is not allowed; valid choices: authors, fast, adaptive, auto"
     ):
         build_config({}, ["ep.recipe=quick"])
 
 
-def test_time_to_accuracy_benchmark_trains_interleaved_and_reports(tmp_path):
-    result = run_tta(
-        recipes=dict(map(parse_recipe, ["authors", "adaptive:ep.free_iterations=20"])),
-        seeds=(0, 1), epochs=1, width=0.0625, workdir=tmp_path / "runs",
-        extra=["data.name=synthetic", "data.synthetic_train=32", "data.synthetic_test=16", "train.batch_size=16",
-               "ep.free_iterations=6", "ep.nudge_iterations=3", "ep.eval_iterations=6"],
-    )  # fmt: skip
-    runs = result["runs"]
-    assert [(r["recipe"], r["seed"]) for r in runs] == [
-        ("authors", 0), ("adaptive:ep.free_iterations=20", 0), ("authors", 1), ("adaptive:ep.free_iterations=20", 1),
-    ]  # fmt: skip
-    assert all(r["status"] == "completed" for r in runs)
-    authors, adaptive = result["recipes"]["authors"], result["recipes"]["adaptive:ep.free_iterations=20"]
-    assert authors["free_sweeps"] == 6 and authors["nudged_sweeps"] == 3  # fixed-length phases
-    assert adaptive["free_sweeps"] <= 20 and adaptive["nudged_sweeps"] <= 3  # the later key wins: caps 20 / 3
-    assert result["speedup"] == pytest.approx(authors["wall_mean"] / adaptive["wall_mean"])
-    for summary in (authors, adaptive):  # the phases' seconds are a part of the wall time
-        assert summary["free_seconds"] > 0 and summary["nudged_seconds"] > 0
-        assert summary["free_seconds"] + summary["nudged_seconds"] < summary["wall_mean"]
-    assert authors["acc_mean"] == pytest.approx(sum(r["test_acc"] for r in runs[::2]) / 2)
-    json.dumps(result)
-    assert "| authors |" in format_tta(result)
+def test_an_unknown_recipe_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown recipe 'quick'"):
         parse_recipe("quick:ep.tol=1e-3")

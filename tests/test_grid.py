@@ -11,7 +11,7 @@ from ep_core import build_network
 from ep_core.analysis.runs import algorithm_of
 from ep_core.numerics import naming
 from ep_core.pipeline import grid
-from ep_core.training.config import build_config, resolve
+from ep_core.training.config import FIDELITY_EVERY, build_config, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -284,15 +284,16 @@ EVERY_AGGREGATION = ["main_table", "ablations", "residual_ablation", "activation
 
 
 def test_a_grid_plans_the_tables_and_figures_of_the_studies_it_has_and_no_others():
-    # The paper's and the demo's grids have every kind of study, and profiling: every output, as before.
-    for config in (load(), load("configs/pipeline_demo.yaml")):
-        assert grid.aggregations(config) == EVERY_AGGREGATION
+    # The paper's and the demo's grids have every kind of study, and profiling: every output, as before; the
+    # demo's truncated phases (30 / 10) also turn the fidelity monitor on, so it has the fidelity figure too.
+    assert grid.aggregations(load()) == EVERY_AGGREGATION
+    assert grid.aggregations(load("configs/pipeline_demo.yaml")) == [*EVERY_AGGREGATION, "fidelity"]
     # Dropped studies plan nothing: no ablation table or figure, no search, no profiles.
     fashion = load("tests/pipeline/fashion_only.yaml")
     assert grid.aggregations(fashion) == ["main_table", "weights", "convergence"]
     # A main study of ReLU1 only: its main table and convergence, but no weights (ReLU6 EP against backprop).
     own = load("tests/pipeline/tiny.yaml", "tests/pipeline/own_grid.yaml")
-    assert grid.aggregations(own) == ["main_table", "depth", "convergence"]
+    assert grid.aggregations(own) == ["main_table", "depth", "convergence", "fidelity"]
     assert {r.activation for r in grid.runs_of_kind(own, "main")} == {"relu1"}
     assert grid.weight_pair(own) is None
     # One ablation without the other: the ablation table and that ablation's figure only.
@@ -336,3 +337,38 @@ def test_a_studys_recipe_sets_its_sweep_counts_over_the_grids_lower_layers():
         grid.GridError, match=r"^ep\.recipe: 'quick' is not allowed; valid choices: authors, fast"
     ):
         grid.run_overrides(config, dataclasses.replace(run, settings=(("ep.recipe", "quick"),)))
+
+
+def _fidelity_every(config: dict, run: grid.RunSpec) -> int:
+    return resolve(build_config({}, grid.run_overrides(config, run))).train.fidelity_every
+
+
+def test_the_fidelity_figure_is_planned_iff_a_run_has_the_monitor_on():
+    """`fidelity_runs` are the EP runs whose resolved `train.fidelity_every` is > 0, as each run resolves
+    it: off at the authors' 120 / 50 (the paper's grid), on for truncated phases, a recipe that truncates
+    them or `auto`, and whenever set explicitly; never for backprop."""
+    paper = load()
+    assert grid.fidelity_runs(paper) == [] and "fidelity" not in grid.aggregations(paper)
+    # The demo: every EP run at 30 / 10, probed every 10 steps (so each epoch of a 30-batch run has one).
+    demo = load("configs/pipeline_demo.yaml")
+    ep_runs = [r for r in grid.all_runs(demo) if r.family == "ep"]
+    assert grid.fidelity_runs(demo) == ep_runs and {_fidelity_every(demo, r) for r in ep_runs} == {10}
+    # One study of the paper's grid selecting a recipe: exactly its runs, at the default interval.
+    for recipe in ("fast", "auto", "adaptive"):
+        config = load()
+        config["studies"]["depth"]["settings"] = {"ep.recipe": recipe}
+        monitored = grid.fidelity_runs(config)
+        assert monitored == grid.study_runs(config, "depth"), recipe
+        assert {_fidelity_every(config, r) for r in monitored} == {FIDELITY_EVERY}
+        assert grid.aggregations(config) == [*EVERY_AGGREGATION, "fidelity"]
+    # Turned off where it would be on: not planned; turned on at the authors' counts: planned.
+    config = load()
+    config["studies"]["depth"]["settings"] = {"ep.recipe": "fast", "train.fidelity_every": 0}
+    assert grid.fidelity_runs(config) == [] and "fidelity" not in grid.aggregations(config)
+    config = load()
+    config["settings"]["all"] = {**config["settings"].get("all", {}), "train.fidelity_every": 50}
+    assert grid.fidelity_runs(config) == [r for r in grid.all_runs(config) if r.family == "ep"]
+    # Backprop alone, even with the interval set: no monitor, no figure.
+    bp = {"seeds": [0], "settings": {"all": {"train.fidelity_every": 5}},
+          "studies": {"b": {"kind": "main", "datasets": ["digits"], "archs": ["resnet13", "vgg5_bp"]}}}  # fmt: skip
+    assert grid.fidelity_runs(bp) == [] and grid.aggregations(bp) == ["main_table"]

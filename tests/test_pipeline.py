@@ -20,6 +20,7 @@ import yaml
 from test_grid import load
 
 from ep_core.pipeline import grid
+from ep_core.training.fidelity import ladder
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "pipeline" / "tiny.yaml"
@@ -219,6 +220,8 @@ def test_the_tiny_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tiny_pi
     ]
     for name in ("tables/main.csv", "tables/main.md", "tables/depth.md", "tables/search.md"):
         assert (tiny_pipeline / "results" / name).stat().st_size > 0
+    # tiny.yaml's 4 / 2 sweeps are truncated: every EP run probed its gradient once (at step 2 of 4)
+    _assert_fidelity_lists(tiny_pipeline / "results", grid.fidelity_runs(load("tests/pipeline/tiny.yaml")), 1)
     again = snakemake("--cores", "2", "--directory", str(tiny_pipeline), "--configfile", str(TINY))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
@@ -243,15 +246,16 @@ def test_a_grid_of_its_own_tables_every_run_and_plans_nothing_of_a_dropped_study
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_complete(tmp_path, *files)
     config = load(*(str(f.relative_to(ROOT)) for f in files))
-    # No weights: they compare ReLU6 EP runs with backprop, and this grid has neither.
-    assert grid.aggregations(config) == ["main_table", "depth", "convergence"]
+    # No weights: they compare ReLU6 EP runs with backprop, and this grid has neither. Every run's phases are
+    # truncated (tiny.yaml's 4 / 2, fast, auto), so the fidelity monitor is on in each, and its figure planned.
+    assert grid.aggregations(config) == ["main_table", "depth", "convergence", "fidelity"]
     results = tmp_path / "results"
     main, depth = (pd.read_csv(results / "tables" / f"{name}.csv") for name in ("main", "depth"))
     for run in grid.runs_of_kind(config, "main"):
         row = main[(main["architecture"] == run.network) & (main["activation"] == run.activation)]
         assert str(run.seed) in str(row["seeds"].iloc[0]).split(","), run.name
     assert not main["paper_activation"].any() and main["paper"].isna().all()
-    for run in grid.runs_of_kind(config, "depth_ablation"):
+    for run in grid.study_runs(config, "depth"):
         assert depth.loc[depth["network"] == run.network, "n"].sum() == 1, run.name
         # The study's `ep.recipe: fast` trained fast's sweeps, not tiny.yaml's `settings.ep` counts (4 / 2).
         saved = yaml.safe_load((results / "runs" / run.path / "config.yaml").read_text())["ep"]
@@ -260,12 +264,48 @@ def test_a_grid_of_its_own_tables_every_run_and_plans_nothing_of_a_dropped_study
         history = pd.read_csv(results / "runs" / run.path / "history.csv")
         assert (history["free_iterations"] == 40).all() and (history["nudged_iterations"] == 15).all()
     assert main["n"].sum() + depth["n"].sum() == len(grid.all_runs(config))  # every run, in a table
+    _assert_auto_trained_its_ladder(results, grid.study_runs(config, "auto"))
+    _assert_fidelity_lists(results, grid.fidelity_runs(config), probes_per_run=1)
 
     outputs = {row[0] for row in _summary_rows(tmp_path, *files) if row[2] in grid.aggregations(config)}
     written = {str(p.relative_to(tmp_path)) for d in ("tables", "figures", "convergence")
                for p in (results / d).iterdir()}  # fmt: skip
     assert written == outputs and not (results / "profiles").exists()
     assert _report_files(tmp_path, *files) == {Path(p).name for p in outputs if p.endswith((".md", ".png"))}
+
+
+def _assert_auto_trained_its_ladder(results: Path, runs: list[grid.RunSpec]) -> None:
+    """The `ep.recipe: auto` runs (own_grid.yaml: cap 12 / 4, floor 3) recorded the counts the monitor chose
+    each epoch, on the ladder, and trained with them: tiny.yaml probes before steps 0 and 2, the first step
+    of each of its two 2-step epochs, so an epoch's counts are the ones it ended with."""
+    assert runs
+    for run in runs:
+        saved = yaml.safe_load((results / "runs" / run.path / "config.yaml").read_text())["ep"]
+        assert (saved["recipe"], saved["free_iterations"], saved["nudge_iterations"]) == ("auto", 12, 4)
+        rungs = ladder((saved["free_iterations"], saved["nudge_iterations"]), saved["auto_floor"])
+        assert len(rungs) == 5, rungs  # a real choice: 3/1, 4/1, 6/2, 8/3, 12/4
+        history = pd.read_csv(results / "runs" / run.path / "history.csv")
+        chosen = list(zip(history["auto/free_iterations"], history["auto/nudge_iterations"], strict=True))
+        assert len(chosen) == 2 and all(counts in rungs for counts in chosen), chosen
+        assert (history["free_iterations"] == history["auto/free_iterations"]).all()
+        assert (history["nudged_iterations"] == history["auto/nudge_iterations"]).all()
+        assert (history["fidelity/probes"] == 1).all()  # before step 0, before step 2
+
+
+def _assert_fidelity_lists(results: Path, runs: list[grid.RunSpec], probes_per_run: int) -> None:
+    """The fidelity table lists exactly the monitored runs, each with its probes, and the figure exists."""
+    table = pd.read_csv(results / "tables" / "fidelity.csv")
+    assert sorted(table["run_dir"]) == sorted(f"results/runs/{run.path}" for run in runs)
+    for row in table.itertuples():
+        every_epoch = row.recipe == "auto"  # auto also probes before its first step
+        assert row.probes == (2 if every_epoch else probes_per_run), row.run
+        assert -1 <= row.cosine_min <= row.cosine_last <= 1 and row.share_of_training > 0, row.run
+    epochs = pd.read_csv(results / "tables" / "fidelity_epochs.csv")
+    assert set(epochs["run"]) == set(table["run"])
+    probes = dict(zip(table["run"], table["probes"], strict=True))
+    assert epochs.groupby("run")["probes"].sum().to_dict() == probes
+    assert epochs["auto_free_iterations"].notna().sum() == 2 * (table["recipe"] == "auto").sum()
+    assert all((results / "figures" / f"fidelity.{kind}").stat().st_size > 0 for kind in ("png", "pdf"))
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -38,7 +38,11 @@ SETTINGS = {
 LEARNER_KEYS = {"eval_iterations": 7, "warm_start": False, "channels_last": True}
 # Keys that change neither, each with what it does instead. `recipe` fills in other keys
 # (test_a_recipe_reaches_the_keys_it_sets).
-INERT = {"recipe": "sets other ep.* keys before the section is built"}
+INERT = {
+    "recipe": "sets other ep.* keys before the section is built",
+    "auto_target": "read by the fidelity monitor of an ep.recipe: auto run (tests/test_fidelity.py)",
+    "auto_floor": "read by the fidelity monitor of an ep.recipe: auto run (tests/test_fidelity.py)",
+}
 
 
 def _learner(ep: dict, collective=None) -> EPLearner:

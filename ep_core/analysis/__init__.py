@@ -1,5 +1,6 @@
 """Tables and figures from run directories and bench JSON, never from MLflow: the paper's table beside
-ours, ablations, depth and hyper-parameter studies, convergence, profiles, weight distributions.
+ours, ablations, depth and hyper-parameter studies, convergence, gradient fidelity, profiles, weight
+distributions.
 
 Inputs are run directories written by `ep-core train --out DIR` and JSON files from `ep-core bench --json`;
 every figure is written as PNG and PDF (same stem) and every table as CSV and markdown. Functions take data
@@ -9,6 +10,7 @@ frames built by the `load_*` functions, so each table or figure is a determinist
 from .ablations import ablation_table, plot_activation_ablation, plot_residual_ablation, write_ablation_table
 from .convergence import convergence_traces, evaluation_batch, load_network, plot_convergence, residual_trace
 from .depth import depth_table, plot_depth_ablation, write_depth_table
+from .fidelity import fidelity_history, fidelity_table, load_fidelity, plot_fidelity, write_fidelity_table
 from .profiles import (
     load_benchmarks,
     phase_times,
@@ -34,7 +36,10 @@ __all__ = [
     "convergence_traces",
     "depth_table",
     "evaluation_batch",
+    "fidelity_history",
+    "fidelity_table",
     "load_benchmarks",
+    "load_fidelity",
     "load_history",
     "load_network",
     "load_runs",
@@ -45,6 +50,7 @@ __all__ = [
     "plot_convergence",
     "plot_depth_ablation",
     "plot_ep_vs_bp",
+    "plot_fidelity",
     "plot_residual_ablation",
     "plot_search",
     "plot_step_phases",
@@ -58,6 +64,7 @@ __all__ = [
     "weight_table",
     "write_ablation_table",
     "write_depth_table",
+    "write_fidelity_table",
     "write_profile_table",
     "write_search_table",
     "write_table",

@@ -1,179 +1,263 @@
-"""`ep-core bench-tta`: time to accuracy of training recipes, trained side by side on the same data.
+"""`ep-core bench-tta`: time to accuracy of training recipes, by a protocol stated before it runs.
 
-Each recipe is a set of dotted config keys on top of one shared setting (by default the authors'
-hyper-parameters on scikit-learn's digits with the digits demo's batch 32 and lr 0.05, Hopfield-ResNet13 at
-1/8 width, where convolutions rather than per-call overhead take the time, for 5 epochs: 32 minutes
-for 2 recipes × 3 seeds on 2 CPU cores; `--width 0.0625` is a quarter of the FLOPs, mostly overhead).
-Every (seed, recipe) run is one `ep-core train` in a fresh run directory, and the runs are interleaved —
-seed 0 of every recipe, then seed 1, ... — so a slow spell of a shared machine falls on all recipes alike.
-The result (`results/benchmarks/tta.json` and a markdown table) gives per recipe the final test accuracy
-(mean ± sd over seeds), the wall time of a run, the sweeps per training step (free phase, each nudged phase;
-means over the run's batches), the seconds spent in the free and nudged phases, and the wall-time ratio to
-the reference recipe (`speedup`: the reference's mean wall time ÷ the other's).
+Per dataset (digits and mnist5k by default; docs/benchmarks.md, "Time to accuracy: the protocol"):
+
+1. **Warm-up.** One short run of the reference recipe (a few batches), discarded, before the first timed run
+   (of this process: a resumed protocol warms up again).
+2. **Select** (only with `--select`). Candidate sweep settings and the reference are trained on selection
+   seeds (100, 101) with a stratified validation split held out of the training set (`data.val_size`,
+   `data.split_seed` 0); the cheapest candidate in mean training seconds whose mean final validation accuracy
+   (authors' evaluation) is within `tolerance` points of the reference's is reported next to the recipes.
+   Without it the recipes' lengths were fixed before the run (`fast`'s on seed 0's test accuracy), so the
+   reported seeds must exclude 0.
+3. **Main.** Every recipe on every reported seed (at least 5 by default), seed by seed, the order rotated
+   from seed to seed so that each recipe goes first equally often. Every run uses the authors' evaluation
+   sweeps (ep.eval_iterations, which only evaluation reads) and its final network is tested with the
+   authors' relaxation and with its own (ep_core.bench.tta_runs).
+4. **Equal-compute control.** The reference again on every seed, with the whole epochs that fit in the
+   control recipe's mean training time (cosine schedule over those epochs): `authors@fast-time`.
+
+The result is `<out>/<dataset>.json` (written after every run, with `complete: false` until the end;
+rerunning the same command skips the runs it holds), a markdown table and a figure beside it
+(ep_core.bench.tta_report).
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import hashlib
 import os
 import shutil
-import statistics
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..training.config import build_config
+import torch
+
+from ..training.config import RunConfig, build_config
+from ..training.datasets import load_data
 from ..training.recipes import RECIPES
-from ..training.run import train
+from .tta_report import load_partial, write_json
+from .tta_runs import StoppedError, run_one
+from .tta_stats import TARGET_MARGIN, TARGET_SPEEDUP, rotated_order
+from .tta_summary import control_epochs, selection, summarise, summary_line, versus
 
-BASE: dict[str, Any] = {
-    "data": {"name": "digits"},
-    "model": {"arch": "hopfield_resnet13", "width": 0.125},
-    # The authors' optimizer, beta, clip, warm start and relaxation (resolved from the defaults), scaled down
-    # in width and epochs; and the digits demo's batch 32 and lr 0.05: at the authors' batch of 128, digits'
-    # 1,437 training examples give 11 steps per epoch, and 5 epochs of those stayed near chance.
-    "optim": {"lr": 0.05},
-    "train": {"epochs": 5, "batch_size": 32, "device": "cpu", "checkpoint_every": 1000},
-}
-# The recipes bench-tta compares when none is named (each a list of dotted overrides).
-COMPARED: dict[str, list[str]] = {
-    "authors": ["ep.recipe=authors"],  # 120 free / 50 + 50 nudged plain sweeps, even/odd, eval 120
-    "fast": ["ep.recipe=fast"],  # 40 free / 15 + 15 nudged plain sweeps, eval 40
-}
-
-
-def run_recipe(name: str, overrides: list[str], seed: int, out: Path, threads: int | None) -> dict[str, Any]:
-    """Train one (recipe, seed) from scratch in `out`; its accuracy, wall time and sweeps per step."""
-    shutil.rmtree(out, ignore_errors=True)
-    config = build_config(BASE, [*overrides, f"train.seed={seed}"])
-    t0 = time.perf_counter()
-    status = train(config, out, threads=threads)
-    wall = time.perf_counter() - t0
-    metrics = json.loads((out / "metrics.json").read_text())
-    with open(out / "history.csv") as f:
-        rows = list(csv.DictReader(f))
-
-    def values(column: str) -> list[float]:
-        return [float(r[column]) for r in rows if r.get(column) not in (None, "")]
-
-    def mean_of(column: str) -> float | None:
-        return statistics.fmean(values(column)) if values(column) else None
-
-    return {
-        "recipe": name,
-        "seed": seed,
-        "exit_status": status,
-        "status": metrics["status"],
-        "test_acc": metrics["final"]["test_acc"],
-        "wall_seconds": wall,
-        "free_sweeps": mean_of("free_iterations"),
-        "nudged_sweeps": mean_of("nudged_iterations"),  # each of the two nudged phases
-        # where the wall time went: the training phases summed over epochs (the rest is evaluation, data,
-        # the Hebbian terms and the optimizer)
-        "free_seconds": sum(values("free_seconds")),
-        "nudged_seconds": sum(values("nudged_seconds")),
-        "epochs": len(rows),
-    }
+DATASETS = ("digits", "mnist5k")  # the datasets `bench-tta` runs when none is named
+DEFAULT_RECIPES = ("authors", "fast")
+DEFAULT_SEEDS = (1, 2, 3, 4, 5)  # seed 0 chose fast's lengths: never reported
+SELECTION_SEEDS = (100, 101)
+# Candidate sweep settings of `--select` (free / each nudged phase; evaluation at the free count).
+CANDIDATES = tuple(
+    f"fast:ep.free_iterations={f},ep.nudge_iterations={n},ep.eval_iterations={f}"
+    for f, n in ((20, 8), (30, 11), (40, 15), (60, 25))
+)
+WARMUP_BATCHES = 5
 
 
-def _spread(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+@dataclass
+class Settings:
+    """Everything that decides which runs a protocol trains (a resumed result must have the same)."""
 
-
-def run_tta(
-    *,
-    recipes: dict[str, list[str]] | None = None,
-    seeds: tuple[int, ...] = (0, 1, 2),
-    epochs: int | None = None,
-    width: float | None = None,
-    reference: str = "authors",
-    workdir: str | Path = "results/benchmarks/tta-runs",
-    threads: int | None = None,
-    extra: list[str] | None = None,
-) -> dict[str, Any]:
-    """Every (seed, recipe) run, interleaved by seed, and the summary `format_tta` prints."""
-    recipes = dict(COMPARED if recipes is None else recipes)
-    if reference not in recipes:
-        raise ValueError(f"reference recipe {reference!r} is not among the recipes: {', '.join(recipes)}")
-    if not seeds:
-        raise ValueError("bench-tta needs at least one seed")
-    common = list(extra or [])
-    if epochs is not None:
-        common.append(f"train.epochs={epochs}")
-    if width is not None:
-        common.append(f"model.width={width}")
-    for overrides in recipes.values():  # every recipe checked before any training
-        build_config(BASE, [*overrides, *common])
-    load_before = os.getloadavg()
-    runs = []
-    for seed in seeds:
-        for name, overrides in recipes.items():
-            runs.append(
-                run_recipe(name, [*overrides, *common], seed, Path(workdir) / f"{name}-seed{seed}", threads)
-            )
-    summary = {}
-    for name in recipes:
-        mine = [r for r in runs if r["recipe"] == name]
-        acc, acc_sd = _spread([r["test_acc"] for r in mine])
-        wall, wall_sd = _spread([r["wall_seconds"] for r in mine])
-        summary[name] = {
-            "acc_mean": acc, "acc_sd": acc_sd, "wall_mean": wall, "wall_sd": wall_sd,
-            "free_sweeps": statistics.fmean(r["free_sweeps"] for r in mine),
-            "nudged_sweeps": statistics.fmean(r["nudged_sweeps"] for r in mine),
-            "free_seconds": statistics.fmean(r["free_seconds"] for r in mine),
-            "nudged_seconds": statistics.fmean(r["nudged_seconds"] for r in mine),
-            "completed": sum(r["status"] == "completed" for r in mine), "runs": len(mine),
-        }  # fmt: skip
-    for s in summary.values():
-        s["wall_ratio"] = s["wall_mean"] / summary[reference]["wall_mean"]
-    others = [n for n in recipes if n != reference]
-    return {
-        "setting": {**BASE, "overrides": common, "recipes": recipes, "seeds": list(seeds)},
-        "reference": reference,
-        # the reference's mean wall time ÷ the (first) other recipe's
-        "speedup": summary[reference]["wall_mean"] / summary[others[0]]["wall_mean"] if others else 1.0,
-        "recipes": summary,
-        "runs": runs,
-        "load_average_before": list(load_before),
-        "load_average_after": list(os.getloadavg()),
-    }
-
-
-def format_tta(result: dict[str, Any]) -> str:
-    """The markdown table of a `run_tta` result."""
-    ref = result["reference"]
-    lines = [
-        "| recipe | test accuracy (mean ± sd) | wall time per run (s) | of which free / nudged phases (s) "
-        f"| sweeps per step: free + 2 × nudged | wall time ÷ {ref} |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, s in result["recipes"].items():
-        lines.append(
-            f"| {name} | {s['acc_mean']:.2f} ± {s['acc_sd']:.2f} % "
-            f"| {s['wall_mean']:.0f} ± {s['wall_sd']:.0f} "
-            f"| {s['free_seconds']:.0f} / {s['nudged_seconds']:.0f} "
-            f"| {s['free_sweeps']:.1f} + 2 × {s['nudged_sweeps']:.1f} | {s['wall_ratio']:.2f} |"
-        )
-    n = len(result["setting"]["seeds"])
-    lines.append(
-        f"\nspeed-up ({ref} wall ÷ fast wall): {result['speedup']:.2f}x over {n} seeds; load average "
-        f"{result['load_average_before'][0]:.2f} before, {result['load_average_after'][0]:.2f} after"
-    )
-    return "\n".join(lines)
-
-
-def write_tta(result: dict[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    dataset: str = "digits"
+    recipes: dict[str, list[str]] = field(default_factory=lambda: dict(map(parse_recipe, DEFAULT_RECIPES)))
+    reference: str = "authors"
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    epochs: int = 3
+    width: float = 0.0625
+    batch_size: int = 32
+    lr: float = 0.05
+    # At most this many batches per epoch (train.max_batches; None: whole epochs): 63 × 32 = 2,016 random
+    # examples, so mnist5k's epochs (4,000) are halved to fit the time budget and digits' (1,437) are whole.
+    max_batches: int | None = 63
+    extra: list[str] = field(default_factory=list)
+    control: str | None = "fast"  # the recipe whose mean training time the reference is given
+    warmup: bool = True
+    select: bool = False
+    candidates: dict[str, list[str]] = field(default_factory=lambda: dict(map(parse_recipe, CANDIDATES)))
+    selection_seeds: tuple[int, ...] = SELECTION_SEEDS
+    val_size: int | None = None  # --select: held-out examples (None: a fifth of the training set)
+    tolerance: float = 1.0  # --select: accuracy points below the reference a candidate may be
 
 
 def parse_recipe(text: str) -> tuple[str, list[str]]:
-    """'fast:ep.tol=1e-4,ep.order=coloring' -> ('fast:ep.tol=1e-4,...', ['ep.recipe=fast', ...])."""
+    """'fast:ep.tol=1e-4,ep.order=coloring' -> ('fast:ep.tol=1e-4,...', ['ep.recipe=fast', ...]); the names
+    are those of ep_core.training.recipes.RECIPES."""
     name, _, keys = text.partition(":")
     if name not in RECIPES:
         raise ValueError(f"--recipe {text!r}: unknown recipe {name!r}; valid choices: {', '.join(RECIPES)}")
     return text, [f"ep.recipe={name}", *(k for k in keys.split(",") if k)]
+
+
+def base(s: Settings) -> dict[str, Any]:
+    """The shared setting: the authors' hyper-parameters (resolved from the defaults) on Hopfield-ResNet13 at
+    `width`, with the digits demo's batch and learning rate, on the CPU."""
+    return {
+        "data": {"name": s.dataset},
+        "model": {"arch": "hopfield_resnet13", "width": s.width},
+        "optim": {"lr": s.lr},
+        "train": {"epochs": s.epochs, "batch_size": s.batch_size, "max_batches": s.max_batches,
+                  "device": "cpu", "checkpoint_every": 1000},
+    }  # fmt: skip
+
+
+def _configs(s: Settings, overrides: list[str], more: list[str]) -> tuple[RunConfig, RunConfig]:
+    """(the config a run trains with: the authors' evaluation sweeps; the recipe's own) for `overrides`."""
+    authors_eval = build_config(base(s), [*s.extra, "ep.recipe=authors"]).ep.eval_iterations
+    own = build_config(base(s), [*s.extra, *overrides, *more])
+    return build_config(base(s), [*s.extra, *overrides, *more, f"ep.eval_iterations={authors_eval}"]), own
+
+
+def check(s: Settings) -> None:
+    """Every bad setting, before anything is trained: one line naming what is allowed."""
+    if s.reference not in s.recipes:
+        raise ValueError(f"--reference {s.reference!r} is not among the recipes: {', '.join(s.recipes)}")
+    others = [n for n in s.recipes if n != s.reference] + (["selected"] if s.select else [])
+    if s.control is not None and s.control not in others:
+        raise ValueError(f"--control {s.control!r}: valid choices: {', '.join(others) or 'none'} (or none)")
+    if len(s.seeds) < 2 or len(set(s.seeds)) != len(s.seeds):
+        raise ValueError(
+            f"--seeds: need at least 2 distinct seeds for a paired interval, got {list(s.seeds)}"
+        )
+    if 0 in s.seeds:
+        raise ValueError("--seeds: seed 0 chose fast's sweep lengths (its test accuracy); report other seeds")
+    if s.select and set(s.selection_seeds) & set(s.seeds):
+        raise ValueError(
+            f"--selection-seeds {list(s.selection_seeds)} must not overlap --seeds {list(s.seeds)}"
+        )
+    for overrides in [*s.recipes.values(), *(s.candidates.values() if s.select else [])]:
+        _configs(s, overrides, [])
+
+
+class Protocol:
+    """One dataset's protocol: its runs (resumed from `path` when it holds a partial result of the same
+    settings) and the JSON written after every run."""
+
+    def __init__(self, s: Settings, path: Path, workdir: Path, threads: int | None, fresh: bool = False):
+        check(s)
+        self.s, self.path, self.workdir, self.threads = s, path, workdir, threads
+        self.setting = _jsonable(s) | {"base": base(s)}
+        self.runs: list[dict[str, Any]] = [] if fresh else load_partial(path, self.setting)
+        self.started = time.perf_counter()
+        authors = build_config(base(s), [*s.extra, "ep.recipe=authors"]).ep.eval_iterations
+        self.extra: dict[str, Any] = {
+            "authors_eval_iterations": authors,
+            "load_average_before": list(os.getloadavg()),
+        }
+
+    def _done(self, name: str, seed: int, phase: str) -> bool:
+        return any((r["recipe"], r["seed"], r["phase"]) == (name, seed, phase) for r in self.runs)
+
+    def train(self, name: str, overrides: list[str], seed: int, phase: str, more: list[str] = ()) -> None:
+        if self._done(name, seed, phase):
+            return
+        if self.s.warmup and "warmup_seconds" not in self.extra:
+            self.warm_up()  # before the first run this process trains (none when resuming a finished one)
+        config, own = _configs(self.s, overrides, [*more, f"train.seed={seed}"])
+        authors = build_config(base(self.s), [*self.s.extra, "ep.recipe=authors"])
+        out = self.workdir / phase / f"{_slug(name)}-seed{seed}"
+        self.runs.append(run_one(name, config, own, authors, seed, out, self.threads, phase))
+        self.write(complete=False)
+
+    def warm_up(self) -> None:
+        """One short reference run, discarded: the first run of a process pays for imports and allocation."""
+        config, _ = _configs(self.s, self.s.recipes[self.s.reference], [f"train.max_batches={WARMUP_BATCHES}",
+                                                                        "train.epochs=1"])  # fmt: skip
+        from ..training.run import train
+
+        out = self.workdir / "warmup"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        if (status := train(config, out, threads=self.threads)) >= 128:
+            raise StoppedError(f"{out}: the warm-up was stopped by signal {status - 128}", status)
+        self.extra["warmup_seconds"] = time.perf_counter() - t0
+
+    def select(self) -> None:
+        s = self.s
+        val = ["data.split_seed=0", f"data.val_size={self.val_size()}"]
+        names = [s.reference, *s.candidates]
+        specs = {s.reference: s.recipes[s.reference], **s.candidates}
+        for i, seed in enumerate(s.selection_seeds):
+            for name in rotated_order(names, i):
+                self.train(name, specs[name], seed, "select", val)
+        self.extra["selection"] = selection(self.runs, s.reference, list(s.candidates), s.tolerance)
+        chosen = self.extra["selection"]["chosen"]
+        if chosen is not None and chosen not in s.recipes:
+            s.recipes[chosen] = s.candidates[chosen]
+
+    def val_size(self) -> int:
+        """--val-size, or a fifth of the training set."""
+        if self.s.val_size is not None:
+            return self.s.val_size
+        d = build_config(base(self.s), self.s.extra).data
+        if d.name == "synthetic":
+            return round(0.2 * d.synthetic_train)
+        return round(0.2 * load_data(d.name, data_dir=d.data_dir, augment=False).num_train)
+
+    def main(self) -> None:
+        for i, seed in enumerate(self.s.seeds):
+            for name in rotated_order(list(self.s.recipes), i):
+                self.train(name, self.s.recipes[name], seed, "main")
+
+    def control(self) -> None:
+        s = self.s
+        of = self.extra.get("selection", {}).get("chosen") if s.control == "selected" else s.control
+        if of is None:
+            return
+        info = control_epochs(self.runs, s.reference, of)
+        self.extra["control"] = info
+        if info is None:
+            return
+        for seed in s.seeds:
+            self.train(
+                info["name"], s.recipes[s.reference], seed, "control", [f"train.epochs={info['epochs']}"]
+            )
+
+    def result(self, complete: bool) -> dict[str, Any]:
+        s = self.s
+        names = [*s.recipes, *([self.extra["control"]["name"]] if self.extra.get("control") else [])]
+        main = [r for r in self.runs if r["phase"] != "select"]
+        recipes = summarise(main, names, s.reference, judged=list(s.recipes))
+        control = self.extra.get("control")
+        return {
+            "protocol": "ep-core bench-tta: time to accuracy (docs/benchmarks.md)", "dataset": s.dataset,
+            "complete": complete, "setting": self.setting, "reference": s.reference,
+            "targets": {"speedup_training_at_least": TARGET_SPEEDUP, "ci95_inside_points": TARGET_MARGIN},
+            "recipes": recipes,
+            "control_comparison": versus(main, control["of"], control["name"]) if control else None,
+            "summary": summary_line(s.dataset, recipes, s.reference),
+            **self.extra, "load_average_after": list(os.getloadavg()), "cpu_count": os.cpu_count(),
+            "torch_threads": self.threads or torch.get_num_threads(),
+            "elapsed_seconds": time.perf_counter() - self.started, "runs": self.runs,
+        }  # fmt: skip
+
+    def write(self, complete: bool) -> dict[str, Any]:
+        result = self.result(complete)
+        write_json(result, self.path)
+        return result
+
+
+def run_protocol(s: Settings, path: str | Path, workdir: str | Path, threads: int | None = None,
+                 fresh: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The whole protocol for one dataset (see the module docstring); returns the result it wrote."""
+    p = Protocol(s, Path(path), Path(workdir), threads, fresh)
+    if s.select:
+        p.select()
+    p.main()
+    p.control()
+    return p.write(complete=True)
+
+
+def _slug(name: str) -> str:
+    """A folder name for a recipe's runs (a long one shortened, with a hash of the whole)."""
+    slug = "".join(c if c.isalnum() or c in "-_@." else "_" for c in name)
+    if len(slug) <= 60:
+        return slug
+    return f"{slug[:50]}-{hashlib.blake2b(name.encode(), digest_size=4).hexdigest()}"
+
+
+def _jsonable(s: Settings) -> dict[str, Any]:
+    d = asdict(s)
+    d["seeds"], d["selection_seeds"] = list(s.seeds), list(s.selection_seeds)
+    if not s.select:
+        d.pop("candidates"), d.pop("selection_seeds"), d.pop("val_size"), d.pop("tolerance")
+    return d

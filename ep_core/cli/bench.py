@@ -10,11 +10,16 @@ import time
 import torch
 
 from ..bench.ddp import format_rows, run_ddp_bench
-from ..bench.tta import BASE, format_tta, parse_recipe, run_tta, write_tta
+from ..bench.tta import CANDIDATES, DEFAULT_RECIPES, Settings, check, parse_recipe, run_protocol
+from ..bench.tta import DATASETS as TTA_DATASETS
+from ..bench.tta_report import format_markdown, write_figure
+from ..bench.tta_runs import StoppedError
 from ..numerics.estimators import ESTIMATORS
 from ..numerics.networks import NETWORKS
 from ..numerics.orders import ORDERS
+from ..training.datasets import DATASETS as DATASETS_ALL
 from ..training.device import resolve_device
+from ..training.recipes import RECIPES
 from .args import at_least, floats, input_size, positive
 
 
@@ -216,38 +221,114 @@ def add_bench_ddp(sub) -> None:
 
 
 def add_bench_tta(sub) -> None:
-    """`ep-core bench-tta`."""
+    """`ep-core bench-tta`: the time-to-accuracy protocol (ep_core/bench/tta.py, docs/benchmarks.md)."""
+    d = Settings()
     p = sub.add_parser(
         "bench-tta",
-        help="train recipes side by side (digits, several seeds, interleaved): accuracy, wall time, sweeps",
+        help="time to accuracy of ep.recipe settings: paired seeds, training time apart from evaluation, "
+        "the authors' test for every recipe, an equal-compute control (default: digits and mnist5k)",
     )
     p.add_argument(
-        "--recipe", action="append", default=None, metavar="NAME[:KEY=VALUE,...]",
-        help="a recipe to train: a name of ep.recipe (authors, fast, adaptive) with optional extra "
-        "dotted keys, e.g. 'fast:ep.nudge_iterations=20' (repeatable; default: authors and fast)",
+        "--dataset", action="append", default=None, choices=DATASETS_ALL,
+        help=f"repeatable (default: {', '.join(TTA_DATASETS)})",
     )  # fmt: skip
-    p.add_argument("--reference", default="authors", help="the recipe the others are compared with")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    p.add_argument("--epochs", type=int, default=None, help=f"default {BASE['train']['epochs']}")
-    p.add_argument("--width", type=float, default=None, help=f"default {BASE['model']['width']}")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a key for every recipe")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--recipe", action="append", default=None, metavar="NAME[:KEY=VALUE,...]",
+        help=f"a recipe to train: a name of ep.recipe ({', '.join(RECIPES)}) with optional dotted keys, "
+        f"e.g. 'fast:ep.nudge_iterations=20' (repeatable; default: {', '.join(DEFAULT_RECIPES)})",
+    )  # fmt: skip
+    p.add_argument("--reference", default=d.reference, help="the recipe the others are compared with")
+    p.add_argument(
+        "--control", default=d.control,
+        help="the recipe whose mean training time the reference gets again, as '<reference>@<recipe>-time' "
+        "(default fast; 'selected' with --select; 'none': no control)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seeds", type=seed_list, default=d.seeds,
+        help=f"reported training seeds, never 0 (default {','.join(map(str, d.seeds))})",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=at_least(1), default=d.epochs, help=f"default {d.epochs}")
+    p.add_argument("--width", type=positive, default=d.width, help=f"default {d.width}")
+    p.add_argument("--batch-size", type=at_least(1), default=d.batch_size, help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=positive, default=d.lr, help=f"default {d.lr}")
+    p.add_argument(
+        "--max-batches", type=at_least(0), default=d.max_batches,
+        help=f"batches per epoch at most; 0: whole epochs (default {d.max_batches}: halves mnist5k's)",
+    )  # fmt: skip
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a key for every run")
+    p.add_argument("--no-warmup", action="store_true", help="skip the discarded warm-up run")
+    p.add_argument(
+        "--select", action="store_true",
+        help="first choose a sweep setting among the candidates on validation accuracy and selection seeds",
+    )  # fmt: skip
+    p.add_argument(
+        "--candidate", action="append", default=None, metavar="NAME[:KEY=VALUE,...]",
+        help="a candidate of --select (repeatable; default: fast at 20/8, 30/11, 40/15 and 60/25 sweeps)",
+    )  # fmt: skip
+    p.add_argument(
+        "--selection-seeds", type=seed_list, default=d.selection_seeds,
+        help=f"--select: training seeds (default {','.join(map(str, d.selection_seeds))})",
+    )  # fmt: skip
+    p.add_argument(
+        "--val-size", type=at_least(1), default=None,
+        help="--select: held-out training examples (default: a fifth of the training set)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tolerance", type=float, default=d.tolerance,
+        help=f"--select: accuracy points a candidate may lie below the reference (default {d.tolerance:g})",
+    )  # fmt: skip
+    p.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--workdir", default="results/benchmarks/tta-runs", help="where the runs are trained")
-    p.add_argument("--out", default="results/benchmarks/tta.json")
+    p.add_argument(
+        "--out", default="results/benchmarks/tta",
+        help="the folder of <dataset>.json, .md and .png (the documented run: docs/bench-tta)",
+    )  # fmt: skip
+    p.add_argument("--fresh", action="store_true", help="overwrite a partial result in --out, not resume it")
     p.set_defaults(func=_bench_tta)
 
 
-def _bench_tta(args) -> int:
+def seed_list(text: str) -> tuple[int, ...]:
     try:
-        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise ValueError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-    recipes = dict(parse_recipe(r) for r in args.recipe) if args.recipe else None
-    result = run_tta(
-        recipes=recipes, seeds=seeds, epochs=args.epochs, width=args.width, reference=args.reference,
-        workdir=args.workdir, threads=args.threads, extra=args.set,
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds >= 0, got {text!r}")
+    return seeds
+
+
+def _tta_settings(args: argparse.Namespace, dataset: str) -> Settings:
+    if args.candidate and not args.select:
+        raise ValueError("--candidate: applies with --select only")
+    return Settings(
+        dataset=dataset, recipes=dict(parse_recipe(r) for r in args.recipe or DEFAULT_RECIPES),
+        reference=args.reference, seeds=args.seeds, epochs=args.epochs, width=args.width,
+        batch_size=args.batch_size, lr=args.lr, max_batches=args.max_batches or None, extra=list(args.set),
+        control=None if args.control == "none" else args.control, warmup=not args.no_warmup,
+        select=args.select, candidates=dict(parse_recipe(c) for c in args.candidate or CANDIDATES),
+        selection_seeds=args.selection_seeds, val_size=args.val_size, tolerance=args.tolerance,
     )  # fmt: skip
-    write_tta(result, args.out)
-    print(format_tta(result))
-    print(f"written: {args.out}")
+
+
+def _bench_tta(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    settings = [_tta_settings(args, name) for name in args.dataset or TTA_DATASETS]
+    for s in settings:  # every dataset's settings checked before the first run
+        check(s)
+    out, written = Path(args.out), []
+    for s in settings:
+        path = out / f"{s.dataset}.json"
+        try:
+            result = run_protocol(s, path, Path(args.workdir) / s.dataset, args.threads, args.fresh)
+        except StoppedError as stop:
+            print(f"ep-core bench-tta: {stop}; the runs so far are in {path}: run the same command again "
+                  "to resume", file=sys.stderr)  # fmt: skip
+            return stop.status
+        table = format_markdown(result)
+        path.with_suffix(".md").write_text(table + "\n")
+        write_figure(result, path.with_suffix(".png"))
+        print(table, flush=True)
+        written += [path, path.with_suffix(".md"), path.with_suffix(".png")]
+    print(f"written: {', '.join(map(str, written))}")
     return 0

@@ -91,7 +91,10 @@ RESOURCE_METRICS = ("lr", "peak_memory_mb")
 
 def mlflow_metric_name(column: str) -> str:
     """`test_acc` → `test_acc`; `free_seconds`, `lr`, `peak_memory_mb` → `resources/…`; per-layer activity,
-    saturation and relaxation statistics → `diagnostics/…`."""
+    saturation and relaxation statistics → `diagnostics/…`; a column that names its group (`fidelity/…`,
+    `auto/…`) keeps it."""
+    if "/" in column:
+        return column
     if column in HEADLINE_METRICS:
         return column
     if column in RESOURCE_METRICS or column.endswith("_seconds"):

@@ -16,7 +16,8 @@ bad key fails the whole DAG before any job starts.
 
 A run's GPU count (its data-parallel processes) is `resources.train.gpus`, which a study overrides with
 its own `resources.train.gpus` as it overrides `seeds`; a run shared by studies gets the most GPUs any of
-them asks for (its result does not depend on the count beyond rounding).
+them asks for (its result does not depend on the count beyond rounding). `resources.train.nodes` (default
+1, the grid's only) spreads every run over that many nodes under the SLURM profile, `gpus` on each.
 
 A hyper-parameter search is `kind: search` with a `search:` mapping of dotted keys to lists of values. Its
 older spelling, `kind: sweep` with a `sweep:` mapping, is still read (`studies` renames it): "sweep" now
@@ -318,19 +319,33 @@ def gpus_by_path(config: dict[str, Any]) -> dict[str, int]:
     return gpus
 
 
+def train_nodes(config: dict[str, Any]) -> int:
+    """`resources.train.nodes`: the nodes each run spans under the SLURM profile (default 1)."""
+    nodes = _train_resources(config).get("nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise GridError(
+            f"resources.train.nodes: must be an integer >= 1 (the nodes one run spans, gpus on each), "
+            f"got {nodes!r}"
+        )
+    return nodes
+
+
 def train_job_resources(config: dict[str, Any], gpus: int) -> dict[str, Any]:
-    """The `train` rule's threads and resources for a run on `gpus` GPUs; `threads` and `mem_mb` of
-    resources.train are per process. More than one GPU: N SLURM tasks of one GPU each, which the job starts
-    itself with srun (the SLURM plugin's `mpi` resource: the job step is the batch script, not `srun -n1`);
-    None leaves a resource unset, so a one-GPU run is submitted exactly as before."""
+    """The `train` rule's threads and resources for a run on `gpus` GPUs per node over
+    `resources.train.nodes` nodes; `threads` and `mem_mb` of resources.train are per process. More than one
+    process: as many SLURM tasks of one GPU each, which the job starts itself with srun (the SLURM plugin's
+    `mpi` resource: the job step is the batch script, not `srun -n1`); `gpu` and `tasks` count the job's
+    (sbatch --gpus, --ntasks), `mem_mb` one node's (sbatch --mem). None leaves a resource unset, so a
+    one-GPU run is submitted exactly as before."""
     train = _train_resources(config)
-    many = gpus > 1
+    world = train_nodes(config) * gpus
+    many = world > 1
     return {
-        "threads": int(train.get("threads", 8)) * gpus,
+        "threads": int(train.get("threads", 8)) * world,
         "mem_mb": int(train.get("mem_mb", 32000)) * gpus,
-        "gpu": gpus,
+        "gpu": world,
         "mpi": "srun" if many else None,
-        "tasks": gpus if many else None,
+        "tasks": world if many else None,
         "tasks_per_gpu": 1 if many else None,
     }
 
@@ -341,18 +356,23 @@ def validate_grid(config: dict[str, Any]) -> list[RunSpec]:
     if not runs:
         raise GridError("studies: the grid has no runs")
     searched = set(runs_of_kind(config, "search"))
-    gpus = gpus_by_path(config)
+    gpus, nodes = gpus_by_path(config), train_nodes(config)
     for run in runs:
         try:
             resolved = build_config({}, run_overrides(config, run))
             check_against_network(resolved)
         except ValueError as error:
             raise GridError(f"settings for {run.name}: {error}") from None
-        batch, n = resolved.train.batch_size, gpus[run.path]
+        batch, n = resolved.train.batch_size, nodes * gpus[run.path]
         if batch % n:
+            source = (
+                f"resources.train.nodes {nodes} × gpus {gpus[run.path]}"
+                if nodes > 1
+                else "resources.train.gpus"
+            )
             raise GridError(
                 f"settings for {run.name}: train.batch_size {batch} is not divisible by its {n} GPUs "
-                f"(resources.train.gpus); use a multiple of {n}"
+                f"({source}); use a multiple of {n}"
             )
         if run in searched and resolved.data.val_size <= 0:
             raise GridError(
@@ -438,11 +458,24 @@ def weight_pair(config: dict[str, Any]) -> tuple[RunSpec, RunSpec | None] | None
     return (ep_runs[0], None) if ep_runs else None
 
 
+def fidelity_runs(config: dict[str, Any]) -> list[RunSpec]:
+    """The EP runs whose gradient-fidelity monitor is on: `train.fidelity_every` > 0 in the run's resolved
+    configuration (its `null` default is on for truncated phases or `ep.recipe: auto`: training.config),
+    as the run itself will resolve it. The fidelity figure draws these runs."""
+    settings = {"data_dir": "data"} | config  # where the data is cannot turn it on; a bare grid lacks it
+
+    def monitored(run: RunSpec) -> bool:
+        return bool(resolve(build_config({}, run_overrides(settings, run))).train.fidelity_every)
+
+    return [run for run in all_runs(config) if run.family == "ep" and monitored(run)]
+
+
 def aggregations(config: dict[str, Any]) -> list[str]:
     """The aggregation rules (workflow/rules/aggregate.smk) this grid plans, each only when the grid has
     what its tables and figures show: a dropped study (or `profiles: null`) leaves no empty table or figure
     in results/, the report or on the pipeline's parent MLflow run. The weights need an EP run of a main
-    study with the paper's activation (what they compare with backprop), convergence any EP main run."""
+    study with the paper's activation (what they compare with backprop), convergence any EP main run, the
+    fidelity figure a run whose monitor is on (`fidelity_runs`)."""
     has = {kind: bool(runs_of_kind(config, kind)) for kind in STUDY_KINDS}
     planned = {
         "main_table": has["main"],
@@ -454,5 +487,6 @@ def aggregations(config: dict[str, Any]) -> list[str]:
         "profiles": bool(profile_specs(config)),
         "weights": weight_pair(config) is not None,
         "convergence": bool(convergence_runs(config)),
+        "fidelity": bool(fidelity_runs(config)),
     }
     return [rule for rule, planned_here in planned.items() if planned_here]

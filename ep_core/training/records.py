@@ -29,6 +29,7 @@ from .checkpoint import atomic_write_text
 HISTORY_MEASUREMENTS = (
     "epoch_seconds", "free_seconds", "nudged_seconds", "gradient_seconds", "step_seconds", "peak_memory_mb",
     "allreduce_seconds",  # data-parallel runs: the step's reductions (rank 0's wall time)
+    "train_seconds", "fidelity/probe_seconds",  # the epoch's training (probes included); the probes alone
 )  # fmt: skip
 NEAR_ZERO_FRACTIONS = (1e-3, 1e-2, 1e-1)
 HISTOGRAM_BINS = 100

@@ -50,6 +50,8 @@ from .distributed import (
     process_group,
     select_device,
 )
+from .fidelity import FidelityMonitor, build_monitor
+from .fidelity import summary as fidelity_summary
 from .learners import BPLearner, DivergenceError, EPLearner, StepResult
 from .optimization import build_optimizer, build_scheduler
 from .provenance import device_description, git_commit, package_versions
@@ -69,6 +71,7 @@ from .rundir import (
     read_metrics,
     read_saved_config,
 )
+from .slurm import requeue_if_warned, stop_request
 
 # `ep-core train`'s exit statuses; 2 (bad input) is every subcommand's, ep_core.cli.EXIT_BAD_INPUT.
 EXIT_COMPLETED, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
@@ -118,6 +121,7 @@ class Setup:
     scheduler: Any
     scales: dict[str, float]
     collective: Collective
+    monitor: FidelityMonitor | None = None  # the gradient-fidelity monitor (EP runs that probe)
 
 
 def build_model(config: RunConfig, info: DatasetInfo) -> nn.Module:
@@ -155,7 +159,9 @@ def prepare(config: RunConfig, collective: Collective | None = None) -> Setup:
     scheduler = build_scheduler(optimizer, config.optim, config.train.epochs)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the authors; results are not bit-reproducible on GPUs
-    return Setup(config, device, data, model, learner, optimizer, scheduler, scales, collective)
+    say = log if collective.ctx.is_writer else (lambda message: None)
+    monitor = build_monitor(config, data, learner, collective, say)
+    return Setup(config, device, data, model, learner, optimizer, scheduler, scales, collective, monitor)
 
 
 def _config_differences(saved: dict, current: RunConfig) -> list[str]:
@@ -173,6 +179,11 @@ class Accumulator:
     def __init__(self, state: dict | None = None):
         self.state = state or {"batches": 0, "n": 0, "loss_sum": 0.0, "correct": 0, "seconds": {},
                                "scalars": {}, "layer_stats": None, "elapsed": 0.0}  # fmt: skip
+        # the epoch's gradient-fidelity probes (a checkpoint from before the monitor has none)
+        self.state.setdefault("probes", [])
+
+    def add_probe(self, values: dict[str, float]) -> None:
+        self.state["probes"].append(values)
 
     def add(self, step: StepResult, n: int) -> None:
         s = self.state
@@ -187,7 +198,7 @@ class Accumulator:
             stats = step.layer_stats.detach().double().cpu()
             s["layer_stats"] = stats if s["layer_stats"] is None else s["layer_stats"] + stats
 
-    def row(self, layer_names: list[str]) -> dict[str, Any]:
+    def row(self, layer_names: list[str], minimum: float) -> dict[str, Any]:
         s, b = self.state, max(self.state["batches"], 1)
         row: dict[str, Any] = {
             "train_loss": s["loss_sum"] / max(s["n"], 1),
@@ -197,7 +208,22 @@ class Accumulator:
         row |= {k: v / b for k, v in s["scalars"].items()}
         if s["layer_stats"] is not None:
             row |= dict(zip(layer_names, (s["layer_stats"] / b).tolist(), strict=True))
-        return row
+        return row | _probe_columns(s["probes"], minimum)
+
+
+def _probe_columns(probes: list[dict[str, float]], minimum: float) -> dict[str, float]:
+    """An epoch's probes as history columns: each `fidelity/…` value's mean, the probe count, the lowest
+    cosine, how many fell below `train.fidelity_min`, and their seconds in all."""
+    if not probes:
+        return {}
+    row = {k: sum(p[k] for p in probes) / len(probes) for k in probes[0] if k != "fidelity/probe_seconds"}
+    cosines = [p["fidelity/cosine"] for p in probes]
+    return row | {
+        "fidelity/probes": float(len(probes)),
+        "fidelity/cosine_min": min(cosines),
+        "fidelity/below_min": float(sum(c < minimum for c in cosines)),
+        "fidelity/probe_seconds": sum(p["fidelity/probe_seconds"] for p in probes),
+    }
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -243,6 +269,7 @@ class Run:
         self.elapsed_before = 0.0
         self.started = time.perf_counter()
         self.mlflow_run_id: str | None = None
+        self.slices = 1  # the processes that trained the run: 1 + its resumes (SLURM's requeued slices)
         self.devices = self.c.all_gather_object(device_description(setup.device))
 
     def say(self, message: str) -> None:
@@ -267,6 +294,8 @@ class Run:
             "world_size": self.c.world_size, "warm_states": warm,
             "history": self.history, "elapsed": self.elapsed(), "initial_scales": s.scales,
             "mlflow_run_id": self.mlflow_run_id,
+            "fidelity": None if s.monitor is None else s.monitor.state(),
+            "slices": self.slices,
         }  # fmt: skip
 
     def save(self) -> None:
@@ -313,6 +342,9 @@ class Run:
         self.elapsed_before = ckpt["elapsed"]
         s.scales = ckpt["initial_scales"]
         self.mlflow_run_id = ckpt.get("mlflow_run_id")
+        self.slices = ckpt.get("slices", 1) + 1  # this process trains the next slice
+        if s.monitor is not None:
+            s.monitor.restore(ckpt.get("fidelity"))
         saved = ckpt.get("world_size", 1)
         if saved != self.c.world_size:
             self.say(f"{self.out}: the checkpoint was written by {saved} process(es), resuming with "
@@ -343,6 +375,9 @@ class Run:
                 break
             n = x.shape[0]  # the global batch; this rank trains its shard
             warm = self.warm if self.warm_rows == n else None  # a smaller last batch starts from zeros
+            if s.monitor is not None and s.monitor.due(self.epoch * total + self.next_batch):
+                where = f"at epoch {self.epoch + 1}, batch {self.next_batch + 1}"
+                self.acc.add_probe(s.monitor.probe(where))
             step = s.learner.train_step(self.c.shard(x), self.c.shard(y), s.optimizer, warm, n)
             self.warm, self.warm_rows = step.carry, n
             self.acc.add(step, n)
@@ -370,7 +405,13 @@ class Run:
         t0 = time.perf_counter()
         lr = s.optimizer.param_groups[0]["lr"]
         s.scheduler.step()
-        row: dict[str, Any] = {"epoch": self.epoch + 1, **self.acc.row(s.learner.layer_stat_names), "lr": lr}
+        row: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            **self.acc.row(s.learner.layer_stat_names, s.config.train.fidelity_min),
+            **({} if s.monitor is None else s.monitor.epoch_values()),
+            "lr": lr,
+            "train_seconds": self.acc.state["elapsed"],  # the epoch's training, probes included
+        }
         if s.data.num_val:
             val = self._evaluate("val")
             row |= {"val_loss": val["loss"], "val_acc": val["acc"]}
@@ -409,6 +450,8 @@ class Run:
             "config": s.config.to_dict(),
             "mlflow_run_id": self.mlflow_run_id,
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slices": self.slices,  # 1 + the resumes: a run longer than a SLURM time limit has several
+            "fidelity": fidelity_summary(self.history),
         }
 
 
@@ -488,7 +531,11 @@ def _open(run: Run, config: RunConfig, tracker: Mirror | None) -> dict[str, Any]
     atomic_write_text(out / CONFIG, dump_config(config))
     params = config.flat()
     if tracker is not None:
-        tracker.runtime_tags = {"world_size": str(run.c.world_size), "devices": ", ".join(run.devices)}
+        tracker.runtime_tags = {
+            "world_size": str(run.c.world_size),
+            "devices": ", ".join(run.devices),
+            "slices": str(run.slices),  # sent by each slice: the last one's is the run's
+        }
         tracker.attach(out, resume_run_id=run.mlflow_run_id)
         tracker.sync(params, run.history)
         run.mlflow_run_id = tracker.run_id
@@ -511,7 +558,7 @@ def _train(
     run = _resumed(setup, out)
     params = collective.on_writer(lambda: _open(run, config, tracker)) or {}
     try:
-        with StopRequest() as stop:
+        with stop_request() as stop:  # under SLURM also its time-limit warning (ep_core.training.slurm)
             where = _train_epochs(run, stop, params, tracker)
             if where is not None:  # inside StopRequest: a second signal cannot cut the report short
                 return _stopped(run, where, params, tracker)
@@ -594,6 +641,9 @@ def _stopped(run: Run, where: str, params: dict[str, Any], tracker: Mirror | Non
     """Report a run stopped by a signal, its checkpoint saved `where`, to the user and to MLflow; the exit
     status is 128 + the signal, as for a process the signal killed."""
     run.say(f"{run.out}: stopped by signal {run.stopped}; checkpoint saved {where}")
+    if run.c.ctx.is_writer:  # before MLflow: the time limit does not wait for a slow server
+        requeue_if_warned(run.stopped, run.say)
+    run.c.barrier()  # no rank exits (srun --kill-on-bad-exit ends the step) before the job is requeued
     if tracker is not None:
         tracker.sync(params, run.history, stopped=True)
     return 128 + int(run.stopped or 0)

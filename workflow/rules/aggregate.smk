@@ -180,3 +180,25 @@ rule convergence:
         data_dir=config["data_dir"],
     script:
         "../scripts/convergence.py"
+
+
+rule fidelity:
+    input:
+        metrics=run_files(FIDELITY, "metrics.json"),
+        history=run_files(FIDELITY, "history.csv"),
+    output:
+        csv="results/tables/fidelity.csv",
+        md=report(
+            "results/tables/fidelity.md",
+            caption="../report/fidelity.rst",
+            category="Gradient fidelity",
+        ),
+        epochs="results/tables/fidelity_epochs.csv",
+        figure=figure("fidelity", "fidelity_figure", "Gradient fidelity"),
+    log:
+        "logs/aggregate/fidelity.log",
+    localrule: True
+    conda:
+        "../../environment.yml"
+    script:
+        "../scripts/fidelity.py"

@@ -77,6 +77,7 @@ ACTIVATION = grid.runs_of_kind(config, "activation_ablation")
 DEPTH = grid.runs_of_kind(config, "depth_ablation")
 SEARCH = grid.runs_of_kind(config, "search")
 CONVERGENCE = grid.convergence_runs(config)
+FIDELITY = grid.fidelity_runs(config)
 PAIR = grid.weight_pair(config)
 PAPER = f"{workflow.basedir}/reference/paper_results.csv"
 

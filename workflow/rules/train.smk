@@ -1,7 +1,8 @@
 # One training run per run directory of the grid (ep_core.pipeline.grid.RunSpec.path). The checkpoint lives in
 # the run directory but is not a declared output, so Snakemake never deletes it: a re-submitted job resumes.
 # A run on resources.train.gpus > 1 GPUs is launched by the job on that many processes (ep_core.pipeline.launch:
-# torchrun here, srun inside a SLURM allocation of as many tasks).
+# torchrun here, srun inside a SLURM allocation of as many tasks). Under SLURM a run spans resources.train.nodes
+# nodes (sbatch --nodes), its gpus on each.
 
 
 rule train:
@@ -24,6 +25,7 @@ rule train:
         mpi=train_resource("mpi"),
         tasks=train_resource("tasks"),
         tasks_per_gpu=train_resource("tasks_per_gpu"),
+        nodes=grid.train_nodes(config),
         runtime=config["resources"]["train"]["runtime"],
         mem_mb=train_resource("mem_mb"),
     params:

@@ -1,0 +1,149 @@
+"""What `ep-core bench-tta` writes: the JSON (atomically, after every run; a partial one is resumed), the
+markdown table and the figure of test accuracy against training wall time."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ..training.checkpoint import atomic_write_text
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+
+
+def load_partial(path: Path, setting: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs an earlier attempt of the same settings left in `path` (none if there is no file); a
+    ValueError naming the first difference when it holds another setting's result."""
+    if not path.exists():
+        return []
+    try:
+        earlier = json.loads(path.read_text())
+        saved, runs = earlier["setting"], earlier["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path}: not a bench-tta result ({type(error).__name__}); use another --out"
+        ) from None
+    if saved != setting:
+        key = next(k for k in sorted(set(saved) | set(setting)) if saved.get(k) != setting.get(k))
+        raise ValueError(
+            f"{path} holds a bench-tta result of other settings ({key}: {saved.get(key)!r} != "
+            f"{setting.get(key)!r}); use another --out, or --fresh to overwrite it"
+        )
+    return list(runs)
+
+
+def _acc(cell: dict[str, float] | None) -> str:
+    return "–" if cell is None else f"{cell['mean']:.2f} ± {cell['sd']:.2f}"
+
+
+def _row(name: str, s: dict[str, Any], reference: str) -> str:
+    if not s.get("completed"):
+        return f"| {name} | – | no completed run ({s['runs']} tried) | – | – | – | – | – | – |"
+    d = s.get("diff_vs_reference")
+    diff = (
+        "–"
+        if d is None
+        else f"{d['mean']:+.2f}"
+        + (f" [{d['ci95_low']:+.2f}, {d['ci95_high']:+.2f}]" if d["ci95_low"] is not None else "")
+    )
+    f = s.get("fidelity")
+    fidelity = "–" if f is None else f"{f['cosine_last']:.3f} / {f['cosine_min']:.3f} ({f['probes']})"
+    train = s["train_seconds"]
+    speedup = (
+        "1.00" if name == reference else f"{s['speedup_training']:.2f}x" if "speedup_training" in s else "–"
+    )
+    own = f"{_acc(s['test_acc_own'])} ({s['own_eval_iterations']})"
+    train_cell = f"{train['mean']:.0f} ± {train['sd']:.0f}"
+    cells = [name, f"{s['epochs']:g}", _acc(s["test_acc"]), own, diff, train_cell, speedup,
+             f"{s['eval_seconds']['mean']:.0f}", fidelity]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    """The result's table, its control comparison, each recipe's verdict and the summary line."""
+    setting, ref = result["setting"], result["reference"]
+    seeds = ", ".join(map(str, setting["seeds"]))
+    lines = [
+        f"### {result['dataset']}: seeds {seeds}; Hopfield-ResNet13 at width {setting['width']:g}, batch "
+        f"{setting['batch_size']}, lr {setting['lr']:g}, {setting['epochs']} epochs"
+        + ("" if result["complete"] else " (PARTIAL: the protocol has not finished)"),
+        "",
+        f"| recipe | epochs | test accuracy %, authors' test: {result['authors_eval_iterations']} sweeps "
+        "(mean ± sd) | own test (its sweeps) "
+        f"| − {ref}, paired [95 % CI] | training s (mean ± sd) | speed-up (training) | evaluation s "
+        "| fidelity cosine last / min (probes) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [_row(name, s, ref) for name, s in result["recipes"].items()]
+    control, c = result.get("control"), result.get("control_comparison")
+    if control:
+        lines.append(
+            f"\n{control['name']}: the {control['epochs']} whole epoch(s) of {ref} "
+            f"({control['reference_seconds_per_epoch']:.0f} s each) that fit in {control['of']}'s mean "
+            f"training time, {control['budget_seconds']:.0f} s."
+        )
+    if c is not None and c["ci95_low"] is not None:
+        lines.append(
+            f"At equal training time: {c['a']} − {c['b']} = {c['mean']:+.2f} points "
+            f"[{c['ci95_low']:+.2f}, {c['ci95_high']:+.2f}] (paired, n={c['n']})."
+        )
+    lines.append("")
+    for name, s in result["recipes"].items():
+        if "verdict" in s:
+            state = "holds" if s["verdict"]["holds"] else "does not hold"
+            lines.append(f"- {name}: target {state}: {s['verdict']['why']}.")
+    load = result["load_average_before"][0], result["load_average_after"][0]
+    lines.append(
+        f"\n{result['summary']}\n\nLoad average {load[0]:.2f} before, {load[1]:.2f} after; "
+        f"{result['torch_threads']} torch threads on {result['cpu_count']} CPUs; "
+        f"{result['elapsed_seconds'] / 60:.0f} min."
+    )
+    return "\n".join(lines)
+
+
+def mean_curve(runs: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Epoch by epoch over `runs` (the epochs all of them reached): mean cumulative training seconds and
+    mean test accuracy."""
+    curves = [r["curve"] for r in runs if r.get("curve")]
+    if not curves:
+        return [], []
+    n = min(len(c) for c in curves)
+    x = [statistics.fmean(c[i]["train_seconds"] for c in curves) for i in range(n)]
+    y = [statistics.fmean(c[i]["test_acc"] for c in curves) for i in range(n)]
+    return x, y
+
+
+def write_figure(result: dict[str, Any], path: str | Path) -> None:
+    """Test accuracy (authors' test) after each epoch against training wall time, a curve per recipe (the
+    mean over seeds, bold; each seed, faint)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    runs = [r for r in result["runs"] if r["phase"] != "select" and r["status"] == "completed"]
+    for i, name in enumerate(result["recipes"]):
+        mine = [r for r in runs if r["recipe"] == name]
+        colour = f"C{i}"
+        for r in mine:
+            ax.plot(*zip(*[(p["train_seconds"], p["test_acc"]) for p in r["curve"]], strict=True),
+                    color=colour, alpha=0.25, lw=0.8)  # fmt: skip
+        x, y = mean_curve(mine)
+        if x:
+            ax.plot(x, y, "o-", color=colour, lw=2, label=f"{name} (n={len(mine)})")
+    ax.set_xlabel("training wall time (s, evaluation excluded)")
+    ax.set_ylabel(f"test accuracy % (authors' test: {result['authors_eval_iterations']} sweeps)")
+    ax.set_title(f"{result['dataset']}: accuracy against training time, per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,351 @@
+"""`ep-core bench-tta`'s protocol: the paired statistics, the run order, the selection rule, the equal-compute
+control, resuming a partial result, the JSON/markdown/figure, and one tiny end-to-end run."""
+
+import json
+import math
+
+import pytest
+
+from ep_core.bench import tta
+from ep_core.bench.tta import Settings, check, parse_recipe, run_protocol
+from ep_core.bench.tta_report import format_markdown, load_partial, write_figure
+from ep_core.bench.tta_runs import curve, epoch_times, final_accuracy
+from ep_core.bench.tta_stats import (
+    fitting_epochs,
+    paired_difference,
+    rotated_order,
+    select_candidate,
+    t_quantile,
+    verdict,
+)
+from ep_core.bench.tta_summary import control_epochs, selection, summarise, summary_line
+from ep_core.cli import main
+from ep_core.training.config import load_config
+
+# ---- statistics ------------------------------------------------------------------------------------------
+
+
+def test_paired_interval_against_a_hand_computed_one():
+    recipe = {1: 90.0, 2: 92.0, 3: 91.0, 7: 50.0}  # seed 7 has no partner: left out
+    authors = {1: 89.0, 2: 90.0, 3: 91.5}
+    d = paired_difference(recipe, authors)
+    # differences 1, 2, -0.5: mean 5/6, sd sqrt(((1/6)^2 + (7/6)^2 + (4/3)^2) / 2) = sqrt(19/12)
+    sd = math.sqrt(19 / 12)
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, 2) from the table
+    assert (d.n, d.mean, d.sd) == (3, pytest.approx(5 / 6), pytest.approx(sd))
+    assert (d.low, d.high) == (pytest.approx(5 / 6 - half), pytest.approx(5 / 6 + half))
+    assert d.low == pytest.approx(-2.2925, abs=1e-4) and d.high == pytest.approx(3.9591, abs=1e-4)
+    assert t_quantile(0.975, 4) == pytest.approx(2.776445, abs=1e-6)
+    one = paired_difference({1: 3.0}, {1: 1.0})
+    assert (one.mean, one.sd, one.low, one.high) == (2.0, None, None, None)
+    with pytest.raises(ValueError, match="at least one seed that both sides have"):
+        paired_difference({1: 1.0}, {2: 1.0})
+
+
+def test_verdict_states_each_target_that_fails():
+    good = paired_difference({1: 90.0, 2: 90.5, 3: 90.2}, {1: 90.1, 2: 90.3, 3: 90.3})
+    holds, why = verdict(3.2, good)
+    assert holds and "3.20x >= 3x" in why and "inside ±1 points" in why
+    holds, why = verdict(2.9, good)
+    assert not holds and why == "training-time speed-up 2.90x < 3x"
+    wide = paired_difference({1: 88.0, 2: 92.0, 3: 89.0}, {1: 90.0, 2: 90.0, 3: 90.0})
+    holds, why = verdict(3.5, wide)
+    assert not holds and "< -1" in why and "> +1" in why
+    holds, why = verdict(None, paired_difference({1: 1.0}, {1: 1.0}))
+    assert not holds and "unknown" in why and "no interval from 1 seed(s)" in why
+
+
+def test_selection_rule_picks_the_cheapest_within_tolerance():
+    candidates = {
+        "a": {"val_acc": 94.5, "train_seconds": 10.0},
+        "b": {"val_acc": 93.0, "train_seconds": 5.0},
+        "c": {"val_acc": 95.5, "train_seconds": 20.0},
+    }
+    reference = {"val_acc": 95.0, "train_seconds": 30.0}
+    assert select_candidate(candidates, reference, 1.0) == "a"  # b is cheaper but 2 points below
+    assert select_candidate(candidates, reference, 2.0) == "b"
+    assert select_candidate(candidates, reference, 0.0) == "c"
+    assert select_candidate(candidates, {"val_acc": 99.0}, 1.0) is None
+    with pytest.raises(ValueError, match="tolerance must be >= 0"):
+        select_candidate(candidates, reference, -1.0)
+
+
+def test_run_order_is_counterbalanced():
+    assert [rotated_order(["a", "b"], i) for i in range(3)] == [["a", "b"], ["b", "a"], ["a", "b"]]
+    firsts = [rotated_order(["a", "b", "c"], i)[0] for i in range(6)]
+    assert firsts == ["a", "b", "c", "a", "b", "c"]
+    assert all(sorted(rotated_order(["a", "b", "c"], i)) == ["a", "b", "c"] for i in range(3))
+
+
+def test_equal_compute_control_gets_the_whole_epochs_that_fit():
+    assert (
+        fitting_epochs(100.0, 30.0) == 3
+        and fitting_epochs(90.0, 30.0) == 3
+        and fitting_epochs(29.0, 30.0) == 1
+    )
+    runs = [
+        _run("authors", 1, train=300.0, epochs=10),
+        _run("authors", 2, train=320.0, epochs=10),  # 31 s per epoch on average
+        _run("fast", 1, train=100.0, epochs=10),
+        _run("fast", 2, train=90.0, epochs=10),
+        _run("fast", 3, train=1.0, epochs=10, phase="control"),  # not a main run: ignored
+    ]
+    info = control_epochs(runs, "authors", "fast")
+    assert info == {"name": "authors@fast-time", "of": "fast", "epochs": 3, "budget_seconds": 95.0,
+                    "reference_seconds_per_epoch": 31.0}  # fmt: skip
+    assert control_epochs(runs, "authors", "auto") is None
+
+
+def test_wall_time_split_into_training_and_evaluation_per_epoch():
+    rows = [
+        {"epoch": "1", "train_seconds": "10", "epoch_seconds": "12.5", "test_acc": "50", "val_acc": ""},
+        {"epoch": "2", "train_seconds": "11", "epoch_seconds": "13", "test_acc": "60", "val_acc": "58"},
+    ]
+    train, evaluation, source = epoch_times(rows)
+    assert (train, evaluation, source) == ([10.0, 11.0], [2.5, 2.0], "history train_seconds")
+    assert [(p["train_seconds"], p["test_acc"], p["val_acc"]) for p in curve(rows, train)] == [
+        (10.0, 50.0, None), (21.0, 60.0, 58.0)]  # fmt: skip
+    # a history without train_seconds: the timed phases of the steps stand in
+    old = [{"epoch": "1", "free_seconds": "4", "nudged_seconds": "3", "gradient_seconds": "0.5",
+            "step_seconds": "0.5", "epoch_seconds": "10", "test_acc": "1"}]  # fmt: skip
+    train, evaluation, source = epoch_times(old)
+    assert (train, evaluation) == ([8.0], [2.0]) and source.startswith("sum of the timed step phases")
+
+
+# ---- summaries and output --------------------------------------------------------------------------------
+
+
+def _run(
+    recipe,
+    seed,
+    *,
+    acc=90.0,
+    train=100.0,
+    epochs=3,
+    phase="main",
+    fidelity=None,
+    val=None,
+    status="completed",
+):
+    curve = [{"epoch": e + 1, "train_seconds": train * (e + 1) / epochs, "test_acc": acc - (epochs - e - 1),
+              "val_acc": None} for e in range(epochs)]  # fmt: skip
+    return {
+        "recipe": recipe, "seed": seed, "phase": phase, "status": status, "epochs": epochs, "wall_seconds": train + 20,
+        "train_seconds": train, "eval_seconds": 10.0, "probe_seconds": 0.0, "test_acc": acc, "test_acc_own": acc - 1,
+        "own_eval_iterations": 40, "free_sweeps": 40.0, "nudged_sweeps": 15.0, "fidelity": fidelity, "val_acc": val,
+        "curve": curve,
+    }  # fmt: skip
+
+
+def _fake_runs():
+    probes = {"probes": 2, "cosine_last": 0.97, "cosine_min": 0.95, "cosine_mean": 0.96}
+    runs = []
+    for seed, (a, f, g) in zip(
+        range(1, 6),
+        [(90, 89.5, 91.5), (91, 91.2, 92), (92, 91.5, 93.5), (90, 90.1, 91), (89, 88.6, 90.5)],
+        strict=True,
+    ):
+        runs += [_run("authors", seed, acc=a, train=300.0 + seed), _run("fast", seed, acc=f, train=90.0 + seed),
+                 _run("auto", seed, acc=g, train=120.0, fidelity=probes)]  # fmt: skip
+    return runs
+
+
+def test_summary_speedup_paired_difference_and_each_recipes_name():
+    recipes = summarise(_fake_runs(), ["authors", "fast", "auto"], "authors")
+    fast, auto = recipes["fast"], recipes["auto"]
+    assert fast["speedup_training"] == pytest.approx(303 / 93)
+    assert fast["speedup_per_seed"]["1"] == pytest.approx(301 / 91)
+    diffs = [-0.5, 0.2, -0.5, 0.1, -0.4]
+    assert fast["diff_vs_reference"]["mean"] == pytest.approx(sum(diffs) / 5)
+    assert fast["diff_vs_reference"]["n"] == 5 and fast["verdict"]["holds"]
+    assert (
+        not auto["verdict"]["holds"]
+        and "2.52x < 3x" in auto["verdict"]["why"]
+        and "> +1" in auto["verdict"]["why"]
+    )
+    assert (
+        fast["fidelity"] is None
+        and auto["fidelity"]["cosine_min"] == 0.95
+        and auto["fidelity"]["probes"] == 10
+    )
+    assert "verdict" not in recipes["authors"] and recipes["authors"]["test_acc"]["mean"] == pytest.approx(
+        90.4
+    )
+    line = summary_line("digits", recipes, "authors")
+    assert "fast: 3.26x less training time than authors" in line and "auto: 2.52x" in line
+    assert line.count("target holds") == 1 and line.count("does not hold") == 1
+
+
+def test_markdown_figure_and_partial_json(tmp_path):
+    runs = _fake_runs()
+    setting = {"seeds": [1, 2, 3, 4, 5], "width": 0.0625, "batch_size": 32, "lr": 0.05, "epochs": 3}
+    recipes = summarise(runs, ["authors", "fast", "auto"], "authors")
+    result = {
+        "dataset": "digits", "complete": False, "setting": setting, "reference": "authors", "recipes": recipes,
+        "authors_eval_iterations": 120, "control_comparison": None, "summary": summary_line("digits", recipes, "authors"),
+        "load_average_before": [0.1], "load_average_after": [0.2], "torch_threads": 2, "cpu_count": 2,
+        "elapsed_seconds": 600.0, "runs": runs,
+    }  # fmt: skip
+    text = format_markdown(result)
+    assert "PARTIAL" in text and "authors' test: 120 sweeps" in text
+    row = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 3.26x |" in row["| fast"] and row["| fast"].endswith("| – |")  # no probes: a dash
+    assert "0.970 / 0.950 (10)" in row["| auto"] and "| 1.00 |" in row["| authors"]
+    assert "- fast: target holds" in text and "- auto: target does not hold" in text
+    write_figure(result, tmp_path / "digits.png")
+    assert (tmp_path / "digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path = tmp_path / "digits.json"
+    path.write_text(json.dumps(result))
+    assert load_partial(path, setting) == runs
+    with pytest.raises(ValueError, match=r"other settings \(epochs: 3 != 4\); use another --out, or --fresh"):
+        load_partial(path, setting | {"epochs": 4})
+
+
+# ---- the protocol ----------------------------------------------------------------------------------------
+
+
+def test_protocol_order_resume_and_control_without_training(tmp_path, monkeypatch):
+    trained, kill_at = [], [5]
+
+    def fake_run_one(name, config, own, authors, seed, out, threads, phase):
+        trained.append(
+            (name, seed, phase, config.train.epochs, config.ep.eval_iterations, own.ep.eval_iterations)
+        )
+        if len(trained) == kill_at[0]:
+            raise KeyboardInterrupt  # killed mid-protocol
+        train = {"authors": 300.0, "fast": 100.0}.get(name, 200.0)
+        return _run(name, seed, acc=90.0 + seed / 10, train=train, epochs=config.train.epochs, phase=phase)
+
+    monkeypatch.setattr(tta, "run_one", fake_run_one)
+    s = Settings(dataset="synthetic", seeds=(1, 2, 3), epochs=6, warmup=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(s, tmp_path / "r.json", tmp_path / "runs")
+    partial = json.loads((tmp_path / "r.json").read_text())
+    assert not partial["complete"] and len(partial["runs"]) == 4
+    assert [(t[0], t[1]) for t in trained[:4]] == [("authors", 1), ("fast", 1), ("fast", 2), ("authors", 2)]
+    assert all(t[4] == 120 for t in trained) and {t[0]: t[5] for t in trained} == {"authors": 120, "fast": 40}
+    trained.clear()
+    kill_at[0] = None
+    result = run_protocol(s, tmp_path / "r.json", tmp_path / "runs")  # resumed: only the runs missing
+    assert [(t[0], t[1], t[2], t[3]) for t in trained] == [
+        ("authors", 3, "main", 6), ("fast", 3, "main", 6),  # seed 3: authors first again
+        *[("authors@fast-time", seed, "control", 2) for seed in (1, 2, 3)],  # 100 s fit 2 epochs of 50 s
+    ]  # fmt: skip
+    assert result["complete"] and result["control"]["epochs"] == 2
+    assert list(result["recipes"]) == ["authors", "fast", "authors@fast-time"]
+    assert "verdict" in result["recipes"]["fast"] and "verdict" not in result["recipes"]["authors@fast-time"]
+    assert result["recipes"]["authors@fast-time"]["diff_vs_reference"]["n"] == 3  # compared, not judged
+    assert result["control_comparison"]["a"] == "fast" and result["control_comparison"]["n"] == 3
+    assert (
+        "authors@fast-time: the 2 whole epoch(s) of authors (50 s each) that fit in fast's mean training time, 100 s."
+        in format_markdown(result)
+    )
+    with pytest.raises(ValueError, match="other settings"):
+        run_protocol(
+            Settings(dataset="synthetic", seeds=(1, 2), warmup=False), tmp_path / "r.json", tmp_path / "runs"
+        )
+
+
+def test_select_step_trains_candidates_on_selection_seeds_with_a_validation_split(tmp_path, monkeypatch):
+    trained = []
+
+    def fake_run_one(name, config, own, authors, seed, out, threads, phase):
+        trained.append((name, seed, phase, config.data.val_size))
+        val = {"authors": 95.0, "c20": 92.0, "c40": 94.5}.get(name)
+        train = {"authors": 300.0, "c20": 50.0, "c40": 100.0}.get(name, 100.0)
+        return _run(name, seed, train=train, phase=phase, val=val)
+
+    monkeypatch.setattr(tta, "run_one", fake_run_one)
+    s = Settings(
+        dataset="synthetic", recipes=dict(map(parse_recipe, ["authors"])), seeds=(1, 2), control="selected",
+        warmup=False, select=True, extra=["data.synthetic_train=100"],
+        candidates={"c20": ["ep.recipe=fast", "ep.free_iterations=20"], "c40": ["ep.recipe=fast"]},
+    )  # fmt: skip
+    result = run_protocol(s, tmp_path / "r.json", tmp_path / "runs")
+    select = [t for t in trained if t[2] == "select"]
+    assert {t[1] for t in select} == {100, 101} and {t[3] for t in select} == {20}  # a fifth of 100
+    assert [t[0] for t in select] == ["authors", "c20", "c40", "c20", "c40", "authors"]
+    assert result["selection"]["chosen"] == "c40"  # c20 is cheaper but 3 points below authors
+    assert [(t[0], t[1]) for t in trained if t[2] == "main"] == [
+        ("authors", 1),
+        ("c40", 1),
+        ("c40", 2),
+        ("authors", 2),
+    ]
+    assert {t[0] for t in trained if t[2] == "control"} == {"authors@c40-time"}
+    assert selection(result["runs"], "authors", ["c20"], 0.5)["chosen"] is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"seeds": (0, 1)}, "seed 0 chose fast's sweep lengths"),
+        ({"seeds": (1,)}, "at least 2 distinct seeds"),
+        ({"reference": "auto"}, "--reference 'auto' is not among the recipes: authors, fast"),
+        ({"control": "adaptive"}, r"--control 'adaptive': valid choices: fast \(or none\)"),
+        ({"select": True, "selection_seeds": (1, 100)}, "must not overlap --seeds"),
+        ({"extra": ["ep.bogus=1"]}, "bogus"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(changes, message):
+    with pytest.raises(ValueError, match=message):
+        check(Settings(**changes))
+
+
+def test_cli_bad_input_names_the_valid_choices(capsys, tmp_path):
+    assert main(["bench-tta", "--recipe", "quick", "--out", str(tmp_path)]) == 2
+    assert "unknown recipe 'quick'; valid choices: authors, fast" in capsys.readouterr().err
+    assert main(["bench-tta", "--seeds", "0,1,2", "--out", str(tmp_path)]) == 2
+    assert "seed 0 chose fast's sweep lengths" in capsys.readouterr().err
+    assert main(["bench-tta", "--candidate", "fast", "--out", str(tmp_path)]) == 2
+    assert "--candidate: applies with --select only" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+# One torch thread: two threads on tiny convolutions slow down manyfold when other jobs share the cores.
+TINY = ["--set", "data.synthetic_train=32", "--set", "data.synthetic_test=16", "--set", "ep.eval_iterations=8",
+        "--threads", "1"]  # fmt: skip
+
+
+def test_end_to_end_tiny_protocol_writes_the_documented_fields(tmp_path):
+    out = tmp_path / "out"
+    argv = ["bench-tta", "--dataset", "synthetic", "--seeds", "1,2", "--epochs", "1", "--batch-size", "16",
+            "--recipe", "authors:ep.free_iterations=8,ep.nudge_iterations=4",
+            "--recipe", "fast:ep.free_iterations=4,ep.nudge_iterations=2,ep.eval_iterations=4",
+            "--reference", "authors:ep.free_iterations=8,ep.nudge_iterations=4",
+            "--control", "fast:ep.free_iterations=4,ep.nudge_iterations=2,ep.eval_iterations=4",
+            *TINY, "--out", str(out), "--workdir", str(tmp_path / "runs")]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads((out / "synthetic.json").read_text())
+    authors, fast = (r for r in result["setting"]["recipes"])
+    assert result["complete"] and result["authors_eval_iterations"] == 8 and result["warmup_seconds"] > 0
+    main_runs = [r for r in result["runs"] if r["phase"] == "main"]
+    assert [(r["recipe"], r["seed"]) for r in main_runs] == [(authors, 1), (fast, 1), (fast, 2), (authors, 2)]
+    for r in main_runs:
+        assert r["status"] == "completed" and r["train_seconds_source"] == "history train_seconds"
+        assert r["train_seconds"] > 0 and r["eval_seconds"] >= 0
+        assert r["train_seconds"] + r["eval_seconds"] <= r["wall_seconds"]
+        # plain fixed-length sweeps: the per-epoch test (authors' count) is the authors' test exactly
+        assert r["test_acc"] == r["test_acc_history"] and len(r["curve"]) == 1
+        assert r["tests_from_history"] == (["authors", "own"] if r["recipe"] == authors else ["authors"])
+    assert {r["recipe"]: (r["free_sweeps"], r["nudged_sweeps"], r["own_eval_iterations"]) for r in main_runs} == {
+        authors: (8, 4, 8), fast: (4, 2, 4)}  # fmt: skip
+    control = [r for r in result["runs"] if r["phase"] == "control"]
+    assert [(r["recipe"], r["seed"], r["epochs"]) for r in control] == [
+        (f"{authors}@{fast}-time", s, 1) for s in (1, 2)
+    ]
+    summary = result["recipes"][fast]
+    assert summary["diff_vs_reference"]["n"] == 2 and summary["diff_vs_reference"]["ci95_low"] is not None
+    assert summary["speedup_training"] > 0 and "verdict" in summary
+    assert result["summary"].startswith(f"synthetic: {fast}: ")
+    assert (out / "synthetic.md").read_text().startswith("### synthetic: seeds 1, 2")
+    assert (out / "synthetic.png").stat().st_size > 0
+    # the reuse is sound: fast's final network under the authors' relaxation, run here, gives the same
+    fast_dir, authors_dir = (
+        next((tmp_path / "runs/synthetic/main").glob(f"{n}*-seed1")) for n in ("fast", "authors")
+    )
+    fast_run = next(r for r in main_runs if r["recipe"] == fast and r["seed"] == 1)
+    relaxation = load_config(authors_dir / "config.yaml")
+    assert final_accuracy(load_config(fast_dir / "config.yaml"), fast_dir, relaxation) == fast_run["test_acc"]
+    assert main(argv) == 0  # complete: nothing is trained again
+    assert json.loads((out / "synthetic.json").read_text())["runs"] == result["runs"]
