@@ -19,6 +19,7 @@ import torch
 
 from ..numerics.diagnostics import pattern_changes
 from ..numerics.estimators import EquilibriumProp, GradientEstimate
+from ..numerics.fidelity import relative_error
 from ..numerics.networks import HopfieldNetwork, build_network
 from ..numerics.reference import reference_gradients
 from ..numerics.relaxation import fixed_point_residual, relative_change, relax
@@ -272,9 +273,7 @@ class _Check:
 
     def total_error(self, estimate: GradientEstimate) -> float:
         """‖ĝ − g‖ / ‖g‖ over all parameter tensors together."""
-        ref_sq = sum(g.pow(2).sum().item() for g in self.reference.values())
-        num = sum((estimate.grads[n] - g).pow(2).sum() for n, g in self.reference.items())
-        return math.sqrt(num.item() / ref_sq)
+        return relative_error(estimate.grads, self.reference)
 
     def sweep_row(self, estimator_at: Callable[[str, float], EquilibriumProp], beta: float) -> dict:
         """One point of the β sweep: EP's and CEP's total relative error at `beta` and their active-set

@@ -83,10 +83,15 @@ def _square(g: dict[str, torch.Tensor]) -> float:
     return float(sum(t.double().pow(2).sum() for t in g.values()))
 
 
+def relative_error(g: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
+    """‖g − g*‖ / ‖g*‖ over all of `reference`'s tensors together (in float64)."""
+    return math.sqrt(_square({n: g[n] - r for n, r in reference.items()}) / max(_square(reference), 1e-300))
+
+
 def compare(estimate: GradientEstimate, reference: GradientEstimate) -> Fidelity:
     """The figures of `estimate` against `reference` (both kept their free states)."""
     g, r = estimate.grads, reference.grads
-    error = math.sqrt(_square({n: g[n] - r[n] for n in r}) / max(_square(r), 1e-300))
+    error = relative_error(g, r)
     tensors = {n: gradient_cosine({n: g[n]}, {n: r[n]}) for n in r}
     stats = reference.stats
     return Fidelity(

@@ -126,27 +126,31 @@ class FidelityMonitor:
         learner = self.learner
         x, y = learner.format_input(self.batch[0]), self.batch[1]
         result, reference = probe(learner.net, x, y, learner.estimator)
-        if self.auto is not None and self._steer(result, reference, x, y):
-            # what the run trains with from here: the new counts' figures, against the same reference
-            result = probe(learner.net, x, y, learner.estimator, reference=reference)[0]
+        if self.auto is not None:  # what the run trains with from here: the chosen counts' figures
+            result = self._steer(result, reference, x, y)
         self._warn(result.cosine, where)
         return result.row() | {"fidelity/probe_seconds": time.perf_counter() - t0}
 
-    def _steer(self, result: Fidelity, reference: GradientEstimate, x: torch.Tensor, y: torch.Tensor) -> bool:
-        """Move to the rung `AutoSweeps.choose` picks; whether the counts changed."""
+    def _steer(
+        self, result: Fidelity, reference: GradientEstimate, x: torch.Tensor, y: torch.Tensor
+    ) -> Fidelity:
+        """Move to the rung `AutoSweeps.choose` picks; the probe's figures at that rung (each rung tried is
+        estimated once, against the one reference)."""
         assert self.auto is not None
         net, ep = self.learner.net, self.learner.estimator
+        current = (ep.free_iterations, ep.nudge_iterations)
+        tried = {current: result}
 
-        def cosine_at(rung: int) -> float:
-            free, nudge = self.auto.rungs[rung]
-            trial = replace(ep, free_iterations=free, nudge_iterations=nudge)
-            return probe(net, x, y, trial, reference=reference)[0].cosine
+        def at(counts: tuple[int, int]) -> Fidelity:
+            if counts not in tried:
+                trial = replace(ep, free_iterations=counts[0], nudge_iterations=counts[1])
+                tried[counts] = probe(net, x, y, trial, reference=reference)[0]
+            return tried[counts]
 
-        rung = self.auto.choose(cosine_at, result.cosine)
+        rung = self.auto.choose(lambda r: at(self.auto.rungs[r]).cosine, result.cosine)
         self.auto.rung = rung = self.agree(rung)
-        before = (ep.free_iterations, ep.nudge_iterations)
         self._set_counts(self.auto.rungs[rung])
-        return self.auto.rungs[rung] != before
+        return at(self.auto.rungs[rung])
 
     def _set_counts(self, counts: tuple[int, int]) -> None:
         free, nudge = counts
