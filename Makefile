@@ -47,9 +47,10 @@ demo-run: setup
 
 # Time to accuracy by a fixed protocol (docs/benchmarks.md, "Time to accuracy: the protocol"): authors, fast
 # and the equal-compute control authors@fast-time on digits and mnist5k, seeds 1-5 paired, run order rotated,
-# training time apart from evaluation, every network tested with the authors' 120 sweeps; ~50 min on 2 quiet
+# training time apart from evaluation, every network tested with the authors' 120 sweeps; ~45 min on 2 quiet
 # CPU cores. Writes $(TTA_OUT)/{digits,mnist5k}.{json,md,png}; the same command resumes a stopped run.
-# The documented run: make bench-tta TTA_OUT=docs/bench-tta. TTA_ARGS adds flags (ep-core bench-tta --help).
+# TTA_ARGS adds flags (ep-core bench-tta --help). The documented run (48 min) added auto:
+# make bench-tta TTA_OUT=docs/bench-tta TTA_ARGS="--recipe authors --recipe fast --recipe auto:train.fidelity_every=50"
 TTA_OUT ?= results/benchmarks/tta
 bench-tta: setup
 	$(BIN)/ep-core bench-tta --out $(TTA_OUT) $(TTA_ARGS)

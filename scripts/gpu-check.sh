@@ -5,8 +5,9 @@
 #   1. gradcheck on CUDA: Hopfield-ResNet13 1/16 width, CEP, beta 1e-2, in float64 (the bar: min cosine
 #      >= MIN_COSINE, default 0.999, the CPU's float64 figure is 0.9997) and, reported only, float32
 #      without and with TF32 and with a bf16 bulk of the free phase (ep.bf16_sweeps);
-#   2. `ep-core bench` at batch 128, full width: eager vs CUDA graphs vs compiled vs 100 of the 120 free
-#      sweeps in bf16, and what an epoch of CIFAR-10 costs (391 steps of 128 at 120 + 2 x 50 sweeps);
+#   2. `ep-core bench` at batch 128, full width: eager vs chunks of 32 (ep.chunk_size) vs CUDA graphs vs
+#      compiled vs 100 of the 120 free sweeps in bf16, and what an epoch of CIFAR-10 costs (391 steps of 128
+#      at 120 + 2 x 50 sweeps);
 #   3. peak memory of a step, EP (stacked, separate, chunked) vs backprop;
 #   4. a short digits training on CUDA, authors' and fast recipes;
 #   5. the gradient-fidelity monitor on a fast run and an ep.recipe: auto run on CUDA;
@@ -55,11 +56,11 @@ for mode in "" "--tf32" "--bf16-sweeps 100"; do
   cosine "$OUT/$name.json" "$name"
 done
 
-step "2. bench at batch 128, full width: eager, CUDA graphs, compiled, bf16 bulk"
-for variant in eager graphs compiled bf16_bulk; do
+step "2. bench at batch 128, full width: eager, chunks of 32, CUDA graphs, compiled, bf16 bulk"
+for variant in eager chunk32 graphs compiled bf16_bulk; do
   case $variant in
-    eager) flags="" ;; graphs) flags="--cuda-graphs" ;; compiled) flags="--compile" ;;
-    bf16_bulk) flags="--bf16-sweeps 100" ;;
+    eager) flags="" ;; chunk32) flags="--chunk-size 32" ;; graphs) flags="--cuda-graphs" ;;
+    compiled) flags="--compile" ;; bf16_bulk) flags="--bf16-sweeps 100" ;;
   esac
   bounded 60 "bench $variant" "$BIN/ep-core" bench --device cuda --arch hopfield_resnet13 --batch-size 128 \
     $ITER --repeats 2 --no-memory --no-schedules $flags --json --output "$OUT/bench_$variant.json"
@@ -67,6 +68,9 @@ for variant in eager graphs compiled bf16_bulk; do
 print(f\"{sys.argv[2]:>9}: EP step {ms:.0f} ms -> CIFAR-10 epoch {391*ms/6e4:.1f} min; BP step {r['bp']['step_ms']:.1f} ms\")" \
     "$OUT/bench_$variant.json" "$variant"
 done
+# ep.chunk_size stays off by default until this ratio is known (docs/benchmarks.md, "Memory by default").
+"$BIN/python" -c "import json,sys; t={v: json.load(open(f'{sys.argv[1]}/bench_{v}.json'))['ep']['step_ms'] for v in ('eager','chunk32')}
+print(f\"chunks of 32 cost {100*(t['chunk32']/t['eager']-1):+.1f} % of the eager step's time\")" "$OUT"
 
 step "3. peak memory of a step at batch 128 (5 nudged iterations), EP vs BP"
 for flags in "" "--separate-phases" "--chunk-size 32"; do

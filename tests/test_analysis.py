@@ -278,6 +278,20 @@ def test_the_paper_setting_needs_the_papers_iterations(tmp_path):
     assert math.isnan(row.diff_vs_paper)
 
 
+def test_auto_at_the_papers_counts_is_its_own_row_and_not_the_papers_setting(tmp_path):
+    runs = load_runs([
+        fake_run(tmp_path / "a", final=90.0, best=91.0),
+        fake_run(tmp_path / "b", final=80.0, best=81.0, settings=("ep.recipe=auto",)),  # 120 / 50: its cap
+    ])  # fmt: skip
+    table = main_table(runs, PAPER_CSV)
+    assert list(zip(table["recipe"], table["free_iterations"], table["paper_setting"], strict=True)) == [
+        ("authors", 120, True), ("auto", 120, False)
+    ]  # fmt: skip
+    assert table["best_test_mean"].tolist() == [91.0, 81.0]  # each its own runs, not their mean
+    write_table(table, tmp_path / "t.csv", tmp_path / "t.md")
+    assert "reduced (w=1, 300 ep., auto ≤ 120/50 it.)" in (tmp_path / "t.md").read_text()
+
+
 def test_write_table_markdown_and_csv(table_runs, tmp_path):
     table = main_table(table_runs, PAPER_CSV)
     write_table(table, tmp_path / "t.csv", tmp_path / "t.md")

@@ -27,7 +27,9 @@ DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo_digits.yaml"
 )
 def test_digits_test_accuracy(tmp_path, overrides, minimum):
     out = tmp_path / "run"
-    assert train(load_config(DEMO, overrides), out) == 0
+    # Without the gradient-fidelity probes (a third of the run's time here): they never change the network
+    # trained (tests/test_fidelity.py), so the accuracy is the file's.
+    assert train(load_config(DEMO, [*overrides, "train.fidelity_every=0"]), out) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed"
     assert metrics["final"]["test_acc"] >= minimum, metrics["final"]

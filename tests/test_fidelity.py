@@ -148,11 +148,18 @@ def test_a_truncated_run_records_its_fidelity_and_warns_once(tmp_path, capsys):
     assert capsys.readouterr().err.count("warning: gradient fidelity") == 1  # below, and stays below
 
 
-def test_the_monitor_is_off_for_the_authors_phases_and_when_asked(tmp_path):
-    out = tmp_path / "off"
-    assert train(build_config(RUN, ["train.fidelity_every=0"]), out) == 0
-    assert not any(c.startswith("fidelity/") for c in _history(out).columns)
-    assert json.loads((out / "metrics.json").read_text())["fidelity"] is None
+def test_the_monitor_is_off_when_asked_and_never_changes_training(tmp_path):
+    off, on = tmp_path / "off", tmp_path / "on"
+    assert train(build_config(RUN, ["train.fidelity_every=0"]), off) == 0
+    assert not any(c.startswith("fidelity/") for c in _history(off).columns)
+    assert json.loads((off / "metrics.json").read_text())["fidelity"] is None
+    # probes draw no random numbers and touch no weight: a monitored run trains the same network
+    assert train(build_config(RUN, ["train.fidelity_every=2"]), on) == 0
+    assert _history(on)["fidelity/probes"].sum() == 5  # steps 2, 4, …, 10 of 12
+    a, b = (torch.load(p / "model.pt", weights_only=True) for p in (off, on))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    same = [c for c in _deterministic(off).columns if not c.startswith("fidelity/")]
+    pd.testing.assert_frame_equal(_deterministic(off)[same], _deterministic(on)[same], check_exact=True)
 
 
 def _deterministic(out: Path) -> pd.DataFrame:

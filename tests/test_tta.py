@@ -1,6 +1,7 @@
 """`ep-core bench-tta`'s protocol: the paired statistics, the run order, the selection rule, the equal-compute
 control, resuming a partial result, the JSON/markdown/figure, and one tiny end-to-end run."""
 
+import dataclasses
 import json
 import math
 
@@ -9,7 +10,7 @@ import pytest
 from ep_core.bench import tta
 from ep_core.bench.tta import Settings, check, parse_recipe, run_protocol
 from ep_core.bench.tta_report import format_markdown, load_partial, write_figure
-from ep_core.bench.tta_runs import curve, epoch_times, final_accuracy
+from ep_core.bench.tta_runs import curve, epoch_times, final_accuracy, final_cosine
 from ep_core.bench.tta_stats import (
     fitting_epochs,
     paired_difference,
@@ -346,6 +347,20 @@ def test_end_to_end_tiny_protocol_writes_the_documented_fields(tmp_path):
     )
     fast_run = next(r for r in main_runs if r["recipe"] == fast and r["seed"] == 1)
     relaxation = load_config(authors_dir / "config.yaml")
-    assert final_accuracy(load_config(fast_dir / "config.yaml"), fast_dir, relaxation) == fast_run["test_acc"]
+    fast_config = load_config(fast_dir / "config.yaml")
+    assert final_accuracy(fast_config, fast_dir, relaxation) == fast_run["test_acc"]
+    # every run's final network is probed (untimed) with its own phases; auto's with its last counts
+    assert all(-1.0 <= r["final_cosine"] <= 1.0 for r in main_runs)
+    assert final_cosine(fast_config, fast_dir, [{}]) == fast_run["final_cosine"]
+    at_authors_counts = dataclasses.replace(
+        fast_config, ep=dataclasses.replace(fast_config.ep, free_iterations=8, nudge_iterations=4)
+    )
+    auto_rows = [{"auto/free_iterations": "8", "auto/nudge_iterations": "4"}]
+    assert final_cosine(fast_config, fast_dir, auto_rows) == final_cosine(at_authors_counts, fast_dir, [{}])
+    assert final_cosine(fast_config, fast_dir, auto_rows) != fast_run["final_cosine"]
+    assert summary["final_cosine"]["mean"] == pytest.approx(
+        sum(r["final_cosine"] for r in main_runs if r["recipe"] == fast) / 2
+    )
+    assert "| final network's cosine (untimed, mean ± sd) |" in (out / "synthetic.md").read_text()
     assert main(argv) == 0  # complete: nothing is trained again
     assert json.loads((out / "synthetic.json").read_text())["runs"] == result["runs"]

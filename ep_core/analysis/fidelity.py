@@ -29,7 +29,7 @@ from ._figures import PALETTE, PathLike, figure, no_data
 from .runs import label, load_runs
 
 # The settings of a run that the monitor and `ep.recipe: auto` read (dotted keys of its saved config).
-KEYS = ["ep.recipe", "ep.tol", "ep.auto_floor", "train.fidelity_every", "train.fidelity_min"]
+KEYS = ["ep.tol", "ep.auto_floor", "train.fidelity_every", "train.fidelity_min"]  # load_runs has `recipe`
 LABEL = ["dataset", "network", "activation", "recipe", "seed"]
 # metrics.json's `fidelity` summary, as the run table's columns
 SUMMARY = ["probes", "cosine_first", "cosine_last", "cosine_mean", "cosine_min", "below_min", "seconds",
@@ -90,9 +90,7 @@ def load_fidelity(dirs: Iterable[PathLike]) -> pd.DataFrame:
     """One row per run with the monitor on (EP, `train.fidelity_every` > 0 in its saved config), in the
     order given: its label, identity, phases, monitor settings and metrics.json's `fidelity` summary (0
     probes and NaN cosines when none ran, or the run has not ended)."""
-    runs = _monitored(load_runs(dirs, KEYS)).rename(
-        columns={k: k.split(".", 1)[1] for k in KEYS} | {"ep.recipe": "recipe"}
-    )
+    runs = _monitored(load_runs(dirs, KEYS)).rename(columns={k: k.split(".", 1)[1] for k in KEYS})
     if runs.empty:
         return pd.DataFrame(columns=RUN_COLUMNS)
     runs = runs.assign(

@@ -54,7 +54,7 @@ IDENTITY = [
 
 
 RUN_COLUMNS = [
-    *IDENTITY, "depth", "blocks", "skips", "order", "beta", "free_iterations", "nudge_iterations",
+    *IDENTITY, "depth", "blocks", "skips", "order", "beta", "recipe", "free_iterations", "nudge_iterations",
     "batch_size", "val_size", "epochs", "final_test_acc", "final_train_loss", "best_val_acc",
     "val_selected_test_acc", "val_selected_epoch", "best_test_acc", "best_test_epoch", "wall_seconds",
     "peak_memory_mb", "num_parameters", "device", "message",
@@ -166,6 +166,8 @@ def read_run(run_dir: PathLike, keys: Iterable[str] = ()) -> dict[str, Any]:
         "skips": skips_of(network_of_config(config)),
         "order": config["ep"]["order"],
         "beta": _get(config, "ep", "beta"),
+        # `auto` trains below its free / nudge iterations (their cap); a backprop run has no relaxation
+        "recipe": "" if algorithm_of(config) == "bp" else config["ep"].get("recipe", "authors"),
         "free_iterations": config["ep"]["free_iterations"],
         "nudge_iterations": config["ep"]["nudge_iterations"],
         "batch_size": config["train"]["batch_size"],

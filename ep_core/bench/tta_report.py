@@ -44,7 +44,7 @@ def _acc(cell: dict[str, float] | None) -> str:
 
 def _row(name: str, s: dict[str, Any], reference: str) -> str:
     if not s.get("completed"):
-        return f"| {name} | – | no completed run ({s['runs']} tried) | – | – | – | – | – | – |"
+        return f"| {name} | – | no completed run ({s['runs']} tried) |" + " – |" * 8
     d = s.get("diff_vs_reference")
     diff = (
         "–"
@@ -60,8 +60,11 @@ def _row(name: str, s: dict[str, Any], reference: str) -> str:
     )
     own = f"{_acc(s['test_acc_own'])} ({s['own_eval_iterations']})"
     train_cell = f"{train['mean']:.0f} ± {train['sd']:.0f}"
-    cells = [name, f"{s['epochs']:g}", _acc(s["test_acc"]), own, diff, train_cell, speedup,
-             f"{s['eval_seconds']['mean']:.0f}", fidelity]  # fmt: skip
+    sweeps = "–" if s.get("free_sweeps") is None else f"{s['free_sweeps']:.0f} / {s['nudged_sweeps']:.0f}"
+    final = s.get("final_cosine")
+    final_cell = "–" if final is None else f"{final['mean']:.3f} ± {final['sd']:.3f}"
+    cells = [name, f"{s['epochs']:g}", sweeps, _acc(s["test_acc"]), own, diff, train_cell, speedup,
+             f"{s['eval_seconds']['mean']:.0f}", fidelity, final_cell]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 
 
@@ -74,11 +77,11 @@ def format_markdown(result: dict[str, Any]) -> str:
         f"{setting['batch_size']}, lr {setting['lr']:g}, {setting['epochs']} epochs"
         + ("" if result["complete"] else " (PARTIAL: the protocol has not finished)"),
         "",
-        f"| recipe | epochs | test accuracy %, authors' test: {result['authors_eval_iterations']} sweeps "
-        "(mean ± sd) | own test (its sweeps) "
+        "| recipe | epochs | sweeps free / nudged | test accuracy %, authors' test: "
+        f"{result['authors_eval_iterations']} sweeps (mean ± sd) | own test (its sweeps) "
         f"| − {ref}, paired [95 % CI] | training s (mean ± sd) | speed-up (training) | evaluation s "
-        "| fidelity cosine last / min (probes) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| monitor cosine last / min (probes) | final network's cosine (untimed, mean ± sd) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [_row(name, s, ref) for name, s in result["recipes"].items()]
     control, c = result.get("control"), result.get("control_comparison")

@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..numerics.fidelity import probe
 from ..training.checkpoint import load_checkpoint
 from ..training.config import RunConfig, resolve
-from ..training.datasets import load_data
+from ..training.datasets import Data, load_data
 from ..training.learners import EPLearner
 from ..training.run import build_model, train
 
@@ -79,9 +80,8 @@ def curve(rows: list[dict[str, str]], train_s: list[float]) -> list[dict[str, fl
     return points
 
 
-def final_accuracy(config: RunConfig, out: Path, relaxation: RunConfig, split: str = "test") -> float:
-    """The accuracy of the network in `out` (trained with `config`) on `split`, relaxed from zero states
-    as `relaxation`'s ep section says (its eval_iterations, order, solver, tolerance)."""
+def _trained(config: RunConfig, out: Path) -> tuple[RunConfig, Data, Any]:
+    """The resolved config, the data (unaugmented, on the CPU) and the network trained in `out`."""
     run = resolve(config)
     d = run.data
     synthetic = {"n_train": d.synthetic_train, "n_test": d.synthetic_test} if d.name == "synthetic" else None
@@ -91,8 +91,32 @@ def final_accuracy(config: RunConfig, out: Path, relaxation: RunConfig, split: s
     )  # fmt: skip
     model = build_model(run, data.info)
     model.load_state_dict(load_checkpoint(out / "model.pt"))
+    return run, data, model
+
+
+def final_accuracy(config: RunConfig, out: Path, relaxation: RunConfig, split: str = "test") -> float:
+    """The accuracy of the network in `out` (trained with `config`) on `split`, relaxed from zero states
+    as `relaxation`'s ep section says (its eval_iterations, order, solver, tolerance)."""
+    run, data, model = _trained(config, out)
     learner = EPLearner(model, dataclasses.replace(run, ep=resolve(relaxation).ep))
     return learner.evaluate(data.eval_batches(split, run.train.eval_batch_size))["acc"]
+
+
+def final_cosine(config: RunConfig, out: Path, rows: list[dict[str, str]]) -> float:
+    """The gradient-fidelity cosine of the recipe's own phases at the final network, on the monitor's probe
+    batch, untimed: the same figure for every recipe, whether or not (and how often) its monitor probed.
+    `auto` is probed at the counts it trained its last epoch with."""
+    run, data, model = _trained(config, out)
+    ep = run.ep
+    last = rows[-1]
+    if last.get("auto/free_iterations") not in (None, ""):
+        ep = dataclasses.replace(
+            ep, free_iterations=int(float(last["auto/free_iterations"])),
+            nudge_iterations=int(float(last["auto/nudge_iterations"])),
+        )  # fmt: skip
+    learner = EPLearner(model, dataclasses.replace(run, ep=ep))
+    x, y = data.probe_batch(run.train.fidelity_batch)
+    return probe(learner.net, learner.format_input(x), y, learner.estimator)[0].cosine
 
 
 def _fidelity(metrics: dict[str, Any]) -> dict[str, Any] | None:
@@ -136,6 +160,8 @@ def run_one(
         "fidelity": _fidelity(metrics), "curve": curve(rows, train_s),
     }  # fmt: skip
     record |= final_tests(config, own, authors, out, float(rows[-1]["test_acc"]))
+    if resolve(config).is_ep:
+        record["final_cosine"] = final_cosine(config, out, rows)
     record["load_after"] = os.getloadavg()[0]
     return record
 

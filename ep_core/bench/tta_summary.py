@@ -70,6 +70,7 @@ def recipe_summary(
         "free_sweeps": _mean_of(mine, "free_sweeps"),
         "nudged_sweeps": _mean_of(mine, "nudged_sweeps"),
         "fidelity": _fidelity(mine),
+        "final_cosine": _spread(mine, "final_cosine"),
     }
     ref = _completed(runs, reference, "main")
     if name == reference or not ref or not train:

@@ -4,11 +4,12 @@ A recipe is a set of `ep.*` values applied under the run's own: a key the config
 wins, so `ep.recipe: fast` with `ep.nudge_iterations: 20` is the fast recipe with longer nudged phases. The
 saved config.yaml of a run states every resolved value beside the recipe's name. `authors` is the authors'
 code: fixed-length phases of 120 free and 50 + 50 nudged plain sweeps, even/odd order, evaluation at 120.
-`fast` is the same plain sweeps in truncated phases — 40 free, 15 + 15 nudged, evaluation at 40 — the
-lengths that kept the authors' accuracy on digits at a third of their wall time (docs/benchmarks.md,
-`make bench-tta`); the states are not converged, so its gradient is not the converged-state CEP gradient
-`ep-core gradcheck` checks, but the centered difference still cancels the ±β phases' common error, and
-training measured no worse. `adaptive` spends sweeps where the state still moves: every phase stops at a
+`fast` is the same plain sweeps in truncated phases — 40 free, 15 + 15 nudged, evaluation at 40 — about
+a third of the authors' training time (3.12× on digits, 2.88× on mnist5k in `make bench-tta`'s documented
+run, whose intervals could not resolve its accuracy difference to ±1 point: docs/benchmarks.md); the states
+are not converged, so its gradient is not the converged-state CEP gradient `ep-core gradcheck` checks (the
+run's fidelity monitor says how far), but the centered difference still cancels the ±β phases' common
+error. `adaptive` spends sweeps where the state still moves: every phase stops at a
 relative tolerance (the nudged ones on their displacement from the free state) with the authors' counts as
 caps, and Anderson mixing accelerates the sweeps of every phase — the free phase per example, the nudged
 phases with each example's −β and +β copies sharing one set of mixing coefficients, so the truncation error

@@ -5,6 +5,7 @@ requeue` from outside mid-run (what preemption does) resumes the same way. The r
 one, in one MLflow run, its slices recorded. ep_core/training/slurm.py says how; tests/test_slurm_requeue.py
 checks the same logic without SLURM."""
 
+import csv
 import json
 import os
 import re
@@ -23,9 +24,10 @@ from test_training import assert_same_run
 from ep_core.pipeline import grid
 
 RUN = grid.RunSpec("synthetic", "hopfield_resnet13", "relu6", 0)
-# One EP run of ~75 s of single-core training (20 epochs of 100 batches): a 1-minute slice trains ~15-45 s of
-# it (the warning comes 1-31 s before the limit, the job's start takes ~15 s), so the time limit cuts it at
-# least once and mostly 2-3 times, and the requeue from outside once more.
+# One EP run of ~4 minutes of single-core training (80 epochs of 100 batches; the issue asks for a run that
+# needs at least 3): a 1-minute slice trains ~15-45 s of it (the warning comes 1-31 s before the limit, the
+# job's start takes ~15 s), so the time limit cuts it about 6-10 times, and the requeue from outside once more.
+NEEDS_S = 180  # the uninterrupted run's training and evaluation seconds must reach this (three time limits)
 GRID = {
     "seeds": [0],
     "studies": {
@@ -34,14 +36,14 @@ GRID = {
     },
     "profiles": None,
     "settings": {
-        "all": {"model.width": 0.0625, "train.epochs": 20, "train.batch_size": 8, "train.device": "cpu",
+        "all": {"model.width": 0.0625, "train.epochs": 80, "train.batch_size": 8, "train.device": "cpu",
                 "data.synthetic_train": 800, "data.synthetic_test": 32},
         "ep": {"ep.estimator": "cep", "ep.free_iterations": 4, "ep.nudge_iterations": 2, "ep.eval_iterations": 4,
                "ep.order": "even_odd"},
     },
     "resources": {"train": {"threads": 1, "mem_mb": 1000}},
 }  # fmt: skip
-DEADLINE_S = 1800  # a busy 2-core machine; the run takes ~5 min on a quiet one
+DEADLINE_S = 2400  # a busy 2-core machine; the run takes ~8 min on a quiet one
 
 
 def write_profile(workdir: Path) -> dict:
@@ -59,7 +61,7 @@ def write_profile(workdir: Path) -> dict:
                 "slurm-keep-successful-logs": True,
                 # A slice whose warning comes before its training started (both snakemakes' start-up can take
                 # 30 s on a busy machine) runs into the limit and fails; it is resubmitted and resumes.
-                "retries": 3}  # fmt: skip
+                "retries": 5}  # fmt: skip
     (workdir / "slurm").mkdir()
     (workdir / "slurm/config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return profile
@@ -193,3 +195,6 @@ def test_a_run_longer_than_its_time_limit_is_requeued_slice_by_slice_and_equals_
     assert own_requeues >= 1, jobs
     assert metrics["slurm_job_id"] in jobs and len(jobs) <= 1 + profile["retries"]
     assert json.loads((tmp_path / "uninterrupted/metrics.json").read_text())["slices"] == 1
+    with open(tmp_path / "uninterrupted/history.csv") as f:
+        needed = sum(float(row["epoch_seconds"]) for row in csv.DictReader(f))
+    assert needed >= NEEDS_S, f"the run needs {needed:.0f} s, not 3 time limits: raise train.epochs"
