@@ -160,7 +160,7 @@ def run_one(
         "fidelity": _fidelity(metrics), "curve": curve(rows, train_s),
     }  # fmt: skip
     record |= final_tests(config, own, authors, out, float(rows[-1]["test_acc"]))
-    if resolve(config).is_ep:
+    if config.is_ep:  # the architecture alone says it: no need to resolve the config again
         record["final_cosine"] = final_cosine(config, out, rows)
     record["load_after"] = os.getloadavg()[0]
     return record
