@@ -278,18 +278,34 @@ def test_the_paper_setting_needs_the_papers_iterations(tmp_path):
     assert math.isnan(row.diff_vs_paper)
 
 
-def test_auto_at_the_papers_counts_is_its_own_row_and_not_the_papers_setting(tmp_path):
+def test_a_run_whose_layer_died_is_counted_and_named_in_its_row(tmp_path):
+    dead = fake_run(tmp_path / "b", seed=1, final=10.0, best=25.0)
+    metrics = json.loads((dead / "metrics.json").read_text())
+    (dead / "metrics.json").write_text(json.dumps(metrics | {"dead_layers": {"h4b": 4}}))
+    runs = load_runs([fake_run(tmp_path / "a", final=90.0, best=91.0), dead])
+    assert runs["dead_layers"].tolist() == [0, 1]  # a metrics.json without the key: none
+    (row,) = main_table(runs, PAPER_CSV).itertuples()
+    assert (row.n, row.n_dead, row.final_mean) == (2, 1, 50.0)  # it completed: counted in the mean
+    write_table(main_table(runs, PAPER_CSV), tmp_path / "t.csv", tmp_path / "t.md")
+    assert "| 2 completed, 1 of them with a dead layer |" in (tmp_path / "t.md").read_text()
+
+
+def test_auto_or_a_tolerance_at_the_papers_counts_is_its_own_row_and_not_the_papers_setting(tmp_path):
     runs = load_runs([
         fake_run(tmp_path / "a", final=90.0, best=91.0),
         fake_run(tmp_path / "b", final=80.0, best=81.0, settings=("ep.recipe=auto",)),  # 120 / 50: its cap
+        fake_run(tmp_path / "c", final=70.0, best=71.0, settings=("ep.tol=0.001",)),  # phases cut short
     ])  # fmt: skip
     table = main_table(runs, PAPER_CSV)
-    assert list(zip(table["recipe"], table["free_iterations"], table["paper_setting"], strict=True)) == [
-        ("authors", 120, True), ("auto", 120, False)
+    assert list(zip(table["phases"], table["free_iterations"], table["paper_setting"], strict=True)) == [
+        ("120/50 sweeps", 120, True), ("authors, tol 0.001 ≤ 120/50 sweeps", 120, False),
+        ("auto ≤ 120/50 sweeps", 120, False),
     ]  # fmt: skip
-    assert table["best_test_mean"].tolist() == [91.0, 81.0]  # each its own runs, not their mean
+    assert table["best_test_mean"].tolist() == [91.0, 71.0, 81.0]  # each its own runs, not their mean
     write_table(table, tmp_path / "t.csv", tmp_path / "t.md")
-    assert "reduced (w=1, 300 ep., auto ≤ 120/50 it.)" in (tmp_path / "t.md").read_text()
+    text = (tmp_path / "t.md").read_text()
+    assert "reduced (w=1, 300 ep., auto ≤ 120/50 sweeps)" in text
+    assert "reduced (w=1, 300 ep., authors, tol 0.001 ≤ 120/50 sweeps)" in text
 
 
 def test_write_table_markdown_and_csv(table_runs, tmp_path):
@@ -310,7 +326,7 @@ def test_write_table_markdown_and_csv(table_runs, tmp_path):
     assert "93.92" not in other and "| 50.0 (n=1) |" in other
     assert "| BP | ReLU |" in text
     smoke = next(line for line in text.splitlines() if "| 0.0625 |" in line)
-    assert "reduced (w=0.0625, 2 ep., 120/50 it.)" in smoke and "| 93.92 |" in smoke
+    assert "reduced (w=0.0625, 2 ep., 120/50 sweeps)" in smoke and "| 93.92 |" in smoke
     assert "+" not in smoke.split("93.92")[1].split("|")[2]  # no difference beside a reduced-scale row
     assert "CIFAR-100" not in text and "0 completed" not in text  # rows the grid did not run: left out
     assert "optimistic" in text
@@ -825,7 +841,7 @@ def test_fidelity_lists_the_monitored_runs_their_probes_and_auto_counts(tmp_path
         "digits/hopfield_resnet13/relu6/fast/s0 (ep.beta-0.1/seed0)",
         "digits/hopfield_resnet13/relu6/fast/s0 (ep.beta-0.2/seed0)", "cifar10/hopfield_resnet13/relu6/authors/s0",
     ]  # fmt: skip
-    phases = ["fast 40/15", "auto ≤ 12/4", "fast 40/15", "fast 40/15", "30/10 sweeps"]
+    phases = ["fast 40/15 sweeps", "auto ≤ 12/4 sweeps", *["fast 40/15 sweeps"] * 2, "30/10 sweeps"]
     assert runs["phases"].tolist() == phases
     assert runs["fidelity_every"].tolist() == [FIDELITY_EVERY] * 4 + [10]
     summary_columns = ["probes", "cosine_last", "below_min", "share_of_training"]
@@ -853,7 +869,8 @@ def test_fidelity_lists_the_monitored_runs_their_probes_and_auto_counts(tmp_path
     write_fidelity_table(table, tmp_path / "f.csv", tmp_path / "f.md")
     assert pd.read_csv(tmp_path / "f.csv")["probes"].tolist() == table["probes"].tolist()
     text = (tmp_path / "f.md").read_text()
-    assert "| fast 40/15 | 2 (every 200 steps) | 0.990 | 0.800 | 0.790 | 1 (< 0.9) | 3 s (5.0%) |" in text
+    fast_row = "| fast 40/15 sweeps | 2 (every 200 steps) | 0.990 | 0.800 | 0.790 | 1 (< 0.9) | 3 s (5.0%) |"
+    assert fast_row in text
     assert "| 30/10 sweeps | 0 (every 10 steps) | – | – | – | 0 (< 0.9) | – |" in text
 
     # the figure: a second panel for auto's sweeps only when there are auto runs; the same bytes each time
@@ -892,7 +909,8 @@ def test_fidelity_of_nothing_and_of_real_runs(tmp_path, real):
     epochs = fidelity_history(table, load_history([tmp_path / "auto"]))
     summary = json.loads((tmp_path / "auto" / "metrics.json").read_text())["fidelity"]
     row = table.iloc[0]
-    assert (row["phases"], row["probes"], row["cosine_last"]) == ("auto ≤ 8/4", 2, summary["cosine_last"])
+    assert (row["phases"], row["probes"]) == ("auto ≤ 8/4 sweeps", 2)
+    assert row["cosine_last"] == summary["cosine_last"]
     assert epochs["probes"].tolist() == [1, 1]  # before steps 0 and 4, the first of each 4-step epoch
     rungs = ladder((8, 4), 2)
     chosen = list(zip(epochs["auto_free_iterations"], epochs["auto_nudge_iterations"], strict=True))

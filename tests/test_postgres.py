@@ -242,6 +242,39 @@ class Peak:
         self._thread.join(30)
 
 
+def _writer_with_its_stderr(job: tuple[list[str], str]) -> int:
+    """`ep-core` args in this pool process, everything it writes to stderr (the mirror's warnings) into
+    the file named."""
+    args, log = job
+    with open(log, "w") as stream:
+        os.dup2(stream.fileno(), 2)
+        code = main(args)
+        sys.stderr.flush()
+    return code
+
+
+def test_16_concurrent_first_writers_straight_to_a_fresh_postgresql_database_all_land(tmp_path, postgres):
+    # No server and no pipeline to create the tables first: each process creates MLflow's store itself
+    # (ep_core.tracking.store takes an advisory lock for it; without it, they fail each other's).
+    uri = postgres.create_database()
+    config = write_run_config(tmp_path / "one.yaml", epochs=1)
+    logs = [tmp_path / f"stderr{i}.log" for i in range(16)]
+    jobs = [(["train", "--config", str(config), "--out", str(tmp_path / f"run{i}"), "--threads", "1", "--set",
+              f"train.seed={i}", "--set", "data.synthetic_train=16", "--mlflow", uri], str(log))
+            for i, log in enumerate(logs)]  # fmt: skip
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["ep_core.training.run", "ep_core.tracking.mirror", "mlflow.tracking"])
+    with context.Pool(16) as pool:
+        codes = pool.map(_writer_with_its_stderr, jobs, chunksize=1)
+    assert codes == [0] * 16
+    down = [log.read_text() for log in logs if DOWN in log.read_text()]
+    assert not down, f"{len(down)} of 16 lost the store: {down[0][-2000:]}"
+    client = mlflow_client(uri)
+    runs = client.search_runs([client.get_experiment_by_name("ep-core").experiment_id])
+    assert len(runs) == 16 and all(r.info.status == "FINISHED" for r in runs)
+    assert len(query(uri, "SELECT version_num FROM alembic_version")) == 1  # migrated once, to one head
+
+
 def test_16_concurrent_runs_land_through_a_postgresql_server_within_its_connection_pool(tmp_path, pg_server):
     config = write_run_config(tmp_path / "one.yaml", epochs=2)
     outs = [tmp_path / f"run{i}" for i in range(16)]

@@ -248,6 +248,10 @@ def test_a_bad_tracking_uri_is_a_one_line_error_and_writes_nothing(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--mlflow: 'foo://bar' is not a tracking URI" in err
     assert not out.exists()
+    # SQLAlchemy's dialect+driver form of a database URI is one
+    assert store.check_uri("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    with pytest.raises(store.TrackingError, match="'foo\\+bar://h' is not a tracking URI"):
+        store.check_uri("foo+bar://h")
 
 
 def test_the_pipeline_parent_status_follows_the_snakemake_outcome(tmp_path):

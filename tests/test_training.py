@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ep_core.training import dead_layers
 from ep_core.training.config import build_config
 from ep_core.training.records import HISTORY_MEASUREMENTS
 from ep_core.training.run import train
@@ -77,6 +78,7 @@ def test_a_run_writes_its_records(reference_run):
     assert metrics["versions"]["torch"] == importlib.metadata.version("torch")
     assert metrics["git_commit"] is None or len(metrics["git_commit"]) >= 40
     assert "optimistic" in metrics["best_test_over_epochs"]["protocol"]
+    assert metrics["dead_layers"] == {}
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3]
     best = history.loc[history["val_acc"].idxmax()]
@@ -191,6 +193,51 @@ def test_a_diverging_run_is_recorded_as_diverged(tmp_path):
     assert "Traceback" not in result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "diverged" and "non-finite" in metrics["message"]
+
+
+def test_a_dead_layer_is_one_warning_and_recorded_in_metrics(tmp_path, monkeypatch, capsys):
+    from ep_core.training import run as run_module
+
+    prepare, killed = run_module.prepare, []
+
+    def prepare_a_dead_layer(config, collective=None):
+        setup = prepare(config, collective)
+        killed.append(setup.model.layers[-2].name)  # the last hidden layer: at 0 whatever its input
+        with torch.no_grad():
+            setup.model.biases[killed[0]].fill_(-100.0)
+        return setup
+
+    monkeypatch.setattr(run_module, "prepare", prepare_a_dead_layer)
+    out = tmp_path / "run"
+    assert train(fast_config("train.epochs=2"), out) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: hidden layer {killed[0]} is dead after epoch 1 (every unit at 0 in the free phase of every "
+        "batch): no signal reaches the output, the accuracy stays near chance, and the fidelity monitor cannot "
+        "tell; a lower optim.lr, longer phases or another seed may avoid it"
+    ]  # once, not again in epoch 2
+    assert json.loads((out / "metrics.json").read_text())["dead_layers"] == {killed[0]: 1}
+    history = pd.read_csv(out / "history.csv")
+    assert history[f"saturation_low.{killed[0]}"].tolist() == [1.0, 1.0]
+    assert (history["saturation_low.h1a"] < 1).all()
+
+
+def test_dead_layers_are_read_from_the_history_each_with_its_first_epoch():
+    rows = [
+        {"epoch": 1, "saturation_low.h1": 0.5, "saturation_low.h2": 1.0, "activity.h2": 0.0},
+        {"epoch": 2, "saturation_low.h1": 1.0, "saturation_low.h2": 0.99},  # h2 back to life, h1 dead
+        {"epoch": 3, "saturation_low.h1": 1.0, "saturation_low.h2": 1.0},  # both dead, neither new
+    ]
+    assert dead_layers.first_dead(rows) == {"h2": 1, "h1": 2}
+    assert [dead_layers.dead_in(r) for r in rows] == [["h2"], ["h1"], ["h1", "h2"]]
+    assert dead_layers.warning(rows[0], []).startswith("warning: hidden layer h2 is dead after epoch 1 ")
+    assert dead_layers.warning(rows[1], rows[:1]).startswith(
+        "warning: hidden layer h1 is dead after epoch 2 "
+    )
+    assert dead_layers.warning(rows[2], rows[:2]) is None
+    both = dead_layers.warning({**rows[2], "epoch": 1}, [])
+    assert both.startswith("warning: hidden layers h1, h2 are dead after epoch 1 ")
+    assert dead_layers.first_dead([{"epoch": 1, "train_loss": 1.0}]) == {}  # backprop: no such column
 
 
 def test_an_in_process_run_gives_the_caller_its_thread_count_back(tmp_path):

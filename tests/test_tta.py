@@ -4,6 +4,7 @@ control, resuming a partial result, the JSON/markdown/figure, and one tiny end-t
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from ep_core.bench.tta_stats import (
     rotated_order,
     select_candidate,
     t_quantile,
+    times,
     verdict,
 )
 from ep_core.bench.tta_summary import control_epochs, selection, summarise, summary_line
@@ -49,6 +51,9 @@ def test_verdict_states_each_target_that_fails():
     assert holds and "3.20x >= 3x" in why and "inside ±1 points" in why
     holds, why = verdict(2.9, good)
     assert not holds and why == "training-time speed-up 2.90x < 3x"
+    holds, why = verdict(2.9981, good)  # a miss that two decimals would show as the target itself
+    assert not holds and why == "training-time speed-up 2.998x < 3x"
+    assert (times(3.004), times(2.994)) == ("3.00x", "2.99x")
     wide = paired_difference({1: 88.0, 2: 92.0, 3: 89.0}, {1: 90.0, 2: 90.0, 3: 90.0})
     holds, why = verdict(3.5, wide)
     assert not holds and "< -1" in why and "> +1" in why
@@ -193,11 +198,18 @@ def test_markdown_figure_and_partial_json(tmp_path):
     assert "| 3.26x |" in row["| fast"] and row["| fast"].endswith("| – |")  # no probes: a dash
     assert "0.970 / 0.950 (10)" in row["| auto"] and "| 1.00 |" in row["| authors"]
     assert "- fast: target holds" in text and "- auto: target does not hold" in text
+    assert "died" not in text
+    runs[1]["dead_layers"] = {"h4b": 2}  # fast, seed 1: its last hidden layer died in epoch 2
+    recipes = summarise(runs, ["authors", "fast", "auto"], "authors")
+    assert recipes["fast"]["dead_layers"] == {"1": {"h4b": 2}} and recipes["auto"]["dead_layers"] == {}
+    noted = format_markdown(result | {"recipes": recipes})
+    assert "- fast: a hidden layer died (every unit at 0; the network stopped learning) in seed 1: h4b from " \
+           "epoch 2." in noted  # fmt: skip
     write_figure(result, tmp_path / "digits.png")
     assert (tmp_path / "digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     path = tmp_path / "digits.json"
     path.write_text(json.dumps(result))
-    assert load_partial(path, setting) == runs
+    assert load_partial(path, setting) == (runs, 600.0)  # and the seconds the earlier attempt spent
     with pytest.raises(ValueError, match=r"other settings \(epochs: 3 != 4\); use another --out, or --fresh"):
         load_partial(path, setting | {"epochs": 4})
 
@@ -227,7 +239,10 @@ def test_protocol_order_resume_and_control_without_training(tmp_path, monkeypatc
     assert all(t[4] == 120 for t in trained) and {t[0]: t[5] for t in trained} == {"authors": 120, "fast": 40}
     trained.clear()
     kill_at[0] = None
+    # the first attempt took 1,000 s
+    (tmp_path / "r.json").write_text(json.dumps(partial | {"elapsed_seconds": 1000.0}))
     result = run_protocol(s, tmp_path / "r.json", tmp_path / "runs")  # resumed: only the runs missing
+    assert 1000.0 < result["elapsed_seconds"] < 1060.0  # both attempts' time
     assert [(t[0], t[1], t[2], t[3]) for t in trained] == [
         ("authors", 3, "main", 6), ("fast", 3, "main", 6),  # seed 3: authors first again
         *[("authors@fast-time", seed, "control", 2) for seed in (1, 2, 3)],  # 100 s fit 2 epochs of 50 s
@@ -351,6 +366,7 @@ def test_end_to_end_tiny_protocol_writes_the_documented_fields(tmp_path):
     assert final_accuracy(fast_config, fast_dir, relaxation) == fast_run["test_acc"]
     # every run's final network is probed (untimed) with its own phases; auto's with its last counts
     assert all(-1.0 <= r["final_cosine"] <= 1.0 for r in main_runs)
+    assert all(r["dead_layers"] == {} for r in main_runs)  # read from each history: none died here
     assert final_cosine(fast_config, fast_dir, [{}]) == fast_run["final_cosine"]
     at_authors_counts = dataclasses.replace(
         fast_config, ep=dataclasses.replace(fast_config.ep, free_iterations=8, nudge_iterations=4)
@@ -364,3 +380,15 @@ def test_end_to_end_tiny_protocol_writes_the_documented_fields(tmp_path):
     assert "| final network's cosine (untimed, mean ± sd) |" in (out / "synthetic.md").read_text()
     assert main(argv) == 0  # complete: nothing is trained again
     assert json.loads((out / "synthetic.json").read_text())["runs"] == result["runs"]
+
+
+@pytest.mark.parametrize(
+    "result",
+    sorted((Path(__file__).resolve().parents[1] / "docs/bench-tta").rglob("*.json")),
+    ids=lambda path: f"{path.parent.name}/{path.stem}",
+)
+def test_each_documented_table_is_its_json_as_the_bench_writes_it(result):
+    """docs/bench-tta's tables (quoted by README and docs/benchmarks.md) say what their raw JSON holds."""
+    table = result.with_suffix(".md").read_text()
+    assert table == format_markdown(json.loads(result.read_text())) + "\n"
+    assert result.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -29,7 +29,7 @@ from ._figures import PALETTE, PathLike, figure, no_data
 from .runs import label, load_runs
 
 # The settings of a run that the monitor and `ep.recipe: auto` read (dotted keys of its saved config).
-KEYS = ["ep.tol", "ep.auto_floor", "train.fidelity_every", "train.fidelity_min"]  # load_runs has `recipe`
+KEYS = ["ep.auto_floor", "train.fidelity_every", "train.fidelity_min"]  # load_runs has `recipe` and `phases`
 LABEL = ["dataset", "network", "activation", "recipe", "seed"]
 # metrics.json's `fidelity` summary, as the run table's columns
 SUMMARY = ["probes", "cosine_first", "cosine_last", "cosine_mean", "cosine_min", "below_min", "seconds",
@@ -48,16 +48,6 @@ HISTORY = {
     "auto/nudge_iterations": "auto_nudge_iterations",
 }
 EPOCH_COLUMNS = ["run", "run_dir", *LABEL, "phases", "fidelity_min", "epoch", *HISTORY.values()]
-
-
-def phases(recipe: str, free: int, nudge: int, tol: float | None = None) -> str:
-    """How a run's phases end, as the figure's legend names it: '30/10 sweeps' (the authors' recipe with
-    these counts), 'fast 40/15', 'auto ≤ 120/50' (its cap), 'adaptive, tol 0.001 ≤ 120/50'."""
-    if recipe == "auto":
-        return f"auto ≤ {free}/{nudge}"
-    if tol is not None and not md.missing(tol):
-        return f"{recipe}, tol {tol:g} ≤ {free}/{nudge}"
-    return f"{free}/{nudge} sweeps" if recipe == "authors" else f"{recipe} {free}/{nudge}"
 
 
 def _monitored(runs: pd.DataFrame) -> pd.DataFrame:
@@ -93,10 +83,7 @@ def load_fidelity(dirs: Iterable[PathLike]) -> pd.DataFrame:
     runs = _monitored(load_runs(dirs, KEYS)).rename(columns={k: k.split(".", 1)[1] for k in KEYS})
     if runs.empty:
         return pd.DataFrame(columns=RUN_COLUMNS)
-    runs = runs.assign(
-        run=_labels(runs),
-        phases=[phases(r.recipe, r.free_iterations, r.nudge_iterations, r.tol) for r in runs.itertuples()],
-    )
+    runs = runs.assign(run=_labels(runs))
     summaries = pd.DataFrame([_summary(d) for d in runs["run_dir"]], index=runs.index)
     return pd.concat([runs, summaries], axis=1)[RUN_COLUMNS].reset_index(drop=True)
 

@@ -55,9 +55,9 @@ IDENTITY = [
 
 RUN_COLUMNS = [
     *IDENTITY, "depth", "blocks", "skips", "order", "beta", "recipe", "free_iterations", "nudge_iterations",
-    "batch_size", "val_size", "epochs", "final_test_acc", "final_train_loss", "best_val_acc",
+    "phases", "batch_size", "val_size", "epochs", "final_test_acc", "final_train_loss", "best_val_acc",
     "val_selected_test_acc", "val_selected_epoch", "best_test_acc", "best_test_epoch", "wall_seconds",
-    "peak_memory_mb", "num_parameters", "device", "message",
+    "peak_memory_mb", "num_parameters", "device", "message", "dead_layers",
 ]  # fmt: skip
 
 
@@ -86,6 +86,22 @@ def table_arch_of(config: dict) -> str:
     backprop VGG5 is the paper's "vgg5" row of algorithm BP."""
     network = network_of_config(config)
     return TABLE_ARCH.get(network, network)
+
+
+def phases_of(config: dict) -> str:
+    """How a run's relaxation phases end, as tables and figures name it: '120/50 sweeps' (fixed lengths,
+    the authors' recipe), 'fast 40/15 sweeps', 'auto ≤ 120/50 sweeps' (the counts its monitor chooses stay
+    at or below these), 'adaptive, tol 0.001 ≤ 120/50 sweeps' (each phase stops at its tolerance, the
+    counts its caps); '' for backprop, which relaxes nothing."""
+    if algorithm_of(config) == "bp":
+        return ""
+    ep = config["ep"]
+    recipe, counts = ep.get("recipe", "authors"), f"{ep['free_iterations']}/{ep['nudge_iterations']} sweeps"
+    if recipe == "auto":
+        return f"auto ≤ {counts}"
+    if ep.get("tol") is not None:
+        return f"{recipe}, tol {ep['tol']:g} ≤ {counts}"
+    return counts if recipe == "authors" else f"{recipe} {counts}"
 
 
 def depth_of(config: dict) -> int:
@@ -170,6 +186,7 @@ def read_run(run_dir: PathLike, keys: Iterable[str] = ()) -> dict[str, Any]:
         "recipe": "" if algorithm_of(config) == "bp" else config["ep"].get("recipe", "authors"),
         "free_iterations": config["ep"]["free_iterations"],
         "nudge_iterations": config["ep"]["nudge_iterations"],
+        "phases": phases_of(config),
         "batch_size": config["train"]["batch_size"],
         "val_size": config["data"]["val_size"],
         "epochs_planned": config["train"]["epochs"],
@@ -186,6 +203,7 @@ def read_run(run_dir: PathLike, keys: Iterable[str] = ()) -> dict[str, Any]:
         "num_parameters": m.get("num_parameters", math.nan),
         "device": m.get("device") or "",
         "message": m.get("message") or "",
+        "dead_layers": len(m.get("dead_layers") or {}),  # hidden layers that died (training.dead_layers)
     } | {key: _setting(config, key) for key in keys}
 
 

@@ -33,9 +33,12 @@ from .runs import INCOMPLETE, label
 PROTOCOLS = {"final": "final_test_acc", "val_selected": "val_selected_test_acc", "best_test": "best_test_acc"}
 PRIOR_EP = "ep_prior_best"  # paper_results.csv: the best earlier EP result the paper quotes
 KEY = ["dataset", "architecture", "algorithm"]
-SETTING = ["width", "epochs", "recipe", "free_iterations", "nudge_iterations"]
+SETTING = ["width", "epochs", "recipe", "free_iterations", "nudge_iterations", "phases"]
 PAPER_SETTING = {"width": 1.0, "epochs": 300}
-PAPER_EP_RELAXATION = {"recipe": "authors", "free_iterations": 120, "nudge_iterations": 50}
+# The authors' fixed-length phases (`phases` also says that no tolerance cuts them short)
+PAPER_EP_RELAXATION = {
+    "recipe": "authors", "free_iterations": 120, "nudge_iterations": 50, "phases": "120/50 sweeps"
+}  # fmt: skip
 
 
 def read_paper_results(path: str | Path) -> pd.DataFrame:
@@ -53,6 +56,7 @@ def _summary(group: pd.DataFrame) -> pd.Series:
         "n": len(ok),
         "n_failed": int(group["status"].isin(UNSUCCESSFUL).sum()),
         "n_incomplete": int((group["status"] == INCOMPLETE).sum()),
+        "n_dead": int((ok["dead_layers"] > 0).sum()),  # completed, counted, but a layer died (at chance)
         # Listed so that two runs of one seed (counted as two samples) are visible in the CSV.
         "seeds": ",".join(str(s) for s in sorted(ok["seed"])),
     }
@@ -69,27 +73,29 @@ def _summary(group: pd.DataFrame) -> pd.Series:
 
 
 def summarise_runs(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """n, n_failed, n_incomplete and {protocol}_{n,mean,std} per group of `keys` (runs: `load_runs`)."""
+    """n, n_failed, n_incomplete, n_dead (completed runs in which a layer died) and {protocol}_{n,mean,std}
+    per group of `keys` (runs: `load_runs`)."""
     if runs.empty:
-        columns = [*keys, "n", "n_failed", "n_incomplete", "seeds"]
+        columns = [*keys, "n", "n_failed", "n_incomplete", "n_dead", "seeds"]
         columns += [f"{p}_{s}" for p in PROTOCOLS for s in ("n", "mean", "std")]
         columns += ["wall_hours_mean", "peak_memory_mb_mean", "devices"]
         return pd.DataFrame(columns=columns)
     grouped = runs.groupby(keys, sort=True, dropna=False)
-    columns = ["status", "seed", *PROTOCOLS.values(), "wall_seconds", "peak_memory_mb", "device"]
+    columns = ["status", "seed", *PROTOCOLS.values(), "wall_seconds", "peak_memory_mb", "device",
+               "dead_layers"]  # fmt: skip
     return grouped[columns].apply(_summary).reset_index()
 
 
 def at_paper_setting(row: pd.Series) -> bool:
     """The paper's scale: full width, its 300 epochs, and for EP the authors' relaxation, 120 free / 50 nudged
-    sweeps (not `auto` or `adaptive` capped there)."""
+    sweeps to the end (not `auto`, `adaptive` or a tolerance capped there)."""
     keys = PAPER_SETTING | ({} if row["algorithm"] == "bp" else PAPER_EP_RELAXATION)
     return all(row[k] == v for k, v in keys.items())
 
 
 def main_table(runs: pd.DataFrame, paper_csv: str | Path) -> pd.DataFrame:
     """Our runs beside the paper's table, one row per (dataset, architecture, algorithm, activation, width,
-    epochs, recipe, free and nudged iterations) the grid ran.
+    epochs, recipe, free and nudged iterations, phases) the grid ran.
 
     `runs` is `load_runs(...)`. Rows the paper reports come first, in the paper's order, each followed by
     its rows of other activations. Columns: dataset, architecture, algorithm, activation (backprop:
@@ -119,7 +125,7 @@ def main_table(runs: pd.DataFrame, paper_csv: str | Path) -> pd.DataFrame:
     table["paper_setting"] = (
         table.apply(at_paper_setting, axis=1).astype(bool) if len(table) else pd.Series(dtype=bool)
     )
-    for column in ("n", "n_failed", "n_incomplete", *(f"{p}_n" for p in PROTOCOLS)):
+    for column in ("n", "n_failed", "n_incomplete", "n_dead", *(f"{p}_n" for p in PROTOCOLS)):
         table[column] = table[column].astype(int)
 
     prior = paper[paper["algorithm"] == PRIOR_EP].rename(columns={"accuracy_pct": "prior_ep"})
@@ -186,24 +192,12 @@ def table_markdown(table: pd.DataFrame) -> str:
     return md.to_markdown(cells) + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-# Recipes whose free / nudge iterations are caps: `auto` trains with the counts its monitor chooses below
-# them (history.csv's auto/…), `adaptive` stops each phase at its tolerance.
-CAPPED = ("auto", "adaptive")
-
-
-def _relaxation(row) -> str:
-    counts = f"{row.free_iterations}/{row.nudge_iterations} it."
-    if row.recipe == "authors":
-        return f", {counts}"
-    return f", {row.recipe} ≤ {counts}" if row.recipe in CAPPED else f", {row.recipe} {counts}"
-
-
 def _scale_cell(row) -> str:
     if row.paper_setting:
         scale = "paper" if row.paper_activation else "paper scale"
     else:
-        iterations = "" if row.algorithm == "bp" else _relaxation(row)
-        scale = f"reduced (w={row.width:g}, {row.epochs} ep.{iterations})"
+        phases = "" if row.algorithm == "bp" else f", {row.phases}"
+        scale = f"reduced (w={row.width:g}, {row.epochs} ep.{phases})"
     return scale if row.paper_activation else f"{scale}; not the paper's activation"
 
 
@@ -213,6 +207,8 @@ def _runs_cell(row) -> str:
         parts.append(f"{row.n_failed} diverged/failed (excluded)")
     if row.n_incomplete:
         parts.append(f"{row.n_incomplete} unfinished (excluded)")
+    if row.n_dead:
+        parts.append(f"{row.n_dead} of them with a dead layer")
     return ", ".join(parts)
 
 

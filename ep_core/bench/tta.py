@@ -136,7 +136,8 @@ class Protocol:
         check(s)
         self.s, self.path, self.workdir, self.threads = s, path, workdir, threads
         self.setting = _jsonable(s) | {"base": base(s)}
-        self.runs: list[dict[str, Any]] = [] if fresh else load_partial(path, self.setting)
+        # A resumed protocol's time is the earlier attempts' plus this one's.
+        self.runs, self.spent = ([], 0.0) if fresh else load_partial(path, self.setting)
         self.started = time.perf_counter()
         authors = build_config(base(s), [*s.extra, "ep.recipe=authors"]).ep.eval_iterations
         self.extra: dict[str, Any] = {
@@ -227,7 +228,7 @@ class Protocol:
             "summary": summary_line(s.dataset, recipes, s.reference),
             **self.extra, "load_average_after": list(os.getloadavg()), "cpu_count": os.cpu_count(),
             "torch_threads": self.threads or torch.get_num_threads(),
-            "elapsed_seconds": time.perf_counter() - self.started, "runs": self.runs,
+            "elapsed_seconds": self.spent + time.perf_counter() - self.started, "runs": self.runs,
         }  # fmt: skip
 
     def write(self, complete: bool) -> dict[str, Any]:

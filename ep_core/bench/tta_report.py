@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..training.checkpoint import atomic_write_text
+from .tta_stats import times
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> None:
@@ -17,14 +18,15 @@ def write_json(result: dict[str, Any], path: str | Path) -> None:
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
 
 
-def load_partial(path: Path, setting: dict[str, Any]) -> list[dict[str, Any]]:
-    """The runs an earlier attempt of the same settings left in `path` (none if there is no file); a
-    ValueError naming the first difference when it holds another setting's result."""
+def load_partial(path: Path, setting: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
+    """The runs an earlier attempt of the same settings left in `path` and the seconds it had spent (none
+    and 0 if there is no file); a ValueError naming the first difference when it holds another setting's
+    result."""
     if not path.exists():
-        return []
+        return [], 0.0
     try:
         earlier = json.loads(path.read_text())
-        saved, runs = earlier["setting"], earlier["runs"]
+        saved, runs, spent = earlier["setting"], earlier["runs"], float(earlier.get("elapsed_seconds", 0.0))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(
             f"{path}: not a bench-tta result ({type(error).__name__}); use another --out"
@@ -35,7 +37,7 @@ def load_partial(path: Path, setting: dict[str, Any]) -> list[dict[str, Any]]:
             f"{path} holds a bench-tta result of other settings ({key}: {saved.get(key)!r} != "
             f"{setting.get(key)!r}); use another --out, or --fresh to overwrite it"
         )
-    return list(runs)
+    return list(runs), spent
 
 
 def _acc(cell: dict[str, float] | None) -> str:
@@ -56,7 +58,7 @@ def _row(name: str, s: dict[str, Any], reference: str) -> str:
     fidelity = "–" if f is None else f"{f['cosine_last']:.3f} / {f['cosine_min']:.3f} ({f['probes']})"
     train = s["train_seconds"]
     speedup = (
-        "1.00" if name == reference else f"{s['speedup_training']:.2f}x" if "speedup_training" in s else "–"
+        "1.00" if name == reference else times(s["speedup_training"]) if "speedup_training" in s else "–"
     )
     own = f"{_acc(s['test_acc_own'])} ({s['own_eval_iterations']})"
     train_cell = f"{train['mean']:.0f} ± {train['sd']:.0f}"
@@ -66,6 +68,15 @@ def _row(name: str, s: dict[str, Any], reference: str) -> str:
     cells = [name, f"{s['epochs']:g}", sweeps, _acc(s["test_acc"]), own, diff, train_cell, speedup,
              f"{s['eval_seconds']['mean']:.0f}", fidelity, final_cell]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
+
+
+def _dead_note(name: str, s: dict[str, Any]) -> str:
+    """The seeds of a recipe whose network lost a hidden layer (ep_core.training.dead_layers)."""
+    seeds = "; ".join(
+        f"seed {seed}: {', '.join(f'{layer} from epoch {epoch}' for layer, epoch in layers.items())}"
+        for seed, layers in s["dead_layers"].items()
+    )
+    return f"- {name}: a hidden layer died (every unit at 0; the network stopped learning) in {seeds}."
 
 
 def format_markdown(result: dict[str, Any]) -> str:
@@ -101,6 +112,7 @@ def format_markdown(result: dict[str, Any]) -> str:
         if "verdict" in s:
             state = "holds" if s["verdict"]["holds"] else "does not hold"
             lines.append(f"- {name}: target {state}: {s['verdict']['why']}.")
+    lines += [_dead_note(name, s) for name, s in result["recipes"].items() if s.get("dead_layers")]
     load = result["load_average_before"][0], result["load_average_after"][0]
     lines.append(
         f"\n{result['summary']}\n\nLoad average {load[0]:.2f} before, {load[1]:.2f} after; "

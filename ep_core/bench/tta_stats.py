@@ -59,11 +59,17 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def times(speedup: float) -> str:
+    """A speed-up as shown: 2 decimals, or 3 where 2 would round a miss up to the target (2.998x, not
+    3.00x)."""
+    return f"{speedup:.3f}x" if speedup < TARGET_SPEEDUP <= round(speedup, 2) else f"{speedup:.2f}x"
+
+
 def verdict(speedup: float | None, diff: Paired) -> tuple[bool, str]:
     """Whether `speed-up ≥ TARGET_SPEEDUP and the interval inside ±TARGET_MARGIN` holds, and why."""
     reasons = []
     if speedup is None or not speedup >= TARGET_SPEEDUP:
-        shown = "unknown" if speedup is None else f"{speedup:.2f}x"
+        shown = "unknown" if speedup is None else times(speedup)
         reasons.append(f"training-time speed-up {shown} < {TARGET_SPEEDUP:g}x")
     if diff.low is None or diff.high is None:
         reasons.append(f"no interval from {diff.n} seed(s)")
@@ -75,7 +81,7 @@ def verdict(speedup: float | None, diff: Paired) -> tuple[bool, str]:
     if reasons:
         return False, "; ".join(reasons)
     return True, (
-        f"speed-up {speedup:.2f}x >= {TARGET_SPEEDUP:g}x and the 95 % interval "
+        f"speed-up {times(speedup)} >= {TARGET_SPEEDUP:g}x and the 95 % interval "
         f"[{diff.low:+.2f}, {diff.high:+.2f}] lies inside ±{TARGET_MARGIN:g} points"
     )
 

@@ -15,6 +15,7 @@ from .tta_stats import (
     mean_sd,
     paired_difference,
     select_candidate,
+    times,
     verdict,
 )
 
@@ -71,6 +72,7 @@ def recipe_summary(
         "nudged_sweeps": _mean_of(mine, "nudged_sweeps"),
         "fidelity": _fidelity(mine),
         "final_cosine": _spread(mine, "final_cosine"),
+        "dead_layers": {str(r["seed"]): r["dead_layers"] for r in mine if r.get("dead_layers")},
     }
     ref = _completed(runs, reference, "main")
     if name == reference or not ref or not train:
@@ -126,7 +128,7 @@ def summary_line(dataset: str, recipes: dict[str, Any], reference: str) -> str:
             f"[{d['ci95_low']:+.2f}, {d['ci95_high']:+.2f}]" if d["ci95_low"] is not None else "(no interval)"
         )
         parts.append(
-            f"{name}: {s['speedup_training']:.2f}x less training time than {reference}, accuracy "
+            f"{name}: {times(s['speedup_training'])} less training time than {reference}, accuracy "
             f"{d['mean']:+.2f} points {interval} (95 %, n={d['n']}): target "
             f"{'holds' if s['verdict']['holds'] else 'does not hold'}"
         )

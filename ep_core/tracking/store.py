@@ -3,16 +3,19 @@ never stall training.
 
 Every call runs in a worker thread with a deadline (`EP_CORE_MLFLOW_TIMEOUT` seconds, default 30), and
 MLflow's own HTTP client is held to one short retry, so an unreachable server costs seconds, not the ~5
-minutes of MLflow's default retries (pipeline.md §7). A fresh sqlite store is created and migrated under
-a file lock (`STORE.db.lock`): concurrent first writers corrupt an unlocked one (pipeline.md §5.2).
+minutes of MLflow's default retries (pipeline.md §7). A fresh database store is created and migrated under
+a lock that processes share: concurrent first writers corrupt an unlocked sqlite file (pipeline.md §5.2)
+and fail each other on PostgreSQL (a duplicate key in pg_type: 15 of 16 measured). sqlite: a file lock
+(`STORE.db.lock`); PostgreSQL: an advisory lock in the database (`PG_LOCK_KEY`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,9 @@ SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databrick
 KEY_TAG = "ep_core.key"
 
 
+PG_LOCK_KEY = int.from_bytes(b"ep-core")  # the advisory lock held while a process creates a PostgreSQL store
+
+
 class TrackingError(ValueError):
     """A tracking URI or init file that cannot work: one line naming it and what is allowed."""
 
@@ -49,7 +55,7 @@ class MirrorError(Exception):
 
 def check_uri(uri: str) -> str:
     scheme = uri.partition(":")[0] if "://" in uri or uri.startswith("sqlite:") else ""
-    if scheme not in SCHEMES:
+    if scheme.partition("+")[0] not in SCHEMES:  # SQLAlchemy's dialect+driver: postgresql+psycopg2://
         raise TrackingError(
             f"--mlflow: {uri!r} is not a tracking URI; valid: an init.json file or a URI with scheme "
             f"{', '.join(SCHEMES)} (e.g. sqlite:///mlflow.db, http://host:5000)"
@@ -109,19 +115,48 @@ def sqlite_path(uri: str) -> Path | None:
 _CLIENTS: dict[str, Any] = {}  # one client per tracking URI and process
 
 
-def _open_client(uri: str):
+@contextlib.contextmanager
+def _pg_advisory_lock(uri: str) -> Iterator[None]:
+    """PG_LOCK_KEY, held by a connection of this process's own (a session lock: it ends with the connection
+    whatever happens, so a killed process never leaves it held)."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(uri, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
+            connection.commit()  # not idle in a transaction while the store is created
+            yield
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str) -> Iterator[None]:
+    """Held while this process creates `uri`'s store: sqlite's file lock, PostgreSQL's advisory lock."""
     from filelock import FileLock
+
+    path = sqlite_path(uri)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.lock", timeout=STORE_TIMEOUT_S):
+            yield
+    else:
+        with _pg_advisory_lock(uri):
+            yield
+
+
+def _open_client(uri: str):
     from mlflow.tracking import MlflowClient
 
     _bound_http_client()
-    path = sqlite_path(uri)
-    if path is None:
-        return MlflowClient(tracking_uri=uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if sqlite_path(uri) is None and not uri.startswith(("postgresql:", "postgresql+")):
+        return MlflowClient(tracking_uri=uri)  # a server (or a store) that creates its own tables
     # MLflow creates and migrates the tables in its stores' constructors, without a lock (the client's
     # constructor already builds one); the stores are cached per process, so this runs once per process
     # and the later processes find the tables made.
-    with FileLock(f"{path}.lock", timeout=STORE_TIMEOUT_S):
+    with _creation_lock(uri):
         client = MlflowClient(tracking_uri=uri)
         _ = client._tracking_client.store
         _ = client._get_registry_client().store
@@ -129,7 +164,8 @@ def _open_client(uri: str):
 
 
 def store_client(uri: str):
-    """An MlflowClient for `uri`, its store created (under the lock for sqlite) within a deadline."""
+    """An MlflowClient for `uri`, its store created (under the lock for sqlite and PostgreSQL) within a
+    deadline."""
     if uri not in _CLIENTS:
         _CLIENTS[uri] = bounded("opening the store", _open_client, uri, timeout=STORE_TIMEOUT_S)
     return _CLIENTS[uri]

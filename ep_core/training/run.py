@@ -31,6 +31,7 @@ from torch import nn
 from ..numerics.backprop import build_bp_network
 from ..numerics.naming import BLOCK_ARCHS, network_name, network_of_config
 from ..numerics.networks import build_network
+from . import dead_layers
 from .checkpoint import (
     StopRequest,
     atomic_write_text,
@@ -452,6 +453,7 @@ class Run:
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "slices": self.slices,  # 1 + the resumes: a run longer than a SLURM time limit has several
             "fidelity": fidelity_summary(self.history),
+            "dead_layers": dead_layers.first_dead(self.history),  # layer -> the first epoch it was dead
         }
 
 
@@ -624,10 +626,13 @@ def _record_epoch(run: Run, stop: StopRequest, params: dict[str, Any], tracker: 
     """Evaluate the epoch just trained and record it: history.csv and its line on stdout, a checkpoint when
     one is due or a signal came during evaluation, then MLflow."""
     row = run.finish_epoch()
+    dead = dead_layers.warning(row, run.history)
     run.history.append(row)
     if run.c.ctx.is_writer:
         write_csv(run.out / HISTORY, run.history, ("epoch",))
         print(_epoch_line(row, run.s.config.train.epochs), flush=True)
+    if dead:
+        run.say(dead)
     run.epoch, run.next_batch, run.acc = run.epoch + 1, 0, Accumulator()
     run.stopped = run.c.agreed_signal(stop.signal)  # one that came during evaluation
     if run.epoch % run.s.config.train.checkpoint_every == 0 or run.stopped:

@@ -1,0 +1,51 @@
+"""Dead layers: a hidden layer whose every unit stayed at 0 (the clipped ReLU's lower clip) in the free
+phase of every training batch of an epoch.
+
+No signal then crosses that layer, the output no longer depends on the input, and the run's accuracy sits
+at chance; the gradient-fidelity monitor cannot see it: both the run's estimate and the converged one come
+from a network whose states barely move, and their cosine reads ~1.0. Seen in `ep-core bench-tta` on
+mnist5k (docs/benchmarks.md): a `fast` run at chance from epoch 2, whose last hidden layer was dead from
+epoch 4 on (99.9 % of its units at 0 in epoch 3). A run reads its history's `saturation_low.<layer>` (the
+epoch's mean share of units at 0), prints one warning line per layer that dies and records the epoch in
+metrics.json's `dead_layers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+SATURATION_LOW = "saturation_low."  # history.csv's per-layer share of units at 0 (numerics.diagnostics)
+DEAD = 1.0 - 1e-9  # an epoch's share at or above this: no unit of the layer left 0 on any batch
+
+
+def dead_in(row: Mapping[str, Any]) -> list[str]:
+    """The hidden layers dead in one epoch's history row (numbers, or history.csv's strings), in its order."""
+    return [
+        k.removeprefix(SATURATION_LOW)
+        for k, v in row.items()
+        if k.startswith(SATURATION_LOW) and v not in (None, "") and float(v) >= DEAD
+    ]
+
+
+def first_dead(history: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Each layer that was dead in some epoch, with the first such epoch (metrics.json's `dead_layers`)."""
+    found: dict[str, int] = {}
+    for row in history:
+        for layer in dead_in(row):
+            found.setdefault(layer, int(row["epoch"]))
+    return found
+
+
+def warning(row: Mapping[str, Any], before: Iterable[Mapping[str, Any]]) -> str | None:
+    """One line for the layers that are dead in `row` and were not in any epoch `before` it, else None."""
+    earlier = first_dead(before)
+    new = [layer for layer in dead_in(row) if layer not in earlier]
+    if not new:
+        return None
+    named = f"layer {new[0]} is" if len(new) == 1 else f"layers {', '.join(new)} are"
+    return (
+        f"warning: hidden {named} dead after epoch {row['epoch']} (every unit at 0 in the free phase of "
+        f"every batch): no signal reaches the output, the accuracy stays near chance, and the fidelity "
+        f"monitor cannot tell; a lower optim.lr, longer phases or another seed may avoid it"
+    )
