@@ -366,7 +366,7 @@ def test_end_to_end_tiny_protocol_writes_the_documented_fields(tmp_path):
     assert final_accuracy(fast_config, fast_dir, relaxation) == fast_run["test_acc"]
     # every run's final network is probed (untimed) with its own phases; auto's with its last counts
     assert all(-1.0 <= r["final_cosine"] <= 1.0 for r in main_runs)
-    assert all(r["dead_layers"] == {} for r in main_runs)  # read from each history: none died here
+    assert all(r["dead_layers"] == {} for r in main_runs)  # each run's metrics.json: none died here
     assert final_cosine(fast_config, fast_dir, [{}]) == fast_run["final_cosine"]
     at_authors_counts = dataclasses.replace(
         fast_config, ep=dataclasses.replace(fast_config.ep, free_iterations=8, nudge_iterations=4)

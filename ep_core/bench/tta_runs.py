@@ -28,7 +28,6 @@ from ..numerics.fidelity import probe
 from ..training.checkpoint import load_checkpoint
 from ..training.config import RunConfig, resolve
 from ..training.datasets import Data, load_data
-from ..training.dead_layers import first_dead
 from ..training.learners import EPLearner
 from ..training.run import build_model, train
 
@@ -159,7 +158,7 @@ def run_one(
         "free_sweeps": _mean(_floats(rows, "free_iterations")),
         "nudged_sweeps": _mean(_floats(rows, "nudged_iterations")),  # each of the two nudged phases
         "fidelity": _fidelity(metrics), "curve": curve(rows, train_s),
-        "dead_layers": first_dead(rows),  # a layer that died: the network stopped learning (at chance)
+        "dead_layers": metrics["dead_layers"],  # a layer that died: the network stopped learning (at chance)
     }  # fmt: skip
     record |= final_tests(config, own, authors, out, float(rows[-1]["test_acc"]))
     if config.is_ep:  # the architecture alone says it: no need to resolve the config again

@@ -132,31 +132,31 @@ def _pg_advisory_lock(uri: str) -> Iterator[None]:
         engine.dispose()
 
 
-@contextlib.contextmanager
-def _creation_lock(uri: str) -> Iterator[None]:
-    """Held while this process creates `uri`'s store: sqlite's file lock, PostgreSQL's advisory lock."""
+def _creation_lock(uri: str) -> contextlib.AbstractContextManager | None:
+    """The lock held while this process creates `uri`'s store (sqlite: a file lock, PostgreSQL: an
+    advisory lock), or None for a store this process does not create (a server creates its own tables)."""
     from filelock import FileLock
 
     path = sqlite_path(uri)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{path}.lock", timeout=STORE_TIMEOUT_S):
-            yield
-    else:
-        with _pg_advisory_lock(uri):
-            yield
+        return FileLock(f"{path}.lock", timeout=STORE_TIMEOUT_S)
+    if uri.startswith(("postgresql:", "postgresql+")):
+        return _pg_advisory_lock(uri)
+    return None
 
 
 def _open_client(uri: str):
     from mlflow.tracking import MlflowClient
 
     _bound_http_client()
-    if sqlite_path(uri) is None and not uri.startswith(("postgresql:", "postgresql+")):
-        return MlflowClient(tracking_uri=uri)  # a server (or a store) that creates its own tables
+    lock = _creation_lock(uri)
+    if lock is None:
+        return MlflowClient(tracking_uri=uri)
     # MLflow creates and migrates the tables in its stores' constructors, without a lock (the client's
     # constructor already builds one); the stores are cached per process, so this runs once per process
     # and the later processes find the tables made.
-    with _creation_lock(uri):
+    with lock:
         client = MlflowClient(tracking_uri=uri)
         _ = client._tracking_client.store
         _ = client._get_registry_client().store

@@ -20,11 +20,9 @@ DEAD = 1.0 - 1e-9  # an epoch's share at or above this: no unit of the layer lef
 
 
 def dead_in(row: Mapping[str, Any]) -> list[str]:
-    """The hidden layers dead in one epoch's history row (numbers, or history.csv's strings), in its order."""
+    """The hidden layers dead in one epoch's history row, in its order."""
     return [
-        k.removeprefix(SATURATION_LOW)
-        for k, v in row.items()
-        if k.startswith(SATURATION_LOW) and v not in (None, "") and float(v) >= DEAD
+        k.removeprefix(SATURATION_LOW) for k, v in row.items() if k.startswith(SATURATION_LOW) and v >= DEAD
     ]
 
 
