@@ -16,7 +16,7 @@ import torch
 from ep_core.training import dead_layers
 from ep_core.training.config import build_config
 from ep_core.training.records import HISTORY_MEASUREMENTS
-from ep_core.training.run import train
+from ep_core.training.run import EXIT_DIVERGED, train
 
 # A fast EP run: tiny Hopfield-ResNet13 on synthetic data, 8 batches per epoch.
 FAST = {
@@ -195,19 +195,27 @@ def test_a_diverging_run_is_recorded_as_diverged(tmp_path):
     assert metrics["status"] == "diverged" and "non-finite" in metrics["message"]
 
 
-def test_a_dead_layer_is_one_warning_and_recorded_in_metrics(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def dead_last_hidden_layer(monkeypatch) -> list[str]:
+    """Every run the test prepares has its last hidden layer at 0 whatever its input (a -100 bias); the
+    list receives the layer's name."""
     from ep_core.training import run as run_module
 
     prepare, killed = run_module.prepare, []
 
     def prepare_a_dead_layer(config, collective=None):
         setup = prepare(config, collective)
-        killed.append(setup.model.layers[-2].name)  # the last hidden layer: at 0 whatever its input
+        killed.append(setup.model.layers[-2].name)
         with torch.no_grad():
-            setup.model.biases[killed[0]].fill_(-100.0)
+            setup.model.biases[killed[-1]].fill_(-100.0)
         return setup
 
     monkeypatch.setattr(run_module, "prepare", prepare_a_dead_layer)
+    return killed
+
+
+def test_a_dead_layer_is_one_warning_and_recorded_in_metrics(tmp_path, dead_last_hidden_layer, capsys):
+    killed = dead_last_hidden_layer
     out = tmp_path / "run"
     assert train(fast_config("train.epochs=2"), out) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
@@ -220,6 +228,28 @@ def test_a_dead_layer_is_one_warning_and_recorded_in_metrics(tmp_path, monkeypat
     history = pd.read_csv(out / "history.csv")
     assert history[f"saturation_low.{killed[0]}"].tolist() == [1.0, 1.0]
     assert (history["saturation_low.h1a"] < 1).all()
+
+
+def test_stop_on_dead_layer_ends_the_run_after_that_epoch_recorded_as_diverged(
+    tmp_path, dead_last_hidden_layer, capsys
+):
+    config = fast_config("train.epochs=3", "train.stop_on_dead_layer=true")
+    out = tmp_path / "run"
+    assert train(config, out) == EXIT_DIVERGED
+    layer = dead_last_hidden_layer[0]
+    stopped = f"stopped after epoch 1: hidden layer {layer} is dead (train.stop_on_dead_layer); recorded as diverged"
+    assert f"ep-core train: {stopped}" in capsys.readouterr().err.splitlines()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["status"], metrics["message"]) == ("diverged", stopped)
+    assert metrics["dead_layers"] == {layer: 1}
+    assert len(pd.read_csv(out / "history.csv")) == 1 and (out / "model.pt").exists()
+    # The pipeline's way (--diverged-ok): a result, exit 0.
+    assert train(config, tmp_path / "pipeline", diverged_ok=True) == 0
+    # Turned off, the stopped run trains on from its checkpoint to the end.
+    assert train(fast_config("train.epochs=3", "train.stop_on_dead_layer=false"), out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["status"], metrics["slices"], metrics["dead_layers"]) == ("completed", 2, {layer: 1})
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [1, 2, 3]
 
 
 def test_dead_layers_are_read_from_the_history_each_with_its_first_epoch():

@@ -131,6 +131,9 @@ class TrainConfig:
     fidelity_every: int | None = None
     fidelity_batch: int = 16  # training examples in the fixed probe batch
     fidelity_min: float = 0.9  # a probe's cosine below this prints one warning line (docs/benchmarks.md)
+    # A hidden layer dead after an epoch (ep_core/training/dead_layers.py) ends the run there, recorded as
+    # diverged (it gets no gradient). false (the authors' behaviour): one warning line, and training goes on.
+    stop_on_dead_layer: bool = False
 
 
 @dataclass

@@ -7,13 +7,17 @@ from a network whose states barely move, and their cosine reads ~1.0. Seen in `e
 mnist5k (docs/benchmarks.md): a `fast` run at chance from epoch 2, whose last hidden layer was dead from
 epoch 4 on (99.9 % of its units at 0 in epoch 3). A run reads its history's `saturation_low.<layer>` (the
 epoch's mean share of units at 0), prints one warning line per layer that dies and records the epoch in
-metrics.json's `dead_layers`.
+metrics.json's `dead_layers`; with `train.stop_on_dead_layer` it stops there, recorded as diverged. Such a
+layer gets no EP gradient (every product of its states with another layer's is 0): only weight decay and
+momentum still move it, and the one seen stayed dead for the 7 epochs it had left.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from .learners import DivergenceError
 
 SATURATION_LOW = "saturation_low."  # history.csv's per-layer share of units at 0 (numerics.diagnostics)
 DEAD = 1.0 - 1e-9  # an epoch's share at or above this: no unit of the layer left 0 on any batch
@@ -41,9 +45,27 @@ def warning(row: Mapping[str, Any], before: Iterable[Mapping[str, Any]]) -> str 
     new = [layer for layer in dead_in(row) if layer not in earlier]
     if not new:
         return None
-    named = f"layer {new[0]} is" if len(new) == 1 else f"layers {', '.join(new)} are"
     return (
-        f"warning: hidden {named} dead after epoch {row['epoch']} (every unit at 0 in the free phase of "
-        f"every batch): no signal reaches the output, the accuracy stays near chance, and the fidelity "
+        f"warning: hidden {_named(new)} dead after epoch {row['epoch']} (every unit at 0 in the free phase "
+        f"of every batch): no signal reaches the output, the accuracy stays near chance, and the fidelity "
         f"monitor cannot tell; a lower optim.lr, longer phases or another seed may avoid it"
+    )
+
+
+def _named(layers: list[str]) -> str:
+    return f"layer {layers[0]} is" if len(layers) == 1 else f"layers {', '.join(layers)} are"
+
+
+class DeadLayerError(DivergenceError):
+    """A hidden layer is dead and `train.stop_on_dead_layer` ends the run; the message says where."""
+
+
+def stop_error(row: Mapping[str, Any]) -> DeadLayerError | None:
+    """The error that ends a run whose `row` has a dead layer (train.stop_on_dead_layer), else None."""
+    dead = dead_in(row)
+    if not dead:
+        return None
+    return DeadLayerError(
+        f"stopped after epoch {row['epoch']}: hidden {_named(dead)} dead (train.stop_on_dead_layer); "
+        f"recorded as diverged"
     )

@@ -77,7 +77,9 @@ from .slurm import requeue_if_warned, stop_request
 # `ep-core train`'s exit statuses; 2 (bad input) is every subcommand's, ep_core.cli.EXIT_BAD_INPUT.
 EXIT_COMPLETED, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
 # Keys that do not change what a run computes: a resumed run may differ in them.
-OPERATIONAL_KEYS = {"data.data_dir", "data.num_workers", "train.device", "train.checkpoint_every"}
+OPERATIONAL_KEYS = {
+    "data.data_dir", "data.num_workers", "train.device", "train.checkpoint_every", "train.stop_on_dead_layer",
+}  # fmt: skip
 BEST_TEST_PROTOCOL = (
     "best test accuracy over epochs (the paper's optimistic protocol: selected on the test set)"
 )
@@ -565,7 +567,11 @@ def _train(
             if where is not None:  # inside StopRequest: a second signal cannot cut the report short
                 return _stopped(run, where, params, tracker)
     except DivergenceError as error:  # every rank sees the same reduced loss and gradient norm
-        message = f"diverged in epoch {run.epoch + 1}, batch {run.next_batch + 1}: {error}"
+        message = (
+            str(error)
+            if isinstance(error, dead_layers.DeadLayerError)  # after an epoch, which it names
+            else f"diverged in epoch {run.epoch + 1}, batch {run.next_batch + 1}: {error}"
+        )
         _write_records(run, "diverged", message, tracker)
         run.say(f"ep-core train: {message}")
         return EXIT_COMPLETED if diverged_ok else EXIT_DIVERGED
@@ -640,6 +646,8 @@ def _record_epoch(run: Run, stop: StopRequest, params: dict[str, Any], tracker: 
     if tracker is not None:
         tracker.sync(params, run.history, force=False)
         run.mlflow_run_id = run.mlflow_run_id or tracker.run_id
+    if run.s.config.train.stop_on_dead_layer and (error := dead_layers.stop_error(row)):
+        raise error  # every rank: the layer statistics are reduced over ranks
 
 
 def _stopped(run: Run, where: str, params: dict[str, Any], tracker: Mirror | None) -> int:
