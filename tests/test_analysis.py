@@ -16,6 +16,7 @@ import torch
 import yaml
 
 import ep_core
+from ep_core.analysis import _markdown as md
 from ep_core.analysis import (
     ablation_table,
     convergence_traces,
@@ -155,6 +156,13 @@ def fake_run(
     return path
 
 
+def with_dead_layer(run: Path, layers: dict[str, int]) -> Path:
+    """`run` (a `fake_run`) whose metrics.json says that these hidden layers died (layer -> first epoch)."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(metrics | {"dead_layers": layers}))
+    return run
+
+
 def assert_figure(png: Path) -> None:
     pdf = png.with_suffix(".pdf")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -279,9 +287,7 @@ def test_the_paper_setting_needs_the_papers_iterations(tmp_path):
 
 
 def test_a_run_whose_layer_died_is_counted_and_named_in_its_row(tmp_path):
-    dead = fake_run(tmp_path / "b", seed=1, final=10.0, best=25.0)
-    metrics = json.loads((dead / "metrics.json").read_text())
-    (dead / "metrics.json").write_text(json.dumps(metrics | {"dead_layers": {"h4b": 4}}))
+    dead = with_dead_layer(fake_run(tmp_path / "b", seed=1, final=10.0, best=25.0), {"h4b": 4})
     runs = load_runs([fake_run(tmp_path / "a", final=90.0, best=91.0), dead])
     assert runs["dead_layers"].tolist() == [0, 1]  # a metrics.json without the key: none
     (row,) = main_table(runs, PAPER_CSV).itertuples()
@@ -734,6 +740,34 @@ def test_depth_table_and_figure(tmp_path):
     assert "| Hopfield-Plain7 (2 blocks, no skips) | 7 | no | 2 | 75.0 ± 7.1 (n=2) | 10.0% ± 0.0% |" in text
     plot_depth_ablation(table, tmp_path / "d.png")
     assert_figure(tmp_path / "d.png")
+
+
+def test_the_study_tables_count_and_name_their_runs_with_a_dead_layer(tmp_path):
+    make = {"arch": "hopfield_resnet13", "losses": [1.0, 0.5], "settings": ("ep.beta=0.1", "data.val_size=9")}
+    dirs = [
+        fake_run(tmp_path / "a", seed=0, final=90.0, best=90.0, val=90.0, **make),
+        with_dead_layer(
+            fake_run(tmp_path / "b", seed=1, final=10.0, best=10.0, val=10.0, **make), {"h4b": 2}
+        ),
+        fake_run(tmp_path / "c", seed=2, status="diverged", final=10.0, **make),
+    ]
+    runs, history = load_runs(dirs, ["ep.beta"]), load_history(dirs)
+    for table, write in (
+        (depth_table(runs, history), write_depth_table),
+        (search_table(runs, ["ep.beta"]), lambda t, c, m: write_search_table(t, ["ep.beta"], c, m)),
+        (ablation_table(runs, history), write_ablation_table),
+    ):
+        (row,) = table.itertuples()
+        # The dead network completed: in the mean (of 90 and 10), counted, and named in the runs column.
+        assert (row.n, row.n_failed, row.n_dead, row.final_test_acc_mean) == (2, 1, 1, 50.0)
+        write(table, tmp_path / "t.csv", tmp_path / "t.md")
+        text = (tmp_path / "t.md").read_text()
+        assert (
+            "| 2 (+1 failed; 1 with a dead layer) |" in text and "A run *with a dead layer* completed" in text
+        )
+    assert md.runs_cells(pd.DataFrame({"n": [3, 3, 3], "n_failed": [0, 1, 0], "n_dead": [0, 0, 2]})) == [
+        "3", "3 (+1 failed)", "3 (2 with a dead layer)"
+    ]  # fmt: skip
 
 
 def test_a_search_chooses_its_setting_on_validation_not_on_test(tmp_path):

@@ -237,7 +237,9 @@ def test_stop_on_dead_layer_ends_the_run_after_that_epoch_recorded_as_diverged(
     out = tmp_path / "run"
     assert train(config, out) == EXIT_DIVERGED
     layer = dead_last_hidden_layer[0]
-    stopped = f"stopped after epoch 1: hidden layer {layer} is dead (train.stop_on_dead_layer); recorded as diverged"
+    stopped = (
+        f"diverged after epoch 1: hidden layer {layer} is dead; train.stop_on_dead_layer stopped the run"
+    )
     assert f"ep-core train: {stopped}" in capsys.readouterr().err.splitlines()
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["status"], metrics["message"]) == ("diverged", stopped)

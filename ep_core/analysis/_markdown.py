@@ -71,11 +71,22 @@ def write_csv_and_markdown(
     atomic_write_text(Path(md_path), markdown)
 
 
+# The note under every table whose *runs* column is `runs_cells`
+RUNS_NOTE = (
+    "- *runs*: completed runs, which every mean is over; diverged or failed runs are counted apart and "
+    "excluded. A run *with a dead layer* completed, with a hidden layer that stopped learning (all its units "
+    "at 0: ep_core/training/dead_layers.py); it is in the means.\n"
+)
+
+
 def runs_cells(table: pd.DataFrame) -> list[str]:
-    """'3' or '3 (+1 failed)' from the n and n_failed columns."""
-    return [
-        f"{n}" + (f" (+{f} failed)" if f else "") for n, f in zip(table["n"], table["n_failed"], strict=True)
-    ]
+    """'3', '3 (+1 failed)', '3 (1 with a dead layer)' or both, from the n, n_failed and n_dead columns."""
+    cells = []
+    for n, failed, dead in zip(table["n"], table["n_failed"], table["n_dead"], strict=True):
+        notes = [f"+{failed} failed"] if failed else []
+        notes += [f"{dead} with a dead layer"] if dead else []
+        cells.append(f"{n}" + (f" ({'; '.join(notes)})" if notes else ""))
+    return cells
 
 
 def mean_std_cells(table: pd.DataFrame, stat: str, digits: int = 1) -> list[str]:

@@ -197,7 +197,7 @@ def ablation_table(
     * activation (per architecture): holds when mean `metric` is ReLU6 > ReLU1 > random α.
 
     <NA> when a variant of the group has no completed run. Columns: ablation, dataset, algorithm, width,
-    epochs, architecture, variant, n, n_failed, {final_test_acc,best_test_acc,final_train_loss,
+    epochs, architecture, variant, n, n_failed, n_dead, {final_test_acc,best_test_acc,final_train_loss,
     train_loss_drop}_{mean,std}, finding, holds.
     """
     runs = runs.join(loss_drop(history), on="run_dir")
@@ -273,7 +273,7 @@ def ablation_markdown(table: pd.DataFrame) -> str:
         "completed runs. *holds*: the finding's rule on these means (– when a variant has no completed "
         "run).\n"
     )
-    return md.to_markdown(cells) + "\n" + note
+    return md.to_markdown(cells) + "\n" + note + md.RUNS_NOTE
 
 
 def write_ablation_table(table: pd.DataFrame, csv_path: PathLike, md_path: PathLike) -> None:

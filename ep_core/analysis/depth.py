@@ -25,8 +25,9 @@ STATS = ("final_test_acc", "best_test_acc", "train_loss_drop")
 
 def depth_table(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, algorithm, width, epochs, skips, blocks) of the Hopfield-ResNet family's EP
-    runs: layers, network, n, n_failed and {final_test_acc, best_test_acc, train_loss_drop}_{mean,std}.
-    `runs` is `load_runs(...)`, `history` `load_history(...)` of the same runs."""
+    runs: layers, network, n, n_failed, n_dead (`runs.status_counts`) and {final_test_acc, best_test_acc,
+    train_loss_drop}_{mean,std}. `runs` is `load_runs(...)`, `history` `load_history(...)` of the same
+    runs."""
     runs = runs.join(loss_drop(history), on="run_dir")
     family = runs[runs["algorithm"].isin(EP_ALGORITHMS) & runs["blocks"].notna()]
     family = family.rename(columns={"epochs": "epochs_completed", "epochs_planned": "epochs"})
@@ -60,9 +61,9 @@ def depth_markdown(table: pd.DataFrame) -> str:
     note = (
         "- *weight layers*: as the paper counts them (3 per block + the dense head; the no-skip network of "
         "the same name lacks the blocks' 1×1 skips). *train-loss drop*: (loss of epoch 1 − lowest loss) / "
-        "loss of epoch 1. Means ± s.d. over completed runs (seeds); diverged or failed runs are excluded.\n"
+        "loss of epoch 1. Means ± s.d. over completed runs (seeds).\n"
     )
-    return md.to_markdown(cells) + "\n" + note
+    return md.to_markdown(cells) + "\n" + note + md.RUNS_NOTE
 
 
 def write_depth_table(table: pd.DataFrame, csv_path: PathLike, md_path: PathLike) -> None:

@@ -88,6 +88,11 @@ def table_arch_of(config: dict) -> str:
     return TABLE_ARCH.get(network, network)
 
 
+def sweeps(free: int, nudged: int) -> str:
+    """'120/50 sweeps': fixed free and nudged phase lengths, as every table names them."""
+    return f"{free}/{nudged} sweeps"
+
+
 def phases_of(config: dict) -> str:
     """How a run's relaxation phases end, as tables and figures name it: '120/50 sweeps' (fixed lengths,
     the authors' recipe), 'fast 40/15 sweeps', 'auto ≤ 120/50 sweeps' (the counts its monitor chooses stay
@@ -96,7 +101,7 @@ def phases_of(config: dict) -> str:
     if algorithm_of(config) == "bp":
         return ""
     ep = config["ep"]
-    recipe, counts = ep.get("recipe", "authors"), f"{ep['free_iterations']}/{ep['nudge_iterations']} sweeps"
+    recipe, counts = ep.get("recipe", "authors"), sweeps(ep["free_iterations"], ep["nudge_iterations"])
     if recipe == "auto":
         return f"auto ≤ {counts}"
     if ep.get("tol") is not None:
@@ -113,25 +118,40 @@ def depth_of(config: dict) -> int:
     return layers_of(blocks) if blocks is not None else 13
 
 
+COUNTS = ("n", "n_failed", "n_dead")
+
+
+def status_counts(group: pd.DataFrame) -> dict[str, int]:
+    """One group's runs counted: n (completed: the runs every mean is over), n_failed (diverged or failed,
+    outside the means) and n_dead (completed runs in which a hidden layer died, ep_core.training.dead_layers:
+    inside the means, at chance accuracy, so that a table says why a mean fell)."""
+    completed = group["status"] == COMPLETED
+    return {
+        "n": int(completed.sum()),
+        "n_failed": int(group["status"].isin(UNSUCCESSFUL).sum()),
+        "n_dead": int((completed & (group["dead_layers"] > 0)).sum()),
+    }
+
+
 def seed_stats(runs: pd.DataFrame, keys: list[str], stats: Iterable[str]) -> pd.DataFrame:
-    """Per group of `keys`: n (completed runs), n_failed (diverged or failed) and {stat}_{mean,std} over the
-    completed runs (seeds) of each column in `stats` (NaN values left out); one row per group."""
+    """Per group of `keys`: `status_counts` (n, n_failed, n_dead) and {stat}_{mean,std} over the completed
+    runs (seeds) of each column in `stats` (NaN values left out); one row per group."""
     stats = list(stats)
 
     def summary(group: pd.DataFrame) -> pd.Series:
         ok = group[group["status"] == COMPLETED]
-        out: dict[str, float] = {"n": len(ok), "n_failed": int(group["status"].isin(UNSUCCESSFUL).sum())}
+        out: dict[str, float] = {**status_counts(group)}
         for stat in stats:
             values = ok[stat].dropna()
             out[f"{stat}_mean"] = values.mean() if len(values) else math.nan
             out[f"{stat}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
         return pd.Series(out)
 
-    columns = [*keys, "n", "n_failed", *(f"{s}_{t}" for s in stats for t in ("mean", "std"))]
+    columns = [*keys, *COUNTS, *(f"{s}_{t}" for s in stats for t in ("mean", "std"))]
     if runs.empty:
         return pd.DataFrame(columns=columns)
-    table = runs.groupby(keys)[["status", *stats]].apply(summary).reset_index()
-    return table.astype({"n": int, "n_failed": int})[columns]
+    table = runs.groupby(keys)[["status", "dead_layers", *stats]].apply(summary).reset_index()
+    return table.astype(dict.fromkeys(COUNTS, int))[columns]
 
 
 def _read_json(path: Path) -> dict | None:

@@ -24,7 +24,7 @@ STATS = ("best_val_acc", "val_selected_test_acc", "final_test_acc")
 
 
 def search_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """One row per (dataset, network, algorithm, width, epochs, *keys) setting: n, n_failed,
+    """One row per (dataset, network, algorithm, width, epochs, *keys) setting: n, n_failed, n_dead,
     {best_val_acc, val_selected_test_acc, final_test_acc}_{mean,std} and `chosen` (highest mean validation
     accuracy of its group). `runs` is `load_runs(dirs, keys)`."""
     runs = runs.rename(columns={"epochs": "epochs_completed", "epochs_planned": "epochs"})
@@ -66,7 +66,7 @@ def search_markdown(table: pd.DataFrame, keys: list[str]) -> str:
         "*test acc. at that epoch* is the search's result (selected on validation, never on test). Means ± "
         "s.d. over completed runs (seeds).\n"
     )
-    return md.to_markdown(cells) + "\n" + note
+    return md.to_markdown(cells) + "\n" + note + md.RUNS_NOTE
 
 
 def write_search_table(table: pd.DataFrame, keys: list[str], csv_path: PathLike, md_path: PathLike) -> None:

@@ -26,18 +26,22 @@ import pandas as pd
 
 from ..numerics.activations import PAPER_ACTIVATION
 from ..numerics.backprop import BP_ACTIVATION
-from ..training.rundir import COMPLETED, UNSUCCESSFUL
+from ..numerics.estimators import EquilibriumProp
+from ..training.rundir import COMPLETED
 from . import _markdown as md
-from .runs import INCOMPLETE, label
+from .runs import INCOMPLETE, label, status_counts, sweeps
 
 PROTOCOLS = {"final": "final_test_acc", "val_selected": "val_selected_test_acc", "best_test": "best_test_acc"}
 PRIOR_EP = "ep_prior_best"  # paper_results.csv: the best earlier EP result the paper quotes
 KEY = ["dataset", "architecture", "algorithm"]
 SETTING = ["width", "epochs", "recipe", "free_iterations", "nudge_iterations", "phases"]
 PAPER_SETTING = {"width": 1.0, "epochs": 300}
-# The authors' fixed-length phases (`phases` also says that no tolerance cuts them short)
+# The authors' fixed-length phases, the estimator's defaults (`phases` also says that no tolerance cuts them
+# short)
+_FREE, _NUDGED = EquilibriumProp.free_iterations, EquilibriumProp.nudge_iterations
 PAPER_EP_RELAXATION = {
-    "recipe": "authors", "free_iterations": 120, "nudge_iterations": 50, "phases": "120/50 sweeps"
+    "recipe": "authors", "free_iterations": _FREE, "nudge_iterations": _NUDGED,
+    "phases": sweeps(_FREE, _NUDGED),
 }  # fmt: skip
 
 
@@ -53,10 +57,8 @@ def read_paper_results(path: str | Path) -> pd.DataFrame:
 def _summary(group: pd.DataFrame) -> pd.Series:
     ok = group[group["status"] == COMPLETED]
     out: dict[str, float | int | str] = {
-        "n": len(ok),
-        "n_failed": int(group["status"].isin(UNSUCCESSFUL).sum()),
+        **status_counts(group),
         "n_incomplete": int((group["status"] == INCOMPLETE).sum()),
-        "n_dead": int((ok["dead_layers"] > 0).sum()),  # completed, counted, but a layer died (at chance)
         # Listed so that two runs of one seed (counted as two samples) are visible in the CSV.
         "seeds": ",".join(str(s) for s in sorted(ok["seed"])),
     }

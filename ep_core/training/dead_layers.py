@@ -68,6 +68,6 @@ def stop_error(row: Mapping[str, Any]) -> DeadLayerError | None:
     if not dead:
         return None
     return DeadLayerError(
-        f"stopped after epoch {row['epoch']}: hidden {_named(dead)} dead (train.stop_on_dead_layer); "
-        f"recorded as diverged"
+        f"hidden {_named(dead)} dead; train.stop_on_dead_layer stopped the run",
+        where=f"after epoch {row['epoch']}",
     )

@@ -34,7 +34,12 @@ from .distributed import Collective, global_batchnorm
 
 
 class DivergenceError(RuntimeError):
-    """Non-finite loss, gradient or state: the run cannot continue."""
+    """Non-finite loss, gradient or state: the run cannot continue. `where` says when it happened if not
+    in the batch the run is training ('after epoch 3': an end-of-epoch check); the run's report adds it."""
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        super().__init__(message)
+        self.where = where
 
 
 @dataclass

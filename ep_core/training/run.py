@@ -423,7 +423,7 @@ class Run:
         if "residual" in test:
             row["eval_residual"] = test["residual"]
         if not math.isfinite(test["loss"]):
-            raise DivergenceError(f"non-finite test loss after epoch {self.epoch + 1}")
+            raise DivergenceError("non-finite test loss", where=f"after epoch {self.epoch + 1}")
         row["epoch_seconds"] = self.acc.state["elapsed"] + time.perf_counter() - t0
         row["peak_memory_mb"] = _peak_memory_mb(s.device)
         if s.device.type == "cuda":
@@ -567,11 +567,8 @@ def _train(
             if where is not None:  # inside StopRequest: a second signal cannot cut the report short
                 return _stopped(run, where, params, tracker)
     except DivergenceError as error:  # every rank sees the same reduced loss and gradient norm
-        message = (
-            str(error)
-            if isinstance(error, dead_layers.DeadLayerError)  # after an epoch, which it names
-            else f"diverged in epoch {run.epoch + 1}, batch {run.next_batch + 1}: {error}"
-        )
+        where = error.where or f"in epoch {run.epoch + 1}, batch {run.next_batch + 1}"
+        message = f"diverged {where}: {error}"
         _write_records(run, "diverged", message, tracker)
         run.say(f"ep-core train: {message}")
         return EXIT_COMPLETED if diverged_ok else EXIT_DIVERGED

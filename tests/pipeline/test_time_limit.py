@@ -183,6 +183,10 @@ def test_a_run_longer_than_its_time_limit_is_requeued_slice_by_slice_and_equals_
     assert_same_run(tmp_path / "uninterrupted", run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["slices"] >= 3, metrics["slices"]
+    # Every slice's output in the one log (ep_core.pipeline.joblog), though Snakemake deletes it each time
+    # (an attempt killed before its first checkpoint resumed too, without adding a slice).
+    log_text = (run_dir / "train.log").read_text()
+    assert log_text.count("resuming at epoch") >= metrics["slices"] - 1, log_text[-3000:]
     _, client, children = pipeline_tests._mlflow_runs(tmp_path)
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     assert children[0].info.run_id == metrics["mlflow_run_id"]
