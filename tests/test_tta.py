@@ -205,6 +205,13 @@ def test_markdown_figure_and_partial_json(tmp_path):
     noted = format_markdown(result | {"recipes": recipes})
     assert "- fast: a hidden layer died (every unit at 0; the network stopped learning) in seed 1: h4b from " \
            "epoch 2." in noted  # fmt: skip
+    # The secondary description leaves out seed 1 (a dead network on either side), never the verdict's seeds.
+    lived = recipes["fast"]["diff_both_lived"]
+    assert (lived["n"], lived["seeds_left_out"], recipes["fast"]["diff_vs_reference"]["n"]) == (4, [1], 5)
+    assert lived["mean"] == pytest.approx((0.2 - 0.5 + 0.1 - 0.4) / 4)  # _fake_runs' seeds 2-5
+    assert f"- fast − authors where both networks kept every layer (seed(s) 1 left out; a secondary " \
+           f"description, not the target's test): {lived['mean']:+.2f} points [" in noted  # fmt: skip
+    assert "diff_both_lived" not in recipes["auto"]  # neither side of its seeds died: nothing to describe
     write_figure(result, tmp_path / "digits.png")
     assert (tmp_path / "digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     path = tmp_path / "digits.json"

@@ -140,7 +140,7 @@ def seed_stats(runs: pd.DataFrame, keys: list[str], stats: Iterable[str]) -> pd.
 
     def summary(group: pd.DataFrame) -> pd.Series:
         ok = group[group["status"] == COMPLETED]
-        out: dict[str, float] = {**status_counts(group)}
+        out: dict[str, float] = dict(status_counts(group))
         for stat in stats:
             values = ok[stat].dropna()
             out[f"{stat}_mean"] = values.mean() if len(values) else math.nan

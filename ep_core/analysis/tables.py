@@ -29,7 +29,7 @@ from ..numerics.backprop import BP_ACTIVATION
 from ..numerics.estimators import EquilibriumProp
 from ..training.rundir import COMPLETED
 from . import _markdown as md
-from .runs import INCOMPLETE, label, status_counts, sweeps
+from .runs import COUNTS, INCOMPLETE, label, status_counts, sweeps
 
 PROTOCOLS = {"final": "final_test_acc", "val_selected": "val_selected_test_acc", "best_test": "best_test_acc"}
 PRIOR_EP = "ep_prior_best"  # paper_results.csv: the best earlier EP result the paper quotes
@@ -75,10 +75,10 @@ def _summary(group: pd.DataFrame) -> pd.Series:
 
 
 def summarise_runs(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """n, n_failed, n_incomplete, n_dead (completed runs in which a layer died) and {protocol}_{n,mean,std}
-    per group of `keys` (runs: `load_runs`)."""
+    """`runs.status_counts` (n, n_failed, n_dead), n_incomplete, seeds and {protocol}_{n,mean,std} per group
+    of `keys` (runs: `load_runs`)."""
     if runs.empty:
-        columns = [*keys, "n", "n_failed", "n_incomplete", "n_dead", "seeds"]
+        columns = [*keys, *COUNTS, "n_incomplete", "seeds"]
         columns += [f"{p}_{s}" for p in PROTOCOLS for s in ("n", "mean", "std")]
         columns += ["wall_hours_mean", "peak_memory_mb_mean", "devices"]
         return pd.DataFrame(columns=columns)
@@ -102,7 +102,7 @@ def main_table(runs: pd.DataFrame, paper_csv: str | Path) -> pd.DataFrame:
     `runs` is `load_runs(...)`. Rows the paper reports come first, in the paper's order, each followed by
     its rows of other activations. Columns: dataset, architecture, algorithm, activation (backprop:
     `relu`), width, epochs, recipe (`ep.recipe`; empty for backprop), free_iterations, nudge_iterations,
-    n, n_failed, n_incomplete, seeds, {final,val_selected,best_test}_{n,mean,std}, wall_hours_mean,
+    n, n_failed, n_dead, n_incomplete, seeds, {final,val_selected,best_test}_{n,mean,std}, wall_hours_mean,
     peak_memory_mb_mean, devices, paper_activation (the row's activation is the paper's), paper (the
     paper's figure for that dataset, architecture and algorithm, on rows of its activation), in_paper,
     paper_setting (the row is at the paper's scale), prior_ep (the best earlier EP result the paper
@@ -127,7 +127,7 @@ def main_table(runs: pd.DataFrame, paper_csv: str | Path) -> pd.DataFrame:
     table["paper_setting"] = (
         table.apply(at_paper_setting, axis=1).astype(bool) if len(table) else pd.Series(dtype=bool)
     )
-    for column in ("n", "n_failed", "n_incomplete", "n_dead", *(f"{p}_n" for p in PROTOCOLS)):
+    for column in (*COUNTS, "n_incomplete", *(f"{p}_n" for p in PROTOCOLS)):
         table[column] = table[column].astype(int)
 
     prior = paper[paper["algorithm"] == PRIOR_EP].rename(columns={"accuracy_pct": "prior_ep"})

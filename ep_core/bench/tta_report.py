@@ -79,6 +79,17 @@ def _dead_note(name: str, s: dict[str, Any]) -> str:
     return f"- {name}: a hidden layer died (every unit at 0; the network stopped learning) in {seeds}."
 
 
+def _lived_note(name: str, d: dict[str, Any], reference: str) -> str:
+    """The paired difference without the seeds where either network died: secondary, not the target's."""
+    interval = "" if d["ci95_low"] is None else f" [{d['ci95_low']:+.2f}, {d['ci95_high']:+.2f}]"
+    left_out = ", ".join(map(str, d["seeds_left_out"]))
+    return (
+        f"- {name} − {reference} where both networks kept every layer (seed(s) {left_out} left out; a "
+        f"secondary description, not the target's test): {d['mean']:+.2f} points{interval} (paired, "
+        f"n={d['n']})."
+    )
+
+
 def format_markdown(result: dict[str, Any]) -> str:
     """The result's table, its control comparison, each recipe's verdict and the summary line."""
     setting, ref = result["setting"], result["reference"]
@@ -113,6 +124,8 @@ def format_markdown(result: dict[str, Any]) -> str:
             state = "holds" if s["verdict"]["holds"] else "does not hold"
             lines.append(f"- {name}: target {state}: {s['verdict']['why']}.")
     lines += [_dead_note(name, s) for name, s in result["recipes"].items() if s.get("dead_layers")]
+    lines += [_lived_note(name, s["diff_both_lived"], ref) for name, s in result["recipes"].items()
+              if s.get("diff_both_lived")]  # fmt: skip
     load = result["load_average_before"][0], result["load_average_after"][0]
     lines.append(
         f"\n{result['summary']}\n\nLoad average {load[0]:.2f} before, {load[1]:.2f} after; "

@@ -92,7 +92,23 @@ def recipe_summary(
     if judge:
         holds, why = verdict(out["speedup_training"], diff)
         out["verdict"] = {"holds": holds, "why": why}
+    if lived := _both_lived(mine, by_seed):
+        out["diff_both_lived"] = lived
     return out
+
+
+def _both_lived(mine: list[dict[str, Any]], reference: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """The paired difference over the seeds where neither network lost a hidden layer, when a dead one
+    left any out (None otherwise): a secondary description by a fixed rule, never the target's test. It
+    conditions on an outcome of training, so it can favour the recipe that loses more networks."""
+    paired = {r["seed"]: r for r in mine if r["seed"] in reference}
+    lived = [s for s, r in paired.items() if not r.get("dead_layers") and not reference[s].get("dead_layers")]
+    if not lived or len(lived) == len(paired):
+        return None
+    diff = paired_difference(
+        {s: paired[s]["test_acc"] for s in lived}, {s: reference[s]["test_acc"] for s in lived}
+    )
+    return {**diff.as_dict(), "seeds_left_out": sorted(set(paired) - set(lived))}
 
 
 def _mean_of(mine: list[dict[str, Any]], key: str) -> float | None:
