@@ -59,16 +59,13 @@ def _named(layers: list[str]) -> str:
     return f"layer {layers[0]} is" if len(layers) == 1 else f"layers {', '.join(layers)} are"
 
 
-class DeadLayerError(DivergenceError):
-    """A hidden layer is dead and `train.stop_on_dead_layer` ends the run; the message says where."""
-
-
-def stop_error(row: Mapping[str, Any]) -> DeadLayerError | None:
-    """The error that ends a run whose `row` has a dead layer (train.stop_on_dead_layer), else None."""
+def stop_error(row: Mapping[str, Any]) -> DivergenceError | None:
+    """The error that ends a run whose `row` has a dead layer (train.stop_on_dead_layer), else None: a
+    divergence, recorded as one, that says after which epoch."""
     dead = dead_in(row)
     if not dead:
         return None
-    return DeadLayerError(
+    return DivergenceError(
         f"hidden {_named(dead)} dead; train.stop_on_dead_layer stopped the run",
         where=f"after epoch {row['epoch']}",
     )
