@@ -13,6 +13,7 @@ from ep_core.bench.tta import Settings, check, parse_recipe, run_protocol
 from ep_core.bench.tta_report import format_markdown, load_partial, write_figure
 from ep_core.bench.tta_runs import curve, epoch_times, final_accuracy, final_cosine
 from ep_core.bench.tta_stats import (
+    choose_lr,
     fitting_epochs,
     paired_difference,
     rotated_order,
@@ -74,6 +75,23 @@ def test_selection_rule_picks_the_cheapest_within_tolerance():
     assert select_candidate(candidates, {"val_acc": 99.0}, 1.0) is None
     with pytest.raises(ValueError, match="tolerance must be >= 0"):
         select_candidate(candidates, reference, -1.0)
+
+
+def test_lr_rule_picks_the_best_rate_at_which_every_network_lived():
+    rows = [
+        {
+            "lr": 0.1,
+            "lived": False,
+            "val_acc": 60.0,
+        },  # one network died: its mean is low, but not why it loses
+        {"lr": 0.05, "lived": False, "val_acc": 96.0},
+        {"lr": 0.025, "lived": True, "val_acc": 94.0},
+        {"lr": 0.0125, "lived": True, "val_acc": 94.0},
+    ]
+    assert choose_lr(rows) == 0.025  # the best that lived; a tie goes to the first given
+    assert choose_lr([*rows[:3], {"lr": 0.01, "lived": True, "val_acc": 95.0}]) == 0.01
+    assert choose_lr(rows[:2]) is None
+    assert choose_lr([{"lr": 0.1, "lived": True, "val_acc": None}]) is None  # no completed run
 
 
 def test_run_order_is_counterbalanced():
@@ -299,6 +317,60 @@ def test_select_step_trains_candidates_on_selection_seeds_with_a_validation_spli
     assert selection(result["runs"], "authors", ["c20"], 0.5)["chosen"] is None
 
 
+def test_select_lr_trains_every_recipe_at_every_rate_then_the_rest_at_the_chosen_one(tmp_path, monkeypatch):
+    trained, dead = [], {("authors", 101, 0.05)}
+
+    def fake_run_one(name, config, own, authors, seed, out, threads, phase):
+        lr = config.optim.lr
+        trained.append(
+            (name, seed, phase, lr, config.data.val_size, out.relative_to(tmp_path / "runs").parts[:2])
+        )
+        record = _run(name, seed, train=300.0 if name == "authors" else 100.0, phase=phase, val=90 + 100 * lr)
+        return record | {"dead_layers": {"h4b": 2} if (name, seed, lr) in dead else {}}
+
+    monkeypatch.setattr(tta, "run_one", fake_run_one)
+    s = Settings(dataset="synthetic", seeds=(1, 2), control=None, warmup=False, lrs=(0.05, 0.025),
+                 extra=["data.synthetic_train=100"])  # fmt: skip
+    result = run_protocol(s, tmp_path / "r.json", tmp_path / "runs")
+    select = [t for t in trained if t[2] == "select-lr"]
+    assert [(t[0], t[1], t[3]) for t in select] == [
+        (name, seed, lr) for lr in (0.05, 0.025) for seed, names in ((100, "af"), (101, "fa"))
+        for name in [{"a": "authors", "f": "fast"}[n] for n in names]
+    ]  # fmt: skip
+    assert {t[4] for t in select} == {20} and {t[5] for t in select} == {
+        ("select-lr", "lr0.05"),
+        ("select-lr", "lr0.025"),
+    }
+    # 0.05 scored higher (95 against 92.5) but one network died there
+    sel = result["lr_selection"]
+    assert sel["chosen"] == 0.025 and sel["candidates"][0]["died"] == ["authors seed 101"]
+    assert sel["candidates"][0]["val_acc"] == pytest.approx(95.0)
+    assert sel["candidates"][1]["val_acc_by_recipe"] == {
+        "authors": pytest.approx(92.5),
+        "fast": pytest.approx(92.5),
+    }
+    main = [t for t in trained if t[2] == "main"]  # at the chosen rate, with no validation split
+    assert [(t[0], t[1], t[3], t[4]) for t in main] == [
+        ("authors", 1, 0.025, 0), ("fast", 1, 0.025, 0), ("fast", 2, 0.025, 0), ("authors", 2, 0.025, 0)
+    ]  # fmt: skip
+    assert {r["lr"] for r in result["runs"] if r["phase"] == "main"} == {0.025}
+    assert result["recipes"]["authors"]["completed"] == 2  # the selection runs are not in the table
+    table = format_markdown(json.loads((tmp_path / "r.json").read_text()))
+    assert "batch 32, lr 0.025 (--select-lr), 3 epochs" in table
+    assert "- lr 0.05: 95.00 over 4 runs; died: authors seed 101" in table
+    assert "- lr 0.025: 92.50 over 4 runs; all lived **chosen**" in table
+    trained.clear()
+    assert run_protocol(s, tmp_path / "r.json", tmp_path / "runs")["lr_selection"]["chosen"] == 0.025
+    assert trained == []  # resumed: nothing trained again
+
+    dead |= {("fast", 100, 0.025)}
+    with pytest.raises(ValueError, match=r"died at every candidate rate \(lr 0.05: authors seed 101; lr 0.025: "
+                       r"fast seed 100\); try smaller ones"):  # fmt: skip
+        run_protocol(s, tmp_path / "none.json", tmp_path / "runs")
+    partial = json.loads((tmp_path / "none.json").read_text())
+    assert not partial["complete"] and {r["phase"] for r in partial["runs"]} == {"select-lr"}
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -308,6 +380,13 @@ def test_select_step_trains_candidates_on_selection_seeds_with_a_validation_spli
         ({"control": "adaptive"}, r"--control 'adaptive': valid choices: fast \(or none\)"),
         ({"select": True, "selection_seeds": (1, 100)}, "must not overlap --seeds"),
         ({"extra": ["ep.bogus=1"]}, "bogus"),
+        ({"lrs": (0.05, 0.05)}, r"--select-lr: need distinct learning rates > 0, got \[0.05, 0.05\]"),
+        ({"lrs": (0.05, 0.0)}, "need distinct learning rates > 0"),
+        ({"lrs": (0.05,), "selection_seeds": (1, 100)}, "must not overlap --seeds"),
+        (
+            {"extra": ["optim.lr=0.1"]},
+            r"--set optim.lr: the learning rate is --lr \(or --select-lr's choice\)",
+        ),
     ],
 )
 def test_bad_settings_are_one_line_errors(changes, message):
@@ -322,6 +401,8 @@ def test_cli_bad_input_names_the_valid_choices(capsys, tmp_path):
     assert "seed 0 chose fast's sweep lengths" in capsys.readouterr().err
     assert main(["bench-tta", "--candidate", "fast", "--out", str(tmp_path)]) == 2
     assert "--candidate: applies with --select only" in capsys.readouterr().err
+    assert main(["bench-tta", "--select-lr", "0.05,0", "--out", str(tmp_path)]) == 2
+    assert "--select-lr: need distinct learning rates > 0, got [0.05, 0.0]" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
 
 

@@ -4,17 +4,21 @@ Per dataset (digits and mnist5k by default; docs/benchmarks.md, "Time to accurac
 
 1. **Warm-up.** One short run of the reference recipe (a few batches), discarded, before the first timed run
    (of this process: a resumed protocol warms up again).
-2. **Select** (only with `--select`). Candidate sweep settings and the reference are trained on selection
+2. **Select the learning rate** (only with `--select-lr`). Every recipe at every candidate rate on the
+   selection seeds (100, 101), with the validation split below; the rate at which every one of these
+   networks lived (no dead hidden layer) with the highest mean validation accuracy over all of them trains
+   every later run (ep_core.bench.tta_stats.choose_lr). None lived: the protocol stops, naming them.
+3. **Select** (only with `--select`). Candidate sweep settings and the reference are trained on selection
    seeds (100, 101) with a stratified validation split held out of the training set (`data.val_size`,
    `data.split_seed` 0); the cheapest candidate in mean training seconds whose mean final validation accuracy
    (authors' evaluation) is within `tolerance` points of the reference's is reported next to the recipes.
    Without it the recipes' lengths were fixed before the run (`fast`'s on seed 0's test accuracy), so the
    reported seeds must exclude 0.
-3. **Main.** Every recipe on every reported seed (at least 5 by default), seed by seed, the order rotated
+4. **Main.** Every recipe on every reported seed (at least 5 by default), seed by seed, the order rotated
    from seed to seed so that each recipe goes first equally often. Every run uses the authors' evaluation
    sweeps (ep.eval_iterations, which only evaluation reads) and its final network is tested with the
    authors' relaxation and with its own (ep_core.bench.tta_runs).
-4. **Equal-compute control.** The reference again on every seed, with the whole epochs that fit in the
+5. **Equal-compute control.** The reference again on every seed, with the whole epochs that fit in the
    control recipe's mean training time (cosine schedule over those epochs): `authors@fast-time`.
 
 The result is `<out>/<dataset>.json` (written after every run, with `complete: false` until the end;
@@ -40,7 +44,7 @@ from ..training.recipes import RECIPES
 from .tta_report import load_partial, write_json
 from .tta_runs import StoppedError, run_one
 from .tta_stats import TARGET_MARGIN, TARGET_SPEEDUP, rotated_order
-from .tta_summary import control_epochs, selection, summarise, summary_line, versus
+from .tta_summary import control_epochs, lr_selection, selection, summarise, summary_line, versus
 
 DATASETS = ("digits", "mnist5k")  # the datasets `bench-tta` runs when none is named
 DEFAULT_RECIPES = ("authors", "fast")
@@ -77,6 +81,7 @@ class Settings:
     selection_seeds: tuple[int, ...] = SELECTION_SEEDS
     val_size: int | None = None  # --select: held-out examples (None: a fifth of the training set)
     tolerance: float = 1.0  # --select: accuracy points below the reference a candidate may be
+    lrs: tuple[float, ...] = ()  # --select-lr: candidate learning rates (empty: `lr` without selection)
 
 
 def parse_recipe(text: str) -> tuple[str, list[str]]:
@@ -120,7 +125,13 @@ def check(s: Settings) -> None:
         )
     if 0 in s.seeds:
         raise ValueError("--seeds: seed 0 chose fast's sweep lengths (its test accuracy); report other seeds")
-    if s.select and set(s.selection_seeds) & set(s.seeds):
+    if any(k.partition("=")[0].strip() == "optim.lr" for k in s.extra):
+        raise ValueError(
+            "--set optim.lr: the learning rate is --lr (or --select-lr's choice), not a --set key"
+        )
+    if s.lrs and (min(s.lrs) <= 0 or len(set(s.lrs)) != len(s.lrs)):
+        raise ValueError(f"--select-lr: need distinct learning rates > 0, got {list(s.lrs)}")
+    if (s.select or s.lrs) and set(s.selection_seeds) & set(s.seeds):
         raise ValueError(
             f"--selection-seeds {list(s.selection_seeds)} must not overlap --seeds {list(s.seeds)}"
         )
@@ -139,24 +150,37 @@ class Protocol:
         # A resumed protocol's time is the earlier attempts' plus this one's.
         self.runs, self.spent = ([], 0.0) if fresh else load_partial(path, self.setting)
         self.started = time.perf_counter()
+        self.lr = s.lr  # every run's learning rate, until `select_lr` chooses one
         authors = build_config(base(s), [*s.extra, "ep.recipe=authors"]).ep.eval_iterations
         self.extra: dict[str, Any] = {
             "authors_eval_iterations": authors,
             "load_average_before": list(os.getloadavg()),
         }
 
-    def _done(self, name: str, seed: int, phase: str) -> bool:
-        return any((r["recipe"], r["seed"], r["phase"]) == (name, seed, phase) for r in self.runs)
+    def _done(self, name: str, seed: int, phase: str, lr: float) -> bool:
+        key = (name, seed, phase, lr)
+        return any((r["recipe"], r["seed"], r["phase"], r.get("lr", self.s.lr)) == key for r in self.runs)
 
-    def train(self, name: str, overrides: list[str], seed: int, phase: str, more: list[str] = ()) -> None:
-        if self._done(name, seed, phase):
+    def train(
+        self,
+        name: str,
+        overrides: list[str],
+        seed: int,
+        phase: str,
+        more: list[str] = (),
+        lr: float | None = None,
+    ) -> None:
+        lr = self.lr if lr is None else lr
+        if self._done(name, seed, phase, lr):
             return
         if self.s.warmup and "warmup_seconds" not in self.extra:
             self.warm_up()  # before the first run this process trains (none when resuming a finished one)
-        config, own = _configs(self.s, overrides, [*more, f"train.seed={seed}"])
+        config, own = _configs(self.s, overrides, [*more, f"optim.lr={lr}", f"train.seed={seed}"])
         authors = build_config(base(self.s), [*self.s.extra, "ep.recipe=authors"])
-        out = self.workdir / phase / f"{_slug(name)}-seed{seed}"
-        self.runs.append(run_one(name, config, own, authors, seed, out, self.threads, phase))
+        out = (
+            self.workdir / phase / (f"lr{lr:g}" if phase == "select-lr" else "") / f"{_slug(name)}-seed{seed}"
+        )
+        self.runs.append(run_one(name, config, own, authors, seed, out, self.threads, phase) | {"lr": lr})
         self.write(complete=False)
 
     def warm_up(self) -> None:
@@ -172,9 +196,28 @@ class Protocol:
             raise StoppedError(f"{out}: the warm-up was stopped by signal {status - 128}", status)
         self.extra["warmup_seconds"] = time.perf_counter() - t0
 
+    def select_lr(self) -> None:
+        s = self.s
+        val = self.validation()
+        for lr in s.lrs:
+            for i, seed in enumerate(s.selection_seeds):
+                for name in rotated_order(list(s.recipes), i):
+                    self.train(name, s.recipes[name], seed, "select-lr", val, lr=lr)
+        self.extra["lr_selection"] = lr_selection(self.runs, list(s.lrs))
+        chosen = self.extra["lr_selection"]["chosen"]
+        if chosen is None:
+            self.write(complete=False)
+            died = "; ".join(
+                f"lr {c['lr']:g}: {', '.join(c['died'])}" for c in self.extra["lr_selection"]["candidates"]
+            )
+            raise ValueError(
+                f"--select-lr: a selection network died at every candidate rate ({died}); try smaller ones"
+            )
+        self.lr = chosen
+
     def select(self) -> None:
         s = self.s
-        val = ["data.split_seed=0", f"data.val_size={self.val_size()}"]
+        val = self.validation()
         names = [s.reference, *s.candidates]
         specs = {s.reference: s.recipes[s.reference], **s.candidates}
         for i, seed in enumerate(s.selection_seeds):
@@ -184,6 +227,10 @@ class Protocol:
         chosen = self.extra["selection"]["chosen"]
         if chosen is not None and chosen not in s.recipes:
             s.recipes[chosen] = s.candidates[chosen]
+
+    def validation(self) -> list[str]:
+        """The keys of the selection steps' validation split (held out of the training set)."""
+        return ["data.split_seed=0", f"data.val_size={self.val_size()}"]
 
     def val_size(self) -> int:
         """--val-size, or a fifth of the training set."""
@@ -216,7 +263,7 @@ class Protocol:
     def result(self, complete: bool) -> dict[str, Any]:
         s = self.s
         names = [*s.recipes, *([self.extra["control"]["name"]] if self.extra.get("control") else [])]
-        main = [r for r in self.runs if r["phase"] != "select"]
+        main = [r for r in self.runs if r["phase"] in ("main", "control")]
         recipes = summarise(main, names, s.reference, judged=list(s.recipes))
         control = self.extra.get("control")
         return {
@@ -241,6 +288,8 @@ def run_protocol(s: Settings, path: str | Path, workdir: str | Path, threads: in
                  fresh: bool = False) -> dict[str, Any]:  # fmt: skip
     """The whole protocol for one dataset (see the module docstring); returns the result it wrote."""
     p = Protocol(s, Path(path), Path(workdir), threads, fresh)
+    if s.lrs:
+        p.select_lr()
     if s.select:
         p.select()
     p.main()
@@ -258,7 +307,11 @@ def _slug(name: str) -> str:
 
 def _jsonable(s: Settings) -> dict[str, Any]:
     d = asdict(s)
-    d["seeds"], d["selection_seeds"] = list(s.seeds), list(s.selection_seeds)
+    d["seeds"], d["selection_seeds"], d["lrs"] = list(s.seeds), list(s.selection_seeds), list(s.lrs)
     if not s.select:
-        d.pop("candidates"), d.pop("selection_seeds"), d.pop("val_size"), d.pop("tolerance")
+        d.pop("candidates"), d.pop("tolerance")
+    if not (s.select or s.lrs):
+        d.pop("selection_seeds"), d.pop("val_size")
+    if not s.lrs:
+        d.pop("lrs")  # the settings of a result from before --select-lr existed
     return d

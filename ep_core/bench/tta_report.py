@@ -90,13 +90,37 @@ def _lived_note(name: str, d: dict[str, Any], reference: str) -> str:
     )
 
 
+def _selection_lines(result: dict[str, Any]) -> list[str]:
+    """What the selection steps compared on the selection seeds' validation split, and what they chose."""
+    lines, seeds = [], ", ".join(map(str, result["setting"].get("selection_seeds", [])))
+    if lr := result.get("lr_selection"):
+        lines += [
+            f"\n--select-lr on seeds {seeds} (validation accuracy %, mean over every recipe's runs):",
+            "",
+        ]
+        for c in lr["candidates"]:
+            acc = "–" if c["val_acc"] is None else f"{c['val_acc']:.2f}"
+            state = "all lived" if c["lived"] else f"died: {', '.join(c['died'])}"
+            mark = " **chosen**" if c["lr"] == lr["chosen"] else ""
+            lines.append(f"- lr {c['lr']:g}: {acc} over {c['runs']} runs; {state}{mark}")
+    if (sel := result.get("selection")) and sel["reference"]:
+        lines.append(
+            f"\n--select on seeds {seeds}: chose {sel['chosen'] or 'none'}, the cheapest candidate within "
+            f"{sel['tolerance']:g} point(s) of the reference's validation accuracy "
+            f"({sel['reference']['val_acc']:.2f} %)"
+        )
+    return lines
+
+
 def format_markdown(result: dict[str, Any]) -> str:
     """The result's table, its control comparison, each recipe's verdict and the summary line."""
     setting, ref = result["setting"], result["reference"]
     seeds = ", ".join(map(str, setting["seeds"]))
+    chosen = (result.get("lr_selection") or {}).get("chosen")
+    lr = f"lr {setting['lr']:g}" if not setting.get("lrs") else f"lr {chosen or '(not chosen)'} (--select-lr)"
     lines = [
         f"### {result['dataset']}: seeds {seeds}; Hopfield-ResNet13 at width {setting['width']:g}, batch "
-        f"{setting['batch_size']}, lr {setting['lr']:g}, {setting['epochs']} epochs"
+        f"{setting['batch_size']}, {lr}, {setting['epochs']} epochs"
         + ("" if result["complete"] else " (PARTIAL: the protocol has not finished)"),
         "",
         "| recipe | epochs | sweeps free / nudged | test accuracy %, authors' test: "
@@ -106,6 +130,7 @@ def format_markdown(result: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [_row(name, s, ref) for name, s in result["recipes"].items()]
+    lines += _selection_lines(result)
     control, c = result.get("control"), result.get("control_comparison")
     if control:
         lines.append(
@@ -156,7 +181,7 @@ def write_figure(result: dict[str, Any], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    runs = [r for r in result["runs"] if r["phase"] != "select" and r["status"] == "completed"]
+    runs = [r for r in result["runs"] if r["phase"] in ("main", "control") and r["status"] == "completed"]
     for i, name in enumerate(result["recipes"]):
         mine = [r for r in runs if r["recipe"] == name]
         colour = f"C{i}"

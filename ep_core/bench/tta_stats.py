@@ -1,5 +1,5 @@
 """The statistics of `ep-core bench-tta`: paired differences by seed with their 95 % t-interval, the
-training-time speed-up, the stated targets, and the selection rule of the `--select` step.
+training-time speed-up, the stated targets, and the selection rules of the `--select` and `--select-lr` steps.
 
 Every comparison is paired by seed: seed s of a recipe and seed s of the reference share the data order,
 the augmentation and the initial weights, so the difference of their accuracies removes what the seed
@@ -12,6 +12,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # The targets the README's claim is held to: training-time speed-up and the paired 95 % interval.
 TARGET_SPEEDUP = 3.0
@@ -99,6 +100,18 @@ def select_candidate(
     if not eligible:
         return None
     return min(eligible, key=lambda name: candidates[name]["train_seconds"])
+
+
+def choose_lr(candidates: list[dict[str, Any]]) -> float | None:
+    """The learning-rate rule of `--select-lr`: among the rates at which every selection network lived (it
+    completed and no hidden layer died), the one with the highest mean validation accuracy over all of
+    them, every recipe's networks alike (ties: the first given); None when a network died at every rate.
+    Each entry: {"lr": rate, "lived": bool, "val_acc": mean or None}. Living comes first because one dead
+    network (at chance) moves a paired difference by tens of points: more than any recipe has."""
+    lived = [c for c in candidates if c["lived"] and c["val_acc"] is not None]
+    if not lived:
+        return None
+    return max(lived, key=lambda c: c["val_acc"])["lr"]
 
 
 def rotated_order(names: Sequence[str], index: int) -> list[str]:

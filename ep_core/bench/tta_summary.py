@@ -1,7 +1,7 @@
 """What `bench-tta` computes from its run records: the per-recipe summary (accuracies under both test
 procedures, training and evaluation seconds, the training-time speed-up, the paired difference to the
 reference with its 95 % interval, the stated targets' verdict, the gradient-fidelity monitor's cosine), the
-`--select` step's choice and the equal-compute control's epochs."""
+`--select-lr` and `--select` steps' choices and the equal-compute control's epochs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from .tta_stats import (
     TARGET_MARGIN,
     TARGET_SPEEDUP,
+    choose_lr,
     fitting_epochs,
     mean_sd,
     paired_difference,
@@ -171,6 +172,31 @@ def selection(runs: list[dict[str, Any]], reference: str, candidates: list[str],
     table = {name: m for name in candidates if (m := means(name)) is not None}
     chosen = select_candidate(table, ref, tolerance) if ref is not None else None
     return {"reference": ref, "candidates": table, "tolerance": tolerance, "chosen": chosen}
+
+
+def lived(run: dict[str, Any]) -> bool:
+    """A run that completed with no dead hidden layer."""
+    return run["status"] == "completed" and not run.get("dead_layers")
+
+
+def lr_selection(runs: list[dict[str, Any]], lrs: list[float]) -> dict[str, Any]:
+    """The `select-lr` step's row per candidate rate (its runs, whether all lived, the networks that did
+    not, mean validation accuracy over all and per recipe) and the rule's choice (ep_core.bench.tta_stats)."""
+    rows = []
+    for lr in lrs:
+        mine = [r for r in runs if r["phase"] == "select-lr" and r.get("lr") == lr]
+        by_recipe: dict[str, list[float]] = {}
+        for r in mine:
+            if r["status"] == "completed" and r.get("val_acc") is not None:
+                by_recipe.setdefault(r["recipe"], []).append(r["val_acc"])
+        accs = [a for v in by_recipe.values() for a in v]
+        rows.append({
+            "lr": lr, "runs": len(mine), "lived": bool(mine) and all(map(lived, mine)),
+            "died": [f"{r['recipe']} seed {r['seed']}" for r in mine if not lived(r)],
+            "val_acc": statistics.fmean(accs) if accs else None,
+            "val_acc_by_recipe": {name: statistics.fmean(v) for name, v in by_recipe.items()},
+        })  # fmt: skip
+    return {"candidates": rows, "chosen": choose_lr(rows)}
 
 
 def control_epochs(runs: list[dict[str, Any]], reference: str, of: str) -> dict[str, Any] | None:

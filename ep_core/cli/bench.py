@@ -250,7 +250,13 @@ def add_bench_tta(sub) -> None:
     p.add_argument("--epochs", type=at_least(1), default=d.epochs, help=f"default {d.epochs}")
     p.add_argument("--width", type=positive, default=d.width, help=f"default {d.width}")
     p.add_argument("--batch-size", type=at_least(1), default=d.batch_size, help=f"default {d.batch_size}")
-    p.add_argument("--lr", type=positive, default=d.lr, help=f"default {d.lr}")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--lr", type=positive, default=d.lr, help=f"every run's learning rate (default {d.lr})")
+    rate.add_argument(
+        "--select-lr", type=floats, default=d.lrs, metavar="LR,LR,...",
+        help="first choose the learning rate among these: every recipe on the selection seeds' validation "
+        "split; the rate at which no network died with the best mean validation accuracy trains the rest",
+    )  # fmt: skip
     p.add_argument(
         "--max-batches", type=at_least(0), default=d.max_batches,
         help=f"batches per epoch at most; 0: whole epochs (default {d.max_batches}: halves mnist5k's)",
@@ -267,11 +273,11 @@ def add_bench_tta(sub) -> None:
     )  # fmt: skip
     p.add_argument(
         "--selection-seeds", type=seed_list, default=d.selection_seeds,
-        help=f"--select: training seeds (default {','.join(map(str, d.selection_seeds))})",
+        help=f"--select, --select-lr: training seeds (default {','.join(map(str, d.selection_seeds))})",
     )  # fmt: skip
     p.add_argument(
         "--val-size", type=at_least(1), default=None,
-        help="--select: held-out training examples (default: a fifth of the training set)",
+        help="--select, --select-lr: held-out training examples (default: a fifth of the training set)",
     )  # fmt: skip
     p.add_argument(
         "--tolerance", type=float, default=d.tolerance,
@@ -307,6 +313,7 @@ def _tta_settings(args: argparse.Namespace, dataset: str) -> Settings:
         control=None if args.control == "none" else args.control, warmup=not args.no_warmup,
         select=args.select, candidates=dict(parse_recipe(c) for c in args.candidate or CANDIDATES),
         selection_seeds=args.selection_seeds, val_size=args.val_size, tolerance=args.tolerance,
+        lrs=args.select_lr,
     )  # fmt: skip
 
 
