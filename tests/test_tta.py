@@ -322,9 +322,11 @@ def test_select_lr_trains_every_recipe_at_every_rate_then_the_rest_at_the_chosen
 
     def fake_run_one(name, config, own, authors, seed, out, threads, phase):
         lr = config.optim.lr
-        trained.append(
-            (name, seed, phase, lr, config.data.val_size, out.relative_to(tmp_path / "runs").parts[:2])
-        )
+        stops = config.train.stop_on_dead_layer
+        where = out.relative_to(tmp_path / "runs").parts[:2]
+        trained.append((name, seed, phase, lr, config.data.val_size, where, stops))
+        if (name, seed, lr) in dead and stops:  # as run_one records a run stopped at its dead layer
+            return {"recipe": name, "seed": seed, "phase": phase, "status": "diverged", "epochs": 2}
         record = _run(name, seed, train=300.0 if name == "authors" else 100.0, phase=phase, val=90 + 100 * lr)
         return record | {"dead_layers": {"h4b": 2} if (name, seed, lr) in dead else {}}
 
@@ -344,7 +346,7 @@ def test_select_lr_trains_every_recipe_at_every_rate_then_the_rest_at_the_chosen
     # 0.05 scored higher (95 against 92.5) but one network died there
     sel = result["lr_selection"]
     assert sel["chosen"] == 0.025 and sel["candidates"][0]["died"] == ["authors seed 101"]
-    assert sel["candidates"][0]["val_acc"] == pytest.approx(95.0)
+    assert sel["candidates"][0]["val_acc"] == pytest.approx(95.0)  # the 3 that completed
     assert sel["candidates"][1]["val_acc_by_recipe"] == {
         "authors": pytest.approx(92.5),
         "fast": pytest.approx(92.5),
@@ -362,11 +364,14 @@ def test_select_lr_trains_every_recipe_at_every_rate_then_the_rest_at_the_chosen
     trained.clear()
     assert run_protocol(s, tmp_path / "r.json", tmp_path / "runs")["lr_selection"]["chosen"] == 0.025
     assert trained == []  # resumed: nothing trained again
+    assert {t[6] for t in select} == {True} and {t[6] for t in main} == {False}  # only a selection run stops
 
     dead |= {("fast", 100, 0.025)}
     with pytest.raises(ValueError, match=r"died at every candidate rate \(lr 0.05: authors seed 101; lr 0.025: "
                        r"fast seed 100\); try smaller ones"):  # fmt: skip
         run_protocol(s, tmp_path / "none.json", tmp_path / "runs")
+    # a dead network rules its rate out: the rate's runs after it are not trained
+    assert [(t[0], t[1]) for t in trained if t[3] == 0.025] == [("authors", 100), ("fast", 100)]
     partial = json.loads((tmp_path / "none.json").read_text())
     assert not partial["complete"] and {r["phase"] for r in partial["runs"]} == {"select-lr"}
 

@@ -7,7 +7,8 @@ Per dataset (digits and mnist5k by default; docs/benchmarks.md, "Time to accurac
 2. **Select the learning rate** (only with `--select-lr`). Every recipe at every candidate rate on the
    selection seeds (100, 101), with the validation split below; the rate at which every one of these
    networks lived (no dead hidden layer) with the highest mean validation accuracy over all of them trains
-   every later run (ep_core.bench.tta_stats.choose_lr). None lived: the protocol stops, naming them.
+   every later run (ep_core.bench.tta_stats.choose_lr). A dead network rules its rate out: it stops at that
+   epoch, and the rate's other selection runs are skipped. None lived: the protocol stops, naming them.
 3. **Select** (only with `--select`). Candidate sweep settings and the reference are trained on selection
    seeds (100, 101) with a stratified validation split held out of the training set (`data.val_size`,
    `data.split_seed` 0); the cheapest candidate in mean training seconds whose mean final validation accuracy
@@ -44,7 +45,7 @@ from ..training.recipes import RECIPES
 from .tta_report import load_partial, write_json
 from .tta_runs import StoppedError, run_one
 from .tta_stats import TARGET_MARGIN, TARGET_SPEEDUP, rotated_order
-from .tta_summary import control_epochs, lr_selection, selection, summarise, summary_line, versus
+from .tta_summary import control_epochs, lived, lr_selection, selection, summarise, summary_line, versus
 
 DATASETS = ("digits", "mnist5k")  # the datasets `bench-tta` runs when none is named
 DEFAULT_RECIPES = ("authors", "fast")
@@ -198,11 +199,18 @@ class Protocol:
 
     def select_lr(self) -> None:
         s = self.s
-        val = self.validation()
+        # A dead network rules its rate out: it stops at that epoch, and the rate's other runs are skipped.
+        more = [*self.validation(), "train.stop_on_dead_layer=true"]
+        order = [
+            (seed, name)
+            for i, seed in enumerate(s.selection_seeds)
+            for name in rotated_order(list(s.recipes), i)
+        ]
         for lr in s.lrs:
-            for i, seed in enumerate(s.selection_seeds):
-                for name in rotated_order(list(s.recipes), i):
-                    self.train(name, s.recipes[name], seed, "select-lr", val, lr=lr)
+            for seed, name in order:
+                if not self._rate_alive(lr):
+                    break
+                self.train(name, s.recipes[name], seed, "select-lr", more, lr=lr)
         self.extra["lr_selection"] = lr_selection(self.runs, list(s.lrs))
         chosen = self.extra["lr_selection"]["chosen"]
         if chosen is None:
@@ -214,6 +222,10 @@ class Protocol:
                 f"--select-lr: a selection network died at every candidate rate ({died}); try smaller ones"
             )
         self.lr = chosen
+
+    def _rate_alive(self, lr: float) -> bool:
+        """No `select-lr` network at `lr` has died (or failed) so far."""
+        return all(lived(r) for r in self.runs if r["phase"] == "select-lr" and r.get("lr") == lr)
 
     def select(self) -> None:
         s = self.s

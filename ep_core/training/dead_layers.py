@@ -4,7 +4,7 @@ phase of every training batch of an epoch.
 No signal then crosses that layer, the output no longer depends on the input, and the run's accuracy sits
 at chance; the gradient-fidelity monitor cannot see it: both the run's estimate and the converged one come
 from a network whose states barely move, and their cosine reads ~1.0. Seen in `ep-core bench-tta`
-(docs/benchmarks.md) at 1/16 width, lr 0.05: 1 of 35 `fast` runs and 5 of 35 `authors` runs, always the last
+(docs/benchmarks.md) at 1/16 width, lr 0.05: 1 of 40 `fast` runs and 5 of 40 `authors` runs, always the last
 hidden layer h4b; each of the six seeds trained at half the learning rate. A run reads its history's
 `saturation_low.<layer>` (the epoch's mean share of units at 0), prints one warning line per layer that dies
 and records the epoch in metrics.json's `dead_layers`; with `train.stop_on_dead_layer` it stops there,
