@@ -261,6 +261,14 @@ def test_the_pipeline_parent_status_follows_the_snakemake_outcome(tmp_path):
     assert parent.pipeline_status([str(log)], failed=True) == "KILLED"  # what Snakemake's hooks get
     log.write_text("Error in rule train:\n")
     assert parent.pipeline_status(log, failed=True) == "FAILED"
+    # the job got Ctrl-C's SIGINT and exited (128 + 2) before Snakemake handled its own
+    log.write_text("CalledProcessError in file train.smk, line 38:\nCommand 'python3 train.py' returned non-zero "
+                   "exit status 130.\nError in rule train:\n")  # fmt: skip
+    assert parent.pipeline_status(log, failed=True) == "KILLED"
+    log.write_text("Command 'python3 train.py' returned non-zero exit status 1300.\n")
+    assert parent.pipeline_status(log, failed=True) == "FAILED"
+    log.write_text("Command 'python3 train.py' returned non-zero exit status 1.\n")
+    assert parent.pipeline_status(log, failed=True) == "FAILED"
     assert parent.pipeline_status(None, failed=False) == "FINISHED"
     init = parent.init_tracking(f"sqlite:///{tmp_path / 'm.db'}", "pipe", tmp_path / "art", "parent")
     path = tmp_path / "init.json"

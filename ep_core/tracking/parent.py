@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,17 +41,23 @@ def set_parent_status(init: dict[str, Any], status: str) -> None:
     bounded(f"marking the parent run {status}", client.set_terminated, init["parent_run_id"], status=status)
 
 
+# Ctrl-C in a terminal sends SIGINT to Snakemake and to its local jobs alike. Snakemake says so when it
+# handles the signal first; when a training job (which checkpoints and exits 128 + SIGINT) is faster, it
+# reports a failed job instead, and only the job's exit status tells the two apart.
+INTERRUPTED = re.compile(r"Terminating processes on user request|non-zero exit status 130\b")
+
+
 def pipeline_status(log: str | Path | list | None, failed: bool) -> str:
     """The parent run's status at the end of a pipeline: FINISHED, KILLED (interrupted by the user:
     Snakemake's log — one file or the list its hooks receive — says 'Terminating processes on user
-    request') or FAILED."""
+    request', or a job exited with 130, stopped by SIGINT) or FAILED."""
     if not failed:
         return "FINISHED"
     text = ""
     for path in log if isinstance(log, list | tuple) else [log] if log else []:
         with contextlib.suppress(OSError):  # a log that is gone says nothing
             text += Path(path).read_text()
-    return "KILLED" if "Terminating processes on user request" in text else "FAILED"
+    return "KILLED" if INTERRUPTED.search(text) else "FAILED"
 
 
 def mark_parent(init_path: str | Path, status: str) -> None:
