@@ -103,13 +103,13 @@ def _both_lived(mine: list[dict[str, Any]], reference: dict[int, dict[str, Any]]
     left any out (None otherwise): a secondary description by a fixed rule, never the target's test. It
     conditions on an outcome of training, so it can favour the recipe that loses more networks."""
     paired = {r["seed"]: r for r in mine if r["seed"] in reference}
-    lived = [s for s, r in paired.items() if not r.get("dead_layers") and not reference[s].get("dead_layers")]
-    if not lived or len(lived) == len(paired):
+    both = [s for s, r in paired.items() if lived(r) and lived(reference[s])]  # completed runs: dead or not
+    if not both or len(both) == len(paired):
         return None
     diff = paired_difference(
-        {s: paired[s]["test_acc"] for s in lived}, {s: reference[s]["test_acc"] for s in lived}
+        {s: paired[s]["test_acc"] for s in both}, {s: reference[s]["test_acc"] for s in both}
     )
-    return {**diff.as_dict(), "seeds_left_out": sorted(set(paired) - set(lived))}
+    return {**diff.as_dict(), "seeds_left_out": sorted(set(paired) - set(both))}
 
 
 def _mean_of(mine: list[dict[str, Any]], key: str) -> float | None:
