@@ -11,7 +11,14 @@ import pytest
 from ep_core.bench import tta
 from ep_core.bench.tta import Settings, check, parse_recipe, run_protocol
 from ep_core.bench.tta_report import format_markdown, load_partial, write_figure
-from ep_core.bench.tta_runs import curve, epoch_times, final_accuracy, final_cosine
+from ep_core.bench.tta_runs import (
+    backfill_relaxation,
+    curve,
+    epoch_times,
+    final_accuracy,
+    final_cosine,
+    relaxation_seconds,
+)
 from ep_core.bench.tta_stats import (
     choose_lr,
     fitting_epochs,
@@ -136,6 +143,28 @@ def test_wall_time_split_into_training_and_evaluation_per_epoch():
     assert (train, evaluation) == ([8.0], [2.0]) and source.startswith("sum of the timed step phases")
 
 
+def test_relaxation_seconds_and_their_backfill_into_an_older_record(tmp_path):
+    """The free and nudged phases' seconds of a run; a record from before the field gets them from its
+    history only while that history is the same run's (its training seconds agree)."""
+    rows = [{"epoch": str(e), "free_seconds": "4", "nudged_seconds": "3", "gradient_seconds": "0.5",
+             "train_seconds": "8.5", "epoch_seconds": "10"} for e in (1, 2)]  # fmt: skip
+    assert relaxation_seconds(rows) == 14.0
+    assert relaxation_seconds([{k: v for k, v in rows[0].items() if k != "nudged_seconds"}]) is None
+    (tmp_path / "history.csv").write_text(
+        ",".join(rows[0]) + "\n" + "\n".join(",".join(r.values()) for r in rows) + "\n"
+    )
+    same, other = (
+        {"status": "completed", "train_seconds": 17.0},
+        {"status": "completed", "train_seconds": 20.0},
+    )
+    backfill_relaxation(same, tmp_path)
+    backfill_relaxation(other, tmp_path)  # another run's folder now: its figure is not this run's
+    assert same["relaxation_seconds"] == 14.0 and "relaxation_seconds" not in other
+    missing = {"status": "completed", "train_seconds": 17.0}
+    backfill_relaxation(missing, tmp_path / "gone")
+    assert "relaxation_seconds" not in missing
+
+
 # ---- summaries and output --------------------------------------------------------------------------------
 
 
@@ -150,6 +179,7 @@ def _run(
     fidelity=None,
     val=None,
     status="completed",
+    relax=None,
 ):
     curve = [{"epoch": e + 1, "train_seconds": train * (e + 1) / epochs, "test_acc": acc - (epochs - e - 1),
               "val_acc": None} for e in range(epochs)]  # fmt: skip
@@ -157,7 +187,7 @@ def _run(
         "recipe": recipe, "seed": seed, "phase": phase, "status": status, "epochs": epochs, "wall_seconds": train + 20,
         "train_seconds": train, "eval_seconds": 10.0, "probe_seconds": 0.0, "test_acc": acc, "test_acc_own": acc - 1,
         "own_eval_iterations": 40, "free_sweeps": 40.0, "nudged_sweeps": 15.0, "fidelity": fidelity, "val_acc": val,
-        "curve": curve,
+        "curve": curve, **({} if relax is None else {"relaxation_seconds": relax}),
     }  # fmt: skip
 
 
@@ -200,6 +230,34 @@ def test_summary_speedup_paired_difference_and_each_recipes_name():
     assert line.count("target holds") == 1 and line.count("does not hold") == 1
 
 
+def test_where_the_speedup_comes_from_relaxation_and_the_rest_of_the_loop():
+    runs = []
+    for seed in range(1, 6):
+        runs += [_run("authors", seed, train=300.0 + seed, relax=290.0 + seed),
+                 _run("fast", seed, acc=89.0, train=90.0 + seed, relax=85.0 + seed)]  # fmt: skip
+    fast = summarise(runs, ["authors", "fast"], "authors")["fast"]
+    assert fast["speedup_relaxation"] == pytest.approx(293 / 88) and fast[
+        "speedup_training"
+    ] == pytest.approx(303 / 93)
+    assert (fast["rest_seconds"], fast["reference_rest_seconds"]) == pytest.approx((5.0, 10.0))
+    result = {
+        "dataset": "digits", "complete": True, "reference": "authors", "authors_eval_iterations": 120,
+        "setting": {"seeds": [1, 2, 3, 4, 5], "width": 0.0625, "batch_size": 32, "lr": 0.05, "epochs": 3},
+        "recipes": {"authors": summarise(runs, ["authors"], "authors")["authors"], "fast": fast},
+        "control_comparison": None, "summary": "", "load_average_before": [0.1], "load_average_after": [0.2],
+        "torch_threads": 2, "cpu_count": 2, "elapsed_seconds": 60.0,
+    }  # fmt: skip
+    assert (
+        "- fast: relaxation (free and nudged phases) 3.33x faster than in authors; the rest of the training loop "
+        "(Hebbian gradient, update, monitor probes, data), which sweep counts do not cut, 5.0 s a run against "
+        "10.0 s." in format_markdown(result)
+    )
+    del runs[0]["relaxation_seconds"]  # one run from before the field: no split, and no line
+    fast = summarise(runs, ["authors", "fast"], "authors")["fast"]
+    assert "speedup_relaxation" not in fast
+    assert "relaxation (free" not in format_markdown(result | {"recipes": {"fast": fast}})
+
+
 def test_markdown_figure_and_partial_json(tmp_path):
     runs = _fake_runs()
     setting = {"seeds": [1, 2, 3, 4, 5], "width": 0.0625, "batch_size": 32, "lr": 0.05, "epochs": 3}
@@ -234,7 +292,12 @@ def test_markdown_figure_and_partial_json(tmp_path):
     assert (tmp_path / "digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     path = tmp_path / "digits.json"
     path.write_text(json.dumps(result))
-    assert load_partial(path, setting) == (runs, 600.0)  # and the seconds the earlier attempt spent
+    # and the seconds the earlier attempt spent, and its load averages
+    assert load_partial(path, setting) == (
+        runs,
+        600.0,
+        {"load_average_before": [0.1], "load_average_after": [0.2]},
+    )
     with pytest.raises(ValueError, match=r"other settings \(epochs: 3 != 4\); use another --out, or --fresh"):
         load_partial(path, setting | {"epochs": 4})
 
@@ -285,6 +348,39 @@ def test_protocol_order_resume_and_control_without_training(tmp_path, monkeypatc
         run_protocol(
             Settings(dataset="synthetic", seeds=(1, 2), warmup=False), tmp_path / "r.json", tmp_path / "runs"
         )
+
+
+def test_rerunning_a_finished_protocol_keeps_its_load_averages_and_backfills_relaxation(
+    tmp_path, monkeypatch
+):
+    """The same command on a finished result trains nothing and rewrites it with the same load averages (the
+    ones measured while it trained); a record from before `relaxation_seconds` gets them from its run's
+    history, so the table can say where the speed-up comes from."""
+
+    def fake_run_one(name, config, own, authors, seed, out, threads, phase):
+        train = {"authors": 300.0, "fast": 100.0}[name]
+        return _run(name, seed, acc=90.0 + seed / 10, train=train, epochs=config.train.epochs, phase=phase)
+
+    monkeypatch.setattr(tta, "run_one", fake_run_one)
+    s = Settings(dataset="synthetic", seeds=(1, 2), control=None, warmup=False)
+    path = tmp_path / "r.json"
+    first = run_protocol(s, path, tmp_path / "runs")
+    assert "speedup_relaxation" not in first["recipes"]["fast"]  # the fake records have no relaxation time
+    loads = {"load_average_before": [9.0], "load_average_after": [8.0], "elapsed_seconds": 1234.0}
+    path.write_text(json.dumps(first | loads))
+    for r in first["runs"]:  # each run's history: 3 epochs, its training seconds, 90 % of them relaxing
+        head = "epoch,free_seconds,nudged_seconds,train_seconds,epoch_seconds"
+        each = r["train_seconds"] / 3
+        out = tmp_path / "runs" / "main" / f"{r['recipe']}-seed{r['seed']}"
+        out.mkdir(parents=True)
+        body = "\n".join(f"{e},{0.6 * each},{0.3 * each},{each},{each + 1}" for e in (1, 2, 3))
+        (out / "history.csv").write_text(f"{head}\n{body}\n")
+    monkeypatch.setattr(tta, "run_one", lambda *a: pytest.fail("a finished protocol trained a run"))
+    again = run_protocol(s, path, tmp_path / "runs")
+    assert {k: again[k] for k in loads} == loads  # measured while it trained: a rewrite adds no time
+    assert [r["relaxation_seconds"] for r in again["runs"]] == pytest.approx([270.0, 90.0, 90.0, 270.0])
+    fast = again["recipes"]["fast"]
+    assert fast["speedup_relaxation"] == pytest.approx(3.0) and fast["rest_seconds"] == pytest.approx(10.0)
 
 
 def test_select_step_trains_candidates_on_selection_seeds_with_a_validation_split(tmp_path, monkeypatch):

@@ -43,7 +43,7 @@ from ..training.config import RunConfig, build_config
 from ..training.datasets import load_data
 from ..training.recipes import RECIPES
 from .tta_report import load_partial, write_json
-from .tta_runs import StoppedError, run_one
+from .tta_runs import StoppedError, backfill_relaxation, run_one
 from .tta_stats import TARGET_MARGIN, TARGET_SPEEDUP, rotated_order
 from .tta_summary import control_epochs, lived, lr_selection, selection, summarise, summary_line, versus
 
@@ -148,14 +148,19 @@ class Protocol:
         check(s)
         self.s, self.path, self.workdir, self.threads = s, path, workdir, threads
         self.setting = _jsonable(s) | {"base": base(s)}
-        # A resumed protocol's time is the earlier attempts' plus this one's.
-        self.runs, self.spent = ([], 0.0) if fresh else load_partial(path, self.setting)
+        # A resumed protocol's time is the earlier attempts' plus this one's; its load average before is
+        # the first attempt's, after that of the last one that trained a run. An attempt that trains none
+        # (the same command again on a finished result: the table rewritten by this code) adds neither.
+        self.runs, self.spent, self.loads = ([], 0.0, {}) if fresh else load_partial(path, self.setting)
+        self.trained = False
+        for r in self.runs:
+            backfill_relaxation(r, self.run_dir(r["recipe"], r["seed"], r["phase"], r.get("lr", s.lr)))
         self.started = time.perf_counter()
         self.lr = s.lr  # every run's learning rate, until `select_lr` chooses one
         authors = build_config(base(s), [*s.extra, "ep.recipe=authors"]).ep.eval_iterations
         self.extra: dict[str, Any] = {
             "authors_eval_iterations": authors,
-            "load_average_before": list(os.getloadavg()),
+            "load_average_before": self.loads.get("load_average_before", list(os.getloadavg())),
         }
 
     def _done(self, name: str, seed: int, phase: str, lr: float) -> bool:
@@ -178,11 +183,15 @@ class Protocol:
             self.warm_up()  # before the first run this process trains (none when resuming a finished one)
         config, own = _configs(self.s, overrides, [*more, f"optim.lr={lr}", f"train.seed={seed}"])
         authors = build_config(base(self.s), [*self.s.extra, "ep.recipe=authors"])
-        out = (
-            self.workdir / phase / (f"lr{lr:g}" if phase == "select-lr" else "") / f"{_slug(name)}-seed{seed}"
-        )
+        out = self.run_dir(name, seed, phase, lr)
         self.runs.append(run_one(name, config, own, authors, seed, out, self.threads, phase) | {"lr": lr})
+        self.trained = True
         self.write(complete=False)
+
+    def run_dir(self, name: str, seed: int, phase: str, lr: float) -> Path:
+        """The folder a run trains in."""
+        rate = f"lr{lr:g}" if phase == "select-lr" else ""  # the select-lr step trains a seed at every rate
+        return self.workdir / phase / rate / f"{_slug(name)}-seed{seed}"
 
     def warm_up(self) -> None:
         """One short reference run, discarded: the first run of a process pays for imports and allocation."""
@@ -285,10 +294,16 @@ class Protocol:
             "recipes": recipes,
             "control_comparison": versus(main, control["of"], control["name"]) if control else None,
             "summary": summary_line(s.dataset, recipes, s.reference),
-            **self.extra, "load_average_after": list(os.getloadavg()), "cpu_count": os.cpu_count(),
+            **self.extra, "load_average_after": self._load_after(), "cpu_count": os.cpu_count(),
             "torch_threads": self.threads or torch.get_num_threads(),
-            "elapsed_seconds": self.spent + time.perf_counter() - self.started, "runs": self.runs,
+            "elapsed_seconds": self.spent + (time.perf_counter() - self.started if self.trained else 0.0),
+            "runs": self.runs,
         }  # fmt: skip
+
+    def _load_after(self) -> list[float]:
+        if self.trained or "load_average_after" not in self.loads:
+            return list(os.getloadavg())
+        return self.loads["load_average_after"]
 
     def write(self, complete: bool) -> dict[str, Any]:
         result = self.result(complete)

@@ -18,15 +18,21 @@ def write_json(result: dict[str, Any], path: str | Path) -> None:
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
 
 
-def load_partial(path: Path, setting: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
-    """The runs an earlier attempt of the same settings left in `path` and the seconds it had spent (none
-    and 0 if there is no file); a ValueError naming the first difference when it holds another setting's
-    result."""
+LOADS = ("load_average_before", "load_average_after")
+
+
+def load_partial(
+    path: Path, setting: dict[str, Any]
+) -> tuple[list[dict[str, Any]], float, dict[str, list[float]]]:
+    """The runs an earlier attempt of the same settings left in `path`, the seconds it had spent and its
+    load averages (none, 0 and none if there is no file); a ValueError naming the first difference when it
+    holds another setting's result."""
     if not path.exists():
-        return [], 0.0
+        return [], 0.0, {}
     try:
         earlier = json.loads(path.read_text())
         saved, runs, spent = earlier["setting"], earlier["runs"], float(earlier.get("elapsed_seconds", 0.0))
+        loads = {k: list(earlier[k]) for k in LOADS if k in earlier}
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(
             f"{path}: not a bench-tta result ({type(error).__name__}); use another --out"
@@ -37,7 +43,7 @@ def load_partial(path: Path, setting: dict[str, Any]) -> tuple[list[dict[str, An
             f"{path} holds a bench-tta result of other settings ({key}: {saved.get(key)!r} != "
             f"{setting.get(key)!r}); use another --out, or --fresh to overwrite it"
         )
-    return list(runs), spent
+    return list(runs), spent, loads
 
 
 def _acc(cell: dict[str, float] | None) -> str:
@@ -77,6 +83,16 @@ def _dead_note(name: str, s: dict[str, Any]) -> str:
         for seed, layers in s["dead_layers"].items()
     )
     return f"- {name}: a hidden layer died (every unit at 0; the network stopped learning) in {seeds}."
+
+
+def _time_note(name: str, s: dict[str, Any], reference: str) -> str:
+    """Where the recipe's training-time speed-up comes from (ep_core.bench.tta_summary.time_split)."""
+    return (
+        f"- {name}: relaxation (free and nudged phases) {times(s['speedup_relaxation'])} faster than "
+        f"in {reference}; the rest of the training loop (Hebbian gradient, update, monitor probes, data), "
+        f"which sweep counts do not cut, {s['rest_seconds']:.1f} s a run against "
+        f"{s['reference_rest_seconds']:.1f} s."
+    )
 
 
 def _lived_note(name: str, d: dict[str, Any], reference: str) -> str:
@@ -148,6 +164,8 @@ def format_markdown(result: dict[str, Any]) -> str:
         if "verdict" in s:
             state = "holds" if s["verdict"]["holds"] else "does not hold"
             lines.append(f"- {name}: target {state}: {s['verdict']['why']}.")
+    lines += [_time_note(name, s, ref) for name, s in result["recipes"].items()
+              if "verdict" in s and "speedup_relaxation" in s]  # fmt: skip
     lines += [_dead_note(name, s) for name, s in result["recipes"].items() if s.get("dead_layers")]
     lines += [_lived_note(name, s["diff_both_lived"], ref) for name, s in result["recipes"].items()
               if s.get("diff_both_lived")]  # fmt: skip

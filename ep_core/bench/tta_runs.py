@@ -11,6 +11,8 @@ per-epoch evaluation already used is its last history row (`tests_from_history`)
 Wall time is split per epoch: `train_seconds` (history.csv: the training loop, gradient-fidelity probes
 included) and evaluation (`epoch_seconds − train_seconds`). When a history has no `train_seconds` column
 (a run.py before it), the sum of the step's timed phases stands in, and `train_seconds_source` says so.
+`relaxation_seconds` is the part of the training time spent in the free and nudged phases: what a recipe's
+sweep counts cut; the rest of the loop (Hebbian gradient, update, monitor probes, data) they do not.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class StoppedError(Exception):
 
 
 PHASE_COLUMNS = ("free_seconds", "nudged_seconds", "gradient_seconds", "step_seconds", "allreduce_seconds")
+RELAXATION_COLUMNS = PHASE_COLUMNS[:2]  # the phases whose length a recipe's sweep counts set
 
 
 def _floats(rows: list[dict[str, str]], column: str) -> list[float]:
@@ -61,6 +64,26 @@ def epoch_times(rows: list[dict[str, str]]) -> tuple[list[float], list[float], s
         source = "sum of the timed step phases (history has no train_seconds)"
     eval_s = [max(0.0, float(r["epoch_seconds"]) - t) for r, t in zip(rows, train_s, strict=True)]
     return train_s, eval_s, source
+
+
+def relaxation_seconds(rows: list[dict[str, str]]) -> float | None:
+    """The training seconds spent relaxing (history.csv's free and nudged phases, per-epoch sums), or None
+    when a row lacks them."""
+    if not rows or any(r.get(c) in (None, "") for r in rows for c in RELAXATION_COLUMNS):
+        return None
+    return sum(float(r[c]) for r in rows for c in RELAXATION_COLUMNS)
+
+
+def backfill_relaxation(record: dict[str, Any], out: Path) -> None:
+    """Add `relaxation_seconds` to a completed run's record from before the field, from its history in
+    `out` when that is still the same run (its training seconds agree): a resumed result then reports the
+    relaxation's speed-up for every run."""
+    history = out / "history.csv"
+    if "relaxation_seconds" in record or record["status"] != "completed" or not history.exists():
+        return
+    rows = _read_history(out)
+    if abs(sum(epoch_times(rows)[0]) - record["train_seconds"]) <= 1e-6 * max(1.0, record["train_seconds"]):
+        record["relaxation_seconds"] = relaxation_seconds(rows)
 
 
 def curve(rows: list[dict[str, str]], train_s: list[float]) -> list[dict[str, float | None]]:
@@ -153,6 +176,7 @@ def run_one(
     record |= {
         "train_seconds": sum(train_s), "eval_seconds": sum(eval_s), "train_seconds_source": source,
         "probe_seconds": sum(_floats(rows, "fidelity/probe_seconds")),
+        "relaxation_seconds": relaxation_seconds(rows),
         "test_acc_history": float(rows[-1]["test_acc"]),
         "val_acc": float(rows[-1]["val_acc"]) if rows[-1].get("val_acc") not in (None, "") else None,
         "free_sweeps": _mean(_floats(rows, "free_iterations")),

@@ -1,6 +1,7 @@
 """What `bench-tta` computes from its run records: the per-recipe summary (accuracies under both test
 procedures, training and evaluation seconds, the training-time speed-up, the paired difference to the
-reference with its 95 % interval, the stated targets' verdict, the gradient-fidelity monitor's cosine), the
+reference with its 95 % interval, the stated targets' verdict, the gradient-fidelity monitor's cosine,
+where the speed-up comes from: the relaxation's and the rest of the training loop's seconds), the
 `--select-lr` and `--select` steps' choices and the equal-compute control's epochs."""
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def recipe_summary(
         for r in mine
         if r["seed"] in by_seed
     }
+    out |= time_split(mine, ref)
     diff = paired_difference(
         {r["seed"]: r["test_acc"] for r in mine}, {s: r["test_acc"] for s, r in by_seed.items()}
     )
@@ -96,6 +98,27 @@ def recipe_summary(
     if lived := _both_lived(mine, by_seed):
         out["diff_both_lived"] = lived
     return out
+
+
+def time_split(mine: list[dict[str, Any]], ref: list[dict[str, Any]]) -> dict[str, float]:
+    """Where a recipe's training-time speed-up comes from: the relaxation's own (free and nudged phases:
+    what its sweep counts cut) and the mean seconds a run of the rest of the training loop (Hebbian
+    gradient, update, monitor probes, data), the recipe's and the reference's. Empty when a run's record
+    has no relaxation time (a result from before the field)."""
+    if any(r.get("relaxation_seconds") is None for r in (*mine, *ref)):
+        return {}
+
+    def relaxing(runs: list[dict[str, Any]]) -> float:
+        return statistics.fmean(r["relaxation_seconds"] for r in runs)
+
+    def rest(runs: list[dict[str, Any]]) -> float:
+        return statistics.fmean(r["train_seconds"] - r["relaxation_seconds"] for r in runs)
+
+    return {
+        "speedup_relaxation": relaxing(ref) / relaxing(mine),
+        "rest_seconds": rest(mine),
+        "reference_rest_seconds": rest(ref),
+    }
 
 
 def _both_lived(mine: list[dict[str, Any]], reference: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
