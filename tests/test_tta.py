@@ -366,7 +366,8 @@ def test_rerunning_a_finished_protocol_keeps_its_load_averages_and_backfills_rel
     path = tmp_path / "r.json"
     first = run_protocol(s, path, tmp_path / "runs")
     assert "speedup_relaxation" not in first["recipes"]["fast"]  # the fake records have no relaxation time
-    loads = {"load_average_before": [9.0], "load_average_after": [8.0], "elapsed_seconds": 1234.0}
+    loads = {"load_average_before": [9.0], "load_average_after": [8.0], "elapsed_seconds": 1234.0,
+             "warmup_seconds": 4.5}  # fmt: skip
     path.write_text(json.dumps(first | loads))
     for r in first["runs"]:  # each run's history: 3 epochs, its training seconds, 90 % of them relaxing
         head = "epoch,free_seconds,nudged_seconds,train_seconds,epoch_seconds"

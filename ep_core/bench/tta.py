@@ -149,9 +149,10 @@ class Protocol:
         self.s, self.path, self.workdir, self.threads = s, path, workdir, threads
         self.setting = _jsonable(s) | {"base": base(s)}
         # A resumed protocol's time is the earlier attempts' plus this one's; its load average before is
-        # the first attempt's, after that of the last one that trained a run. An attempt that trains none
-        # (the same command again on a finished result: the table rewritten by this code) adds neither.
-        self.runs, self.spent, self.loads = ([], 0.0, {}) if fresh else load_partial(path, self.setting)
+        # the first attempt's; after and the warm-up's time, those of the last one that trained a run. An
+        # attempt that trains none (the same command again on a finished result, to rewrite its table with
+        # this code) measures nothing.
+        self.runs, self.spent, self.earlier = ([], 0.0, {}) if fresh else load_partial(path, self.setting)
         self.trained = False
         for r in self.runs:
             backfill_relaxation(r, self.run_dir(r["recipe"], r["seed"], r["phase"], r.get("lr", s.lr)))
@@ -160,7 +161,7 @@ class Protocol:
         authors = build_config(base(s), [*s.extra, "ep.recipe=authors"]).ep.eval_iterations
         self.extra: dict[str, Any] = {
             "authors_eval_iterations": authors,
-            "load_average_before": self.loads.get("load_average_before", list(os.getloadavg())),
+            "load_average_before": self.earlier.get("load_average_before", list(os.getloadavg())),
         }
 
     def _done(self, name: str, seed: int, phase: str, lr: float) -> bool:
@@ -294,16 +295,16 @@ class Protocol:
             "recipes": recipes,
             "control_comparison": versus(main, control["of"], control["name"]) if control else None,
             "summary": summary_line(s.dataset, recipes, s.reference),
-            **self.extra, "load_average_after": self._load_after(), "cpu_count": os.cpu_count(),
+            **self.extra, "load_average_after": list(os.getloadavg()), **self._kept(),
+            "cpu_count": os.cpu_count(),
             "torch_threads": self.threads or torch.get_num_threads(),
             "elapsed_seconds": self.spent + (time.perf_counter() - self.started if self.trained else 0.0),
             "runs": self.runs,
         }  # fmt: skip
 
-    def _load_after(self) -> list[float]:
-        if self.trained or "load_average_after" not in self.loads:
-            return list(os.getloadavg())
-        return self.loads["load_average_after"]
+    def _kept(self) -> dict[str, Any]:
+        """The earlier attempt's measurements that stand when this one trained no run."""
+        return {} if self.trained else {k: v for k, v in self.earlier.items() if k != "load_average_before"}
 
     def write(self, complete: bool) -> dict[str, Any]:
         result = self.result(complete)

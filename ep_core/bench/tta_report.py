@@ -18,21 +18,22 @@ def write_json(result: dict[str, Any], path: str | Path) -> None:
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
 
 
-LOADS = ("load_average_before", "load_average_after")
+# What an attempt measured besides its runs, kept when the same command runs again (ep_core.bench.tta).
+MEASURED = ("load_average_before", "load_average_after", "warmup_seconds")
 
 
 def load_partial(
     path: Path, setting: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], float, dict[str, list[float]]]:
-    """The runs an earlier attempt of the same settings left in `path`, the seconds it had spent and its
-    load averages (none, 0 and none if there is no file); a ValueError naming the first difference when it
-    holds another setting's result."""
+    """The runs an earlier attempt of the same settings left in `path`, the seconds it had spent and what
+    else it measured (MEASURED; none, 0 and none if there is no file); a ValueError naming the first
+    difference when it holds another setting's result."""
     if not path.exists():
         return [], 0.0, {}
     try:
         earlier = json.loads(path.read_text())
         saved, runs, spent = earlier["setting"], earlier["runs"], float(earlier.get("elapsed_seconds", 0.0))
-        loads = {k: list(earlier[k]) for k in LOADS if k in earlier}
+        measured = {k: earlier[k] for k in MEASURED if k in earlier}
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(
             f"{path}: not a bench-tta result ({type(error).__name__}); use another --out"
@@ -43,7 +44,7 @@ def load_partial(
             f"{path} holds a bench-tta result of other settings ({key}: {saved.get(key)!r} != "
             f"{setting.get(key)!r}); use another --out, or --fresh to overwrite it"
         )
-    return list(runs), spent, loads
+    return list(runs), spent, measured
 
 
 def _acc(cell: dict[str, float] | None) -> str:
