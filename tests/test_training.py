@@ -222,7 +222,7 @@ def test_a_dead_layer_is_one_warning_and_recorded_in_metrics(tmp_path, dead_last
     assert warnings == [
         f"warning: hidden layer {killed[0]} is dead after epoch 1 (every unit at 0 in the free phase of every "
         "batch): no signal reaches the output, the accuracy stays near chance, and the fidelity monitor cannot "
-        "tell; all 6 documented cases trained at half the optim.lr (docs/benchmarks.md)"
+        "tell; the 6 documented cases run again at half the optim.lr all trained (docs/benchmarks.md)"
     ]  # once, not again in epoch 2
     assert json.loads((out / "metrics.json").read_text())["dead_layers"] == {killed[0]: 1}
     history = pd.read_csv(out / "history.csv")

@@ -4,12 +4,12 @@ phase of every training batch of an epoch.
 No signal then crosses that layer, the output no longer depends on the input, and the run's accuracy sits
 at chance; the gradient-fidelity monitor cannot see it: both the run's estimate and the converged one come
 from a network whose states barely move, and their cosine reads ~1.0. Seen in `ep-core bench-tta`
-(docs/benchmarks.md) at 1/16 width, lr 0.05: 1 of 40 `fast` runs and 5 of 40 `authors` runs, always the last
-hidden layer h4b; each of the six seeds trained at half the learning rate. A run reads its history's
+(docs/benchmarks.md) at 1/16 width, lr 0.05: 1 of 45 `fast` runs and 7 of 45 `authors` runs, always the last
+hidden layer h4b; each of the first six seeds trained at half the learning rate. A run reads its history's
 `saturation_low.<layer>` (the epoch's mean share of units at 0), prints one warning line per layer that dies
 and records the epoch in metrics.json's `dead_layers`; with `train.stop_on_dead_layer` it stops there,
 recorded as diverged. Such a layer gets no EP gradient (every product of its states with another layer's is
-0): only weight decay and momentum still move it, and the six seen stayed dead to the end of their runs (4
+0): only weight decay and momentum still move it, and the eight seen stayed dead to the end of their runs (4
 to 8 epochs). The bar is every unit, so the warning comes 2 to 5 epochs after the accuracy fell; a lower one
 would not separate the cases: a network that trained to 87.6 % had 95.5 % of h4b's units at 0 in an epoch,
 two that died had 96 %.
@@ -51,7 +51,8 @@ def warning(row: Mapping[str, Any], before: Iterable[Mapping[str, Any]]) -> str 
     return (
         f"warning: hidden {_named(new)} dead after epoch {row['epoch']} (every unit at 0 in the free phase "
         f"of every batch): no signal reaches the output, the accuracy stays near chance, and the fidelity "
-        f"monitor cannot tell; all 6 documented cases trained at half the optim.lr (docs/benchmarks.md)"
+        f"monitor cannot tell; the 6 documented cases run again at half the optim.lr all trained "
+        f"(docs/benchmarks.md)"
     )
 
 
