@@ -1,18 +1,18 @@
 """Dead layers: a hidden layer whose every unit stayed at 0 (the clipped ReLU's lower clip) in the free
 phase of every training batch of an epoch.
 
-No signal then crosses that layer, the output no longer depends on the input, and the run's accuracy sits
-at chance; the gradient-fidelity monitor cannot see it: both the run's estimate and the converged one come
-from a network whose states barely move, and their cosine reads ~1.0. Seen in `ep-core bench-tta`
-(docs/benchmarks.md) at 1/16 width, lr 0.05: 1 of 45 `fast` runs and 7 of 45 `authors` runs, always the last
-hidden layer h4b; each of the first six seeds trained at half the learning rate. A run reads its history's
-`saturation_low.<layer>` (the epoch's mean share of units at 0), prints one warning line per layer that dies
-and records the epoch in metrics.json's `dead_layers`; with `train.stop_on_dead_layer` it stops there,
-recorded as diverged. Such a layer gets no EP gradient (every product of its states with another layer's is
-0): only weight decay and momentum still move it, and the eight seen stayed dead to the end of their runs (4
-to 8 epochs). The bar is every unit, so the warning comes 2 to 5 epochs after the accuracy fell; a lower one
-would not separate the cases: a network that trained to 87.6 % had 95.5 % of h4b's units at 0 in an epoch,
-two that died had 96 %.
+No signal then crosses that layer, the output no longer depends on the input, and the run's accuracy sits at
+chance; the gradient-fidelity monitor cannot see it: both the run's estimate and the converged one come from a
+network whose states barely move, and their cosine reads ~1.0. Seen in `ep-core bench-tta`
+(docs/benchmarks.md) at 1/16 width, lr 0.05: 1 of 45 `fast` runs and 7 of 45 `authors` runs (and none of the
+10 at 0.025), always the last hidden layer h4b; each of the first six seeds trained at half the learning rate.
+A run reads its history's `saturation_low.<layer>` (the epoch's mean share of units at 0), prints one warning
+line per layer that dies and records the epoch in metrics.json's `dead_layers`; with
+`train.stop_on_dead_layer` it stops there, recorded as diverged. Such a layer gets no EP gradient (every
+product of its states with another layer's is 0): only weight decay and momentum still move it, and the eight
+seen stayed dead to the end of their runs (4 to 8 epochs). The bar is every unit, so the warning comes 2 to 5
+epochs after the accuracy fell; a lower one would not separate the cases: a network that trained to 87.6 % had
+95.5 % of h4b's units at 0 in an epoch, two that died had 96 %.
 """
 
 from __future__ import annotations
