@@ -162,7 +162,9 @@ def test_relaxation_seconds_and_their_backfill_into_an_older_record(tmp_path):
     assert same["relaxation_seconds"] == 14.0 and "relaxation_seconds" not in other
     missing = {"status": "completed", "train_seconds": 17.0}
     backfill_relaxation(missing, tmp_path / "gone")
-    assert "relaxation_seconds" not in missing
+    failed = {"status": "diverged"}  # a run that never completed has no training seconds to compare
+    backfill_relaxation(failed, tmp_path)
+    assert "relaxation_seconds" not in missing and failed == {"status": "diverged"}
 
 
 # ---- summaries and output --------------------------------------------------------------------------------

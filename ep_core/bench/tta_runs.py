@@ -79,10 +79,11 @@ def backfill_relaxation(record: dict[str, Any], out: Path) -> None:
     `out` when that is still the same run (its training seconds agree): a resumed result then reports the
     relaxation's speed-up for every run."""
     history = out / "history.csv"
-    if "relaxation_seconds" in record or record["status"] != "completed" or not history.exists():
-        return
+    trained = record.get("train_seconds")
+    if "relaxation_seconds" in record or trained is None or not history.exists():
+        return  # has it already, or never completed (no training seconds), or its folder is gone
     rows = _read_history(out)
-    if abs(sum(epoch_times(rows)[0]) - record["train_seconds"]) <= 1e-6 * max(1.0, record["train_seconds"]):
+    if abs(sum(epoch_times(rows)[0]) - trained) <= 1e-6 * max(1.0, trained):
         record["relaxation_seconds"] = relaxation_seconds(rows)
 
 
