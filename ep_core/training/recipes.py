@@ -6,7 +6,8 @@ saved config.yaml of a run states every resolved value beside the recipe's name.
 code: fixed-length phases of 120 free and 50 + 50 nudged plain sweeps, even/odd order, evaluation at 120.
 `fast` is the same plain sweeps in truncated phases — 40 free, 15 + 15 nudged, evaluation at 40 — about
 a third of the authors' training time (2.90–3.27× on digits, 2.88–3.06× on mnist5k in `make bench-tta`'s
-documented runs, none of whose intervals resolved its accuracy difference to ±1 point; a dead hidden layer
+documented runs, none of whose intervals resolved its accuracy difference to ±1 point, and the one on
+mnist5k with no network dead, at lr 0.025, showed a loss: −3.66 points [−5.77, −1.55]; a dead hidden layer
 lost 1 of its 50 networks there, and 7 of the 50 `authors` networks: docs/benchmarks.md); the states
 are not converged, so its gradient is not the converged-state CEP gradient `ep-core gradcheck` checks (the
 run's fidelity monitor says how far), but the centered difference still cancels the ±β phases' common
